@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: MIT
+# Build options. Tests, examples and installation default to on only when diffuse is the
+# top-level project, so that add_subdirectory(diffuse) in an application builds just the library.
+include(GNUInstallDirs)
+
+option(DIFFUSE_BUILD_TESTS "Build the GoogleTest suite" ${PROJECT_IS_TOP_LEVEL})
+option(DIFFUSE_BUILD_EXAMPLES "Build the example programs" ${PROJECT_IS_TOP_LEVEL})
+option(DIFFUSE_BUILD_BENCHMARKS "Build the Google Benchmark programs" OFF)
+option(DIFFUSE_BUILD_FUZZERS "Build the libFuzzer targets (needs clang)" OFF)
+option(DIFFUSE_INSTALL "Generate the install target and CMake package" ${PROJECT_IS_TOP_LEVEL})
+option(DIFFUSE_NATIVE "Compile for the host CPU (-march=native)" ON)
+option(DIFFUSE_WERROR "Treat compiler warnings as errors" OFF)
+option(DIFFUSE_SANITIZE_ADDRESS "Build with AddressSanitizer" OFF)
+option(DIFFUSE_SANITIZE_UNDEFINED "Build with UndefinedBehaviorSanitizer" OFF)
+option(DIFFUSE_SANITIZE_THREAD "Build with ThreadSanitizer" OFF)
+
+# Flags for diffuse's own targets (library, tests, examples, benchmarks); never exported.
+function(diffuse_apply_build_flags target)
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor
+      $<$<BOOL:${DIFFUSE_WERROR}>:-Werror>)
+    if(DIFFUSE_NATIVE)
+      target_compile_options(${target} PRIVATE -march=native)
+    endif()
+  endif()
+  target_compile_definitions(${target} PRIVATE $<$<CONFIG:Debug>:DIFFUSE_ENABLE_ASSERT>)
+endfunction()
+
+# Sanitizers apply to everything built in this tree, dependencies' inline code included.
+set(_diffuse_sanitizers "")
+if(DIFFUSE_SANITIZE_ADDRESS)
+  list(APPEND _diffuse_sanitizers address)
+endif()
+if(DIFFUSE_SANITIZE_UNDEFINED)
+  list(APPEND _diffuse_sanitizers undefined)
+endif()
+if(DIFFUSE_SANITIZE_THREAD)
+  list(APPEND _diffuse_sanitizers thread)
+endif()
+if(_diffuse_sanitizers)
+  list(JOIN _diffuse_sanitizers "," _diffuse_san)
+  add_compile_options(-fsanitize=${_diffuse_san} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+  add_link_options(-fsanitize=${_diffuse_san})
+endif()
