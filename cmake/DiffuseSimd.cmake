@@ -27,3 +27,10 @@ function(diffuse_filter_isa_sources var)
   endforeach()
   set(${var} ${out} PARENT_SCOPE)
 endfunction()
+
+# Files whose results must match another implementation bit for bit (torch's noise generator)
+# are compiled without floating-point contraction, so that a*b+c is never fused into an FMA.
+set(DIFFUSE_STRICT_FP_SOURCES "${PROJECT_SOURCE_DIR}/src/core/random.cpp")
+foreach(src IN LISTS DIFFUSE_STRICT_FP_SOURCES)
+  set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "-ffp-contract=off")
+endforeach()
