@@ -2,11 +2,25 @@
 /** @file convert.hpp
  *  Conversion of stored element types to and from f32.
  *
- *  f16 and bf16 conversions are exact: f32 -> f16/bf16 rounds to nearest, ties to even; NaN stays
- *  NaN (quiet, sign kept), infinities and subnormals are preserved. The bulk functions pick the
+ *  f16 and bf16 conversions are exact: f32 -> f16/bf16 rounds to nearest, ties to even; infinities
+ *  and subnormals are preserved (whatever the MXCSR DAZ/FTZ bits say). The bulk functions pick the
  *  fastest path the CPU has at run time (AVX-512, F16C, or scalar) and give bit-identical results
  *  on every path. Source pointers need no alignment: safetensors data is only 8-byte aligned at
  *  best, and older files not at all.
+ *
+ *  **NaNs** keep their sign and as much payload as fits:
+ *  - f16 -> f32: the NaN is returned *quiet* (bit 22 set), payload shifted up. This is what the
+ *    F16C instruction vcvtph2ps does and what torch's vectorised CPU copy produces (torch 2.15:
+ *    0x7C01 -> 0x7FC02000), so a signalling f16 NaN never reaches f32 code.
+ *  - f32 -> f16: quiet NaN with the top 10 payload bits (as vcvtps2ph and torch).
+ *  - bf16 -> f32: the bits shifted up unchanged (a signalling bf16 NaN stays signalling).
+ *  - f32 -> bf16: quiet NaN with the top 7 payload bits. (torch's AVX-512 path writes 0xFFFF for
+ *    every NaN instead; diffuse keeps sign and payload.)
+ *
+ *  The 8-bit float types (`to_f32`) decode bit-identically to torch 2.15, NaN codes included:
+ *  F8_E4M3 (e4m3fn, bias 7, no inf, S.1111.111 = NaN), F8_E5M2 (bias 15, IEEE-like: f16's top
+ *  byte), F8_E8M0 (2^(e-127), 0xFF = NaN), F8_E4M3FNUZ (bias 8) and F8_E5M2FNUZ (bias 16), both
+ *  with 0x80 = NaN and no negative zero or infinity.
  *
  *  The `*_scalar` functions are the reference every vector path is tested against; they are
  *  inline so that header-only users have them too.
@@ -38,8 +52,8 @@ inline float f16_to_f32_scalar(std::uint16_t h) {
   const std::uint32_t exp = (h >> 10) & 0x1Fu;
   std::uint32_t mant = h & 0x3FFu;
   std::uint32_t bits;
-  if (exp == 0x1F) {  // inf or NaN: keep the payload, quiet bit as stored
-    bits = sign | 0x7F800000u | (mant << 13);
+  if (exp == 0x1F) {  // inf, or NaN: sign and payload kept, quiet bit set (as vcvtph2ps does)
+    bits = sign | 0x7F800000u | (mant << 13) | (mant != 0 ? 0x00400000u : 0u);
   } else if (exp != 0) {  // normal
     bits = sign | ((exp + 112u) << 23) | (mant << 13);
   } else if (mant == 0) {  // signed zero
