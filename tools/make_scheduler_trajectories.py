@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Writes diffusers scheduler trajectories as test fixtures for diffuse's diffusers-compatible scheduler.
+
+For each (scheduler class, config) case the script builds the scheduler, calls set_timesteps, and runs the
+sampling loop with a deterministic dummy model whose output C++ can reproduce exactly in float32:
+
+    model(x, t) = x * a(t) + e * b(t),   a(t) = f32(1 - t / 2000),   b(t) = f32(0.5 + t / 4000)
+
+where t is the timestep diffusers passes to the model (as float64), `x` is the scaled model input, and `e`
+is a fixed tensor stored in the fixture. Stochastic steps get a CPU torch.Generator seeded with `seed`, so
+the fixture also pins down the noise stream. Everything stored is float32 (as Python floats, which round-trip).
+
+Run:  .venv-ref/bin/python tools/make_scheduler_trajectories.py  (writes tests/data/trajectories/*.json)
+Needs torch and diffusers (only here, never at test time).
+"""
+import inspect
+import json
+import pathlib
+
+import diffusers
+import torch
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data" / "trajectories"
+SHAPE = (1, 2, 4, 4)
+
+
+def f32_list(t):
+    return [float(v) for v in t.detach().to(torch.float32).flatten().tolist()]
+
+
+def dummy_model(x, t, e):
+    tf = float(t)
+    a = torch.tensor(1.0 - tf / 2000.0, dtype=torch.float32)
+    b = torch.tensor(0.5 + tf / 4000.0, dtype=torch.float32)
+    return x * a + e * b
+
+
+def run_case(name, cls_name, config, steps, seed=0, step_kwargs=None, set_kwargs=None):
+    cls = getattr(diffusers, cls_name)
+    sched = cls(**config)
+    set_kwargs = dict(set_kwargs or {})
+    sched.set_timesteps(steps, **set_kwargs)
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(SHAPE, generator=g, dtype=torch.float32) * float(getattr(sched, "init_noise_sigma", 1.0))
+    e = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    x0 = x.clone()
+    gen = torch.Generator().manual_seed(seed)
+    traj = []
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(x, t) if hasattr(type(sched), "scale_model_input") else x
+        out = dummy_model(inp, t, e)
+        kwargs = dict(step_kwargs or {})
+        if "generator" in inspect.signature(sched.step).parameters:
+            kwargs["generator"] = gen
+        x = sched.step(out, t, x, **kwargs).prev_sample
+        traj.append(f32_list(x))
+    case = {
+        "name": name,
+        "class": cls_name,
+        "config": {k: v for k, v in dict(sched.config).items() if not k.startswith("_")},
+        "num_inference_steps": steps,
+        "set_timesteps_kwargs": set_kwargs,
+        "seed": seed,
+        "shape": list(SHAPE),
+        "init_noise_sigma": float(getattr(sched, "init_noise_sigma", 1.0)),
+        "timesteps": [float(t) for t in sched.timesteps.tolist()],
+        "sigmas": f32_list(sched.sigmas) if hasattr(sched, "sigmas") and sched.sigmas is not None else None,
+        "x_init": f32_list(x0),
+        "e": f32_list(e),
+        "trajectory": traj,
+    }
+    return case
+
+
+def cases():
+    sd = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    lin = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    yield run_case("ddpm_fixed_small", "DDPMScheduler", dict(lin, variance_type="fixed_small"), 10, seed=1)
+    yield run_case("ddpm_fixed_large_v", "DDPMScheduler",
+                   dict(lin, variance_type="fixed_large", prediction_type="v_prediction"), 10, seed=2)
+    yield run_case("ddpm_fixed_small_log_cos", "DDPMScheduler",
+                   dict(lin, beta_schedule="squaredcos_cap_v2", variance_type="fixed_small_log"), 10, seed=3)
+    yield run_case("ddim_eta0", "DDIMScheduler", dict(sd, steps_offset=1, set_alpha_to_one=False), 20)
+    yield run_case("ddim_eta1", "DDIMScheduler", dict(sd, steps_offset=1, set_alpha_to_one=False), 20, seed=4,
+                   step_kwargs=dict(eta=1.0))
+    yield run_case("ddim_trailing_zero_snr_v", "DDIMScheduler",
+                   dict(sd, timestep_spacing="trailing", rescale_betas_zero_snr=True, prediction_type="v_prediction"), 10)
+    yield run_case("euler", "EulerDiscreteScheduler", dict(sd, steps_offset=1), 20)
+    yield run_case("euler_karras_v", "EulerDiscreteScheduler",
+                   dict(sd, use_karras_sigmas=True, prediction_type="v_prediction"), 15)
+    yield run_case("euler_a", "EulerAncestralDiscreteScheduler", dict(sd, steps_offset=1), 20, seed=5)
+    yield run_case("heun", "HeunDiscreteScheduler", dict(sd), 10)
+    yield run_case("lms", "LMSDiscreteScheduler", dict(sd), 20)
+    yield run_case("dpmpp_2m", "DPMSolverMultistepScheduler", dict(sd), 20)
+    yield run_case("dpmpp_2m_karras", "DPMSolverMultistepScheduler", dict(sd, use_karras_sigmas=True), 20)
+    yield run_case("dpmpp_3m", "DPMSolverMultistepScheduler", dict(sd, solver_order=3), 20)
+    yield run_case("dpmpp_2m_sde", "DPMSolverMultistepScheduler",
+                   dict(sd, algorithm_type="sde-dpmsolver++"), 20, seed=6)
+    yield run_case("dpmpp_2m_heun", "DPMSolverMultistepScheduler", dict(sd, solver_type="heun"), 20)
+    yield run_case("dpm_singlestep", "DPMSolverSinglestepScheduler", dict(sd), 20)
+    yield run_case("unipc_bh2", "UniPCMultistepScheduler", dict(sd), 20)
+    yield run_case("unipc_bh1", "UniPCMultistepScheduler", dict(sd, solver_type="bh1"), 20)
+    yield run_case("deis", "DEISMultistepScheduler", dict(sd), 20)
+    yield run_case("lcm", "LCMScheduler", dict(sd), 4, seed=7)
+    yield run_case("flow_euler_shift3", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0), 20)
+    yield run_case("flow_heun", "FlowMatchHeunDiscreteScheduler", dict(num_train_timesteps=1000, shift=1.0), 10)
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    index = []
+    for case in cases():
+        path = OUT / f"{case['name']}.json"
+        path.write_text(json.dumps(case, separators=(",", ":")))
+        index.append(case["name"])
+        print(f"{case['name']:28s} {case['class']:34s} steps={case['num_inference_steps']}")
+    (OUT / "index.json").write_text(json.dumps({"diffusers": diffusers.__version__, "torch": torch.__version__,
+                                                "cases": index}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
