@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "core/convert_impl.hpp"
+#include "convert_impl.hpp"
 #include "diffuse/core/cpu.hpp"
 #include "diffuse/core/dtype.hpp"
 #include "diffuse/core/error.hpp"

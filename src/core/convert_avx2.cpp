@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "core/convert_impl.hpp"
+#include "convert_impl.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace kernels::avx2 {
