@@ -31,14 +31,6 @@
 
 DIFFUSE_BEGIN_NAMESPACE
 
-namespace detail {
-template <class T>
-void copy_into(BasicTensor<T>& dst, const BasicTensor<T>& src) {
-  ensure_like(dst, src);
-  std::copy(src.begin(), src.end(), dst.begin());
-}
-}  // namespace detail
-
 /** DPM-Solver++(2M), Lu et al. 2022 (arXiv:2211.01095), Algorithm 2, second order; k-diffusion
  *  `sample_dpmpp_2m`, diffusers `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
  *  solver_order=2)` with final sigma 0. */

@@ -19,6 +19,7 @@
  */
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -118,6 +119,13 @@ void check_sigmas(std::span<const T> sigmas, std::string_view where) {
 template <class T>
 void ensure_like(BasicTensor<T>& buf, const BasicTensor<T>& like) {
   if (!buf.same_shape(like)) buf = BasicTensor<T>(like.shape());
+}
+
+/// dst <- src, reusing dst's storage when the shapes match.
+template <class T>
+void copy_into(BasicTensor<T>& dst, const BasicTensor<T>& src) {
+  ensure_like(dst, src);
+  std::copy(src.begin(), src.end(), dst.begin());
 }
 
 /// get_ancestral_step of k-diffusion: (sigma_down, sigma_up) for an ancestral step with `eta`.
