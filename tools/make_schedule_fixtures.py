@@ -16,7 +16,8 @@ Layout of diffusers_schedules.json:
                  "runs": [{"n": 10, "mu": null,
                            "timesteps": [...],               # exact (int64, or float32 widened to double)
                            "timesteps_dtype": "int64" | "float32",
-                           "sigmas": ["4169d66a", ...] | null}]}]}   # float32 bits, hex
+                           "sigmas": ["4169d66a", ...] | null}   # float32 bits, hex
+                          | {"n": 1, "mu": null, "nan": true}]}]}     # diffusers gives NaN here
 """
 import hashlib
 import json
@@ -87,6 +88,10 @@ def add(cls_name, steps=STEPS, mu=None, store_ac=True, **kw):
         sig = getattr(s, "sigmas", None)
         if cls_name in ("DDPMScheduler", "DDIMScheduler", "LCMScheduler"):
             sig = None
+        if any(math.isnan(v) for v in tl) or (sig is not None and torch.isnan(sig).any()):
+            # e.g. shift_terminal with n=1 divides 0 by 0 upstream; diffuse raises value_error instead.
+            runs.append({"n": n, "mu": mu, "nan": True})
+            continue
         runs.append({"n": n, "mu": mu, "timesteps": tl, "timesteps_dtype": tdt,
                      "sigmas": f32_hex(sig) if sig is not None else None})
     groups.append({"class": cls_name, "config": config, "alphas_cumprod": ac_key, "runs": runs})
