@@ -113,10 +113,11 @@ def main():
     for seed, calls in [(0, [12]), (0, [5, 5, 3]), (42, [16, 100]), (2**32 + 7, [8]), (123456789, [1000])]:
         philox.append({"seed": seed, "sizes": calls,
                        "bits": [[int(b) for b in philox_randn(seed, off, n).view(np.uint32)] for off, n in enumerate(calls)]})
-    # A1111's docstring: Generator(seed=0).randn(shape=(3, 4))
+    # A1111's docstring: Generator(seed=0).randn(shape=(3, 4)). These are torch CUDA's float32
+    # values; A1111's float64 transform is within 3 float32 ulp of them, not bit-identical.
     a1111_doc = [-0.92466259, -0.42534415, -2.6438457, 0.14518388, -0.12086647, -0.57972564,
                  -0.62285122, -0.32838709, -1.07454231, -0.36314407, -1.67105067, 2.26550497]
-    assert np.allclose(philox_randn(0, 0, 12), a1111_doc, atol=1e-7), philox_randn(0, 0, 12)
+    assert np.allclose(philox_randn(0, 0, 12), a1111_doc, rtol=0, atol=3e-7), philox_randn(0, 0, 12)
 
     manifest = {
         "torch_version": torch.__version__,

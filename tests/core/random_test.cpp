@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "diffuse/core/cpu.hpp"
-#include "random_impl.hpp"
+#include "core/random_impl.hpp"
 
 namespace {
 
@@ -336,11 +336,13 @@ TEST(Philox, MatchesA1111Reimplementation) {
 }
 
 TEST(Philox, A1111DocstringValues) {
-  // modules/rng_philox.py: Generator(seed=0).randn(shape=(3, 4)), as printed there.
+  // modules/rng_philox.py: Generator(seed=0).randn(shape=(3, 4)), as printed there. Those digits
+  // are torch CUDA's own output (float32 curand arithmetic); A1111's numpy code, which diffuse
+  // follows bit for bit, computes in float64 and lands within 3 float32 ulp (< 3e-7) of them.
   PhiloxGenerator g(0);
   const diffuse::Tensor t = g.randn({3, 4});
   const auto want = manifest()["a1111_docstring_seed0_3x4"].get<std::vector<double>>();
-  for (std::size_t i = 0; i < 12; ++i) EXPECT_NEAR(t[i], want[i], 1e-7) << i;
+  for (std::size_t i = 0; i < 12; ++i) EXPECT_NEAR(t[i], want[i], 3e-7) << i;
   EXPECT_EQ(g.offset(), 1u);
   g.set_offset(0);
   EXPECT_EQ(bits_of(g.randn({3, 4})[5]), bits_of(t[5]));
