@@ -224,13 +224,14 @@ const BoxMullerChoice& box_muller() {
 /// `transformation::normal(v, mean 0, std 1)` = v·1 + 0, then the cast to float.
 float serial_normal(TorchGenerator& gen) { return static_cast<float>(gen.normal_double() * 1.0 + 0.0); }
 
-/// torch.randn in a 16-bit type: per block, 16 uniforms -> f32 kernel -> round (torch 2.15
-/// `normal_fill` for reduced-precision types); `round` maps f32 to the stored bits.
-template <class Round>
-void randn_16bit(TorchGenerator& gen, std::span<std::uint16_t> out, Round round) {
+/// torch.randn in a 16-bit type: per block, 16 uniforms -> f32 kernel -> round to nearest even
+/// (torch 2.15 `normal_fill` for reduced-precision types). `round_one` rounds one serial-path
+/// float, `round_bulk` is the dispatched bulk conversion (bit-identical to it).
+void randn_16bit(TorchGenerator& gen, std::span<std::uint16_t> out, std::uint16_t (*round_one)(float),
+                 void (*round_bulk)(const float*, void*, std::size_t)) {
   const std::size_t n = out.size();
-  if (n < 16) {
-    for (std::size_t i = 0; i < n; ++i) out[i] = round(serial_normal(gen));
+  if (n < 16) {  // torch: static_cast<Half>(double) goes through float
+    for (std::size_t i = 0; i < n; ++i) out[i] = round_one(serial_normal(gen));
     return;
   }
   const BoxMuller kernel = box_muller().fn;
@@ -241,12 +242,12 @@ void randn_16bit(TorchGenerator& gen, std::span<std::uint16_t> out, Round round)
     const std::size_t m = std::min(kChunk, full - i);
     gen.fill_uniform_float(buf, m);
     kernel(buf, m / 16);
-    for (std::size_t k = 0; k < m; ++k) out[i + k] = round(buf[k]);
+    round_bulk(buf, out.data() + i, m);
   }
-  if (n % 16 != 0) {
+  if (n % 16 != 0) {  // the last 16 again, from 16 fresh uniforms
     gen.fill_uniform_float(buf, 16);
     kernel(buf, 1);
-    for (std::size_t k = 0; k < 16; ++k) out[n - 16 + k] = round(buf[k]);
+    round_bulk(buf, out.data() + n - 16, 16);
   }
 }
 
@@ -277,11 +278,11 @@ Tensor randn(TorchGenerator& gen, const Shape& shape) {
 }
 
 void randn_f16(TorchGenerator& gen, std::span<std::uint16_t> out) {
-  randn_16bit(gen, out, [](float v) { return f32_to_f16_scalar(v); });
+  randn_16bit(gen, out, f32_to_f16_scalar, f32_to_f16);
 }
 
 void randn_bf16(TorchGenerator& gen, std::span<std::uint16_t> out) {
-  randn_16bit(gen, out, [](float v) { return f32_to_bf16_scalar(v); });
+  randn_16bit(gen, out, f32_to_bf16_scalar, f32_to_bf16);
 }
 
 // ---- Philox (A1111 "NV") -------------------------------------------------------------------------
