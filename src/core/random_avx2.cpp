@@ -6,7 +6,7 @@
 //
 // Bit-exactness: torch's wheel was compiled by GCC with contraction on, which fused these
 // multiply/add pairs (found by comparing 4M samples against torch 2.15 and reading GCC's code):
-// the 8 Horner steps of the log polynomial; y·z + e·q1; y − z·0.5; (x + y) + e·q2; the three
+// the 8 Horner steps of the log polynomial; y·z + e·q1; y − z·0.5 (exact either way); (x + y) + e·q2; the three
 // Cody–Waite steps x + y·DP; the 2 Horner steps of each sin/cos polynomial; (y·z)·z − z·0.5;
 // (y2·z)·x + x. Everything else is a separately rounded mul/add. Each fusion is written here as an
 // explicit _mm256_fmadd_ps/_mm256_fnmadd_ps/_mm256_fmsub_ps, and no plain multiply feeds a plain

@@ -46,24 +46,27 @@
  *  elements each double sample is rounded to float, then to half. `randn_f16` / `randn_bf16`
  *  reproduce this exactly (round to nearest even). Note that this is *not*
  *  `randn(f32)` converted to half: `torch.randn(shape, dtype=torch.float16)` and
- *  `torch.randn(shape).half()` differ, and so do the diffuse calls. (Older torch releases drew
- *  half noise in half arithmetic; diffuse follows 2.15.)
+ *  `torch.randn(shape).half()` differ, and so do the diffuse calls. (This is torch 2.15's
+ *  behaviour, checked; older releases ran the kernel in half arithmetic and differ.)
  *
  *  **Other platforms' torch.** torch on aarch64, or with `ATEN_CPU_CAPABILITY=default`, uses libm
  *  `std::log/sin/cos` in float instead of the Cephes polynomials: its noise differs from x86's
- *  (and diffuse's) by a few ulp in about 1% of the elements.
+ *  (and diffuse's) in the last bits of ~40% of the elements (at most ~2.3e-6 absolute, measured on
+ *  2^20 samples with torch 2.15 `ATEN_CPU_CAPABILITY=default` on glibc).
  *
  *  **`PhiloxGenerator`** reproduces `torch.randn(..., device="cuda")` the way AUTOMATIC1111's
  *  `modules/rng_philox.py` does (its "NV" random source): Philox4x32-10 keyed by the seed, one
  *  counter per element, the first Box–Muller output in double precision, offset + 1 per call.
+ *  It is bit-identical to A1111's numpy code. A1111's code is not bit-identical to CUDA itself
+ *  (curand computes in float): the CUDA values printed in its docstring are within 3e-7.
  *
  *  **Example**
  *  @code
  *  diffuse::TorchGenerator gen(42);                           // torch.manual_seed(42)
  *  diffuse::Tensor x = diffuse::randn(gen, {1, 4, 64, 64});   // torch.randn(1, 4, 64, 64)
- *  const auto saved = gen.state();                            // gen.get_state()
+ *  const auto saved = gen.state();       // like gen.get_state() (diffuse's own format)
  *  diffuse::Tensor a = diffuse::randn(gen, {4});
- *  gen.set_state(saved);                                      // gen.set_state(...)
+ *  gen.set_state(saved);                 // like gen.set_state(...)
  *  diffuse::Tensor b = diffuse::randn(gen, {4});              // == a
  *  @endcode
  */
@@ -82,7 +85,8 @@
 DIFFUSE_BEGIN_NAMESPACE
 
 /// torch's CPU generator: MT19937 plus the cached double normal sample of its serial path.
-/// Copyable: a copy continues the same stream independently.
+/// Copyable: a copy continues the same stream independently. Not thread-safe (torch locks a
+/// mutex per call): use one generator per thread, or lock around it.
 class DIFFUSE_API TorchGenerator {
  public:
   /// The seed of a fresh `torch.Generator()` (`c10::default_rng_seed_val`).
