@@ -12,6 +12,7 @@ Files (all little-endian, row-major):
   randn_1x4x64x64_seed<S>.f32, randn_2x4x128x128_seed0.f32   torch.randn(shape) after manual_seed
   randn_f16_sizes_seed0.u16 / randn_bf16_sizes_seed0.u16   as randn_sizes, dtype float16/bfloat16
   randn_f16_1x4x64x64_seed0.u16   torch.randn((1,4,64,64), dtype=torch.float16)
+  torch_state_*.bin         torch.get_rng_state() after known draws (5056-byte CPUGeneratorImplState)
   noise.json                manifest: torch version, MT19937 words (numpy RandomState, the same
                             engine), multi-call sequences (float32 bits), Philox values (float32
                             bits) from a numpy re-implementation of A1111's modules/rng_philox.py.
@@ -90,6 +91,15 @@ def main():
     torch.manual_seed(0)
     total += write("randn_f16_1x4x64x64_seed0.u16",
                    torch.randn(1, 4, 64, 64, dtype=torch.float16).view(torch.int16).numpy().view(np.uint16))
+
+    # torch.get_rng_state() bytes: after randn(3) (a cached normal pending) and mid-cycle.
+    torch.manual_seed(0)
+    torch.randn(3)
+    total += write("torch_state_seed0_randn3.bin", torch.get_rng_state().numpy())
+    torch.manual_seed(42)
+    torch.randn(700)
+    torch.randn(16)
+    total += write("torch_state_seed42_randn700_16.bin", torch.get_rng_state().numpy())
 
     # Calls in a row: the generator (and its cached double normal) carries over.
     sequences = []

@@ -17,6 +17,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "diffuse/core/convert.hpp"
 #include "diffuse/core/cpu.hpp"
@@ -56,6 +57,55 @@ void TorchGenerator::set_state(const State& s) {
   if (s.index > kStateWords)
     raise<value_error>("TorchGenerator::set_state", "state index " + std::to_string(s.index) + " is past " +
                                                         std::to_string(kStateWords));
+  state_ = s;
+}
+
+// torch's CPUGeneratorImplState: seed u64 @0, left i32 @8, seeded i32 @12, next u64 @16,
+// state u64[624] @24, normal_x/y/rho f64 @5016/5024/5032, normal_is_valid i32 @5040, (pad),
+// next_float_normal_sample f32 @5048, its valid flag u8 @5052, (pad) = 5056 bytes. torch's
+// engine counts `left` down from 624 before each word (1 right after seeding), so our
+// index = 625 - left.
+namespace {
+constexpr std::size_t kLegacyStateBytes = 5048;
+template <class T>
+void put(std::vector<std::uint8_t>& b, std::size_t at, T v) {
+  std::memcpy(b.data() + at, &v, sizeof v);
+}
+template <class T>
+T get(std::span<const std::uint8_t> b, std::size_t at) {
+  T v;
+  std::memcpy(&v, b.data() + at, sizeof v);
+  return v;
+}
+}  // namespace
+
+std::vector<std::uint8_t> TorchGenerator::torch_state() const {
+  std::vector<std::uint8_t> b(kTorchStateBytes, 0);
+  put<std::uint64_t>(b, 0, state_.seed);
+  put<std::int32_t>(b, 8, static_cast<std::int32_t>(kStateWords + 1 - state_.index));
+  put<std::int32_t>(b, 12, 1);
+  put<std::uint64_t>(b, 16, state_.index == kStateWords ? 0 : state_.index);
+  for (std::size_t i = 0; i < kStateWords; ++i) put<std::uint64_t>(b, 24 + 8 * i, state_.mt[i]);
+  if (state_.next_normal) {
+    put<double>(b, 5024, *state_.next_normal);
+    put<std::int32_t>(b, 5040, 1);
+  }
+  return b;
+}
+
+void TorchGenerator::set_torch_state(std::span<const std::uint8_t> bytes) {
+  constexpr const char* kWhere = "TorchGenerator::set_torch_state";
+  if (bytes.size() != kTorchStateBytes && bytes.size() != kLegacyStateBytes)
+    raise<format_error>(kWhere, "expected " + std::to_string(kTorchStateBytes) + " bytes (torch.get_rng_state()), got " +
+                                    std::to_string(bytes.size()));
+  const auto left = get<std::int32_t>(bytes, 8);
+  if (left < 1 || left > static_cast<std::int32_t>(kStateWords))
+    raise<format_error>(kWhere, "MT19937 position 'left' = " + std::to_string(left) + " is outside [1, 624]");
+  State s;
+  s.seed = get<std::uint64_t>(bytes, 0);
+  s.index = static_cast<std::uint32_t>(kStateWords + 1) - static_cast<std::uint32_t>(left);
+  for (std::size_t i = 0; i < kStateWords; ++i) s.mt[i] = static_cast<std::uint32_t>(get<std::uint64_t>(bytes, 24 + 8 * i));
+  if (get<std::int32_t>(bytes, 5040) != 0) s.next_normal = get<double>(bytes, 5024);
   state_ = s;
 }
 

@@ -78,6 +78,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "diffuse/config.hpp"
 #include "diffuse/core/tensor.hpp"
@@ -140,6 +141,16 @@ class DIFFUSE_API TorchGenerator {
   const State& state() const { return state_; }
   /// Restores a state from state(); the stream continues exactly from where it was saved.
   void set_state(const State& s);
+
+  /// Size of torch's CPU generator state (`torch.get_rng_state()`, `Generator.get_state()`).
+  static constexpr std::size_t kTorchStateBytes = 5056;
+  /// The state in torch's byte layout (`CPUGeneratorImplState`, little-endian x86-64): load it
+  /// with `torch.set_rng_state(torch.tensor(list(bytes), dtype=torch.uint8))` to continue in
+  /// torch. The float-normal cache torch also keeps is unused by randn and written as empty.
+  std::vector<std::uint8_t> torch_state() const;
+  /// Loads a state from `torch.get_rng_state().numpy().tobytes()` (5056 bytes; the 5048-byte
+  /// legacy layout is accepted too). Throws format_error on another size or an invalid position.
+  void set_torch_state(std::span<const std::uint8_t> bytes);
 
  private:
   void twist();
