@@ -31,6 +31,13 @@
 #include <utility>
 #include <vector>
 
+// GCC 12 reports false -Wmaybe-uninitialized inside Eigen's AVX-512 packet code (-march=native -O3)
+// at the points where this header inlines Eigen products; silenced for this header only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #if __has_include(<Eigen/Dense>)
 #include <Eigen/Dense>
 #elif __has_include(<eigen3/Eigen/Dense>)
@@ -372,3 +379,7 @@ class EmpiricalDenoiser {
 };
 
 DIFFUSE_END_NAMESPACE
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

@@ -20,6 +20,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -37,6 +38,9 @@ enum class Branch { uncond, cond, both };
 /// True when `M` can run both branches in one batch-2B call (declares `batched_cfg = true`).
 template <class M>
 struct cfg_batchable : std::bool_constant<requires { requires M::batched_cfg == true; }> {};
+/// A std::ref-wrapped model is batchable when the model is.
+template <class M>
+struct cfg_batchable<std::reference_wrapper<M>> : cfg_batchable<std::remove_cv_t<M>> {};
 template <class M>
 inline constexpr bool cfg_batchable_v = cfg_batchable<std::remove_cvref_t<M>>::value;
 
