@@ -356,7 +356,8 @@ Tensor tensor_view_to_f32(const TensorView& view, std::string_view label) {
     if (d > kMax || __builtin_mul_overflow(prod, d, &prod) || prod > kMax)
       raise<value_error>(kWhere, where + "shape " + shape_string(view.shape) + " is too large to index");
   }
-  Tensor out(view.shape);
+  // Uninitialised storage (xarray::from_shape): every element is written by the conversion.
+  Tensor out(Tensor::array_type::from_shape(view.shape));
   const std::size_t n = out.size();
   if (n != 0) diffuse::to_f32(view.dtype, view.data, out.data(), n);
   return out;
