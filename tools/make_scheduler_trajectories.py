@@ -29,14 +29,18 @@ def f32_list(t):
     return [float(v) for v in t.detach().to(torch.float32).flatten().tolist()]
 
 
-def dummy_model(x, t, e):
+def dummy_model(x, t, e, learned_variance=False):
     tf = float(t)
     a = torch.tensor(1.0 - tf / 2000.0, dtype=torch.float32)
     b = torch.tensor(0.5 + tf / 4000.0, dtype=torch.float32)
-    return x * a + e * b
+    out = x * a + e * b
+    if learned_variance:
+        # Extra output channels for variance_type learned_range: v(t) = e * f32(t / 2000 - 0.25).
+        out = torch.cat([out, e * torch.tensor(tf / 2000.0 - 0.25, dtype=torch.float32)], dim=1)
+    return out
 
 
-def run_case(name, cls_name, config, steps, seed=0, step_kwargs=None, set_kwargs=None):
+def run_case(name, cls_name, config, steps, seed=0, step_kwargs=None, set_kwargs=None, learned_variance=False):
     cls = getattr(diffusers, cls_name)
     sched = cls(**config)
     set_kwargs = dict(set_kwargs or {})
@@ -49,7 +53,7 @@ def run_case(name, cls_name, config, steps, seed=0, step_kwargs=None, set_kwargs
     traj = []
     for t in sched.timesteps:
         inp = sched.scale_model_input(x, t) if hasattr(type(sched), "scale_model_input") else x
-        out = dummy_model(inp, t, e)
+        out = dummy_model(inp, t, e, learned_variance)
         kwargs = dict(step_kwargs or {})
         if "generator" in inspect.signature(sched.step).parameters:
             kwargs["generator"] = gen
@@ -62,6 +66,8 @@ def run_case(name, cls_name, config, steps, seed=0, step_kwargs=None, set_kwargs
         "num_inference_steps": steps,
         "set_timesteps_kwargs": set_kwargs,
         "seed": seed,
+        "step_kwargs": dict(step_kwargs or {}),
+        "learned_variance": learned_variance,
         "shape": list(SHAPE),
         "init_noise_sigma": float(getattr(sched, "init_noise_sigma", 1.0)),
         "timesteps": [float(t) for t in sched.timesteps.tolist()],
@@ -105,6 +111,30 @@ def cases():
     yield run_case("lcm", "LCMScheduler", dict(sd), 4, seed=7)
     yield run_case("flow_euler_shift3", "FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0), 20)
     yield run_case("flow_heun", "FlowMatchHeunDiscreteScheduler", dict(num_train_timesteps=1000, shift=1.0), 10)
+    # Added for the DiffusersScheduler facade: variance types, thresholding, DPM orders and finals.
+    yield run_case("ddpm_learned_range", "DDPMScheduler", dict(lin, variance_type="learned_range"), 10, seed=8,
+                   learned_variance=True)
+    yield run_case("ddpm_threshold_sample", "DDPMScheduler",
+                   dict(lin, prediction_type="sample", thresholding=True, dynamic_thresholding_ratio=0.9,
+                        sample_max_value=1.5), 10, seed=9)
+    yield run_case("ddim_linspace_eta05_threshold", "DDIMScheduler",
+                   dict(sd, timestep_spacing="linspace", thresholding=True, sample_max_value=2.0), 15, seed=10,
+                   step_kwargs=dict(eta=0.5))
+    yield run_case("dpmpp_1", "DPMSolverMultistepScheduler", dict(sd, solver_order=1), 12)
+    yield run_case("dpmpp_3m_sde", "DPMSolverMultistepScheduler",
+                   dict(sd, solver_order=3, algorithm_type="sde-dpmsolver++"), 20, seed=11)
+    yield run_case("dpmpp_3m_10_sigma_min", "DPMSolverMultistepScheduler",
+                   dict(sd, solver_order=3, final_sigmas_type="sigma_min"), 10)
+    yield run_case("dpmpp_2m_euler_at_final_v", "DPMSolverMultistepScheduler",
+                   dict(sd, final_sigmas_type="sigma_min", euler_at_final=True, prediction_type="v_prediction",
+                        use_karras_sigmas=True), 16)
+    yield run_case("dpmpp_2m_sde_heun", "DPMSolverMultistepScheduler",
+                   dict(sd, algorithm_type="sde-dpmsolver++", solver_type="heun"), 12, seed=12)
+    yield run_case("dpm_singlestep_9_sigma_min", "DPMSolverSinglestepScheduler",
+                   dict(sd, final_sigmas_type="sigma_min"), 9)
+    yield run_case("unipc_bh1_3_sigma_min", "UniPCMultistepScheduler",
+                   dict(sd, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"), 12)
+    yield run_case("deis_3", "DEISMultistepScheduler", dict(sd, solver_order=3), 12)
 
 
 def main():
