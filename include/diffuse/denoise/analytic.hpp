@@ -38,13 +38,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#if __has_include(<Eigen/Dense>)
-#include <Eigen/Dense>
-#elif __has_include(<eigen3/Eigen/Dense>)
-#include <eigen3/Eigen/Dense>
-#else
-#error "diffuse/denoise/analytic.hpp needs Eigen 3 (Eigen/Dense)"
-#endif
+#include <Eigen/Dense>  // Eigen3::Eigen, linked by diffuse::core
 
 #include "diffuse/config.hpp"
 #include "diffuse/core/error.hpp"
