@@ -513,7 +513,9 @@ class DiffusersScheduler {
         case Prediction::flow: x0[k] = x[k] - sigma_t * m[k]; break;
       }
     }
-    post_process(x0);
+    // These classes have thresholding but no clip_sample.
+    if (cfg_.thresholding)
+      dynamic_threshold(x0, static_cast<T>(cfg_.dynamic_thresholding_ratio), static_cast<T>(cfg_.sample_max_value));
     return x0;
   }
 
