@@ -452,7 +452,7 @@ TEST(Registry, NamesAliasesAndDiffusers) {
     EXPECT_NE(std::string(e.what()).find("unknown sampler 'eulr' (known: euler, euler_a"), std::string::npos) << e.what();
   }
   diffuse::SamplerParams<double> p;
-  diffuse::DiffusersScheduler cfg;
+  diffuse::DiffusersSamplerChoice cfg;
   cfg.class_name = "DPMSolverMultistepScheduler";
   EXPECT_EQ(diffuse::sampler_for_diffusers(cfg, p), "dpmpp_2m");
   cfg.solver_order = 3;

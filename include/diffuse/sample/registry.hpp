@@ -204,8 +204,9 @@ BasicTensor<T> sample(std::string_view name, D&& denoiser, BasicTensor<T> x, std
   return x;
 }
 
-/// A diffusers scheduler configuration, as far as the choice of sampler goes.
-struct DiffusersScheduler {
+/// The fields of a diffusers scheduler configuration that choose the sampler (the full
+/// diffusers-compatible scheduler is `DiffusersScheduler<T>` in diffusers_scheduler.hpp).
+struct DiffusersSamplerChoice {
   std::string class_name;               ///< "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", ...
   std::string algorithm_type = "dpmsolver++";  ///< DPMSolverMultistepScheduler
   std::size_t solver_order = 2;         ///< DPMSolver*, UniPC, DEIS
@@ -216,7 +217,7 @@ struct DiffusersScheduler {
 /** The registry name for a diffusers scheduler, with the matching fields of `params` set.
  *  Throws value_error for a class or an algorithm_type without an equivalent here. */
 template <class T>
-std::string sampler_for_diffusers(const DiffusersScheduler& cfg, SamplerParams<T>& params) {
+std::string sampler_for_diffusers(const DiffusersSamplerChoice& cfg, SamplerParams<T>& params) {
   const std::string& c = cfg.class_name;
   const auto fail = [&](const std::string& why) -> std::string {
     raise<value_error>("sampler_for_diffusers", why);
