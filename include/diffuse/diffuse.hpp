@@ -31,6 +31,7 @@
 #include "diffuse/denoise/guidance.hpp"
 #include "diffuse/denoise/parameterization.hpp"
 
+#include "diffuse/sample/diffusers_scheduler.hpp"
 #include "diffuse/sample/registry.hpp"
 #include "diffuse/sample/sampler.hpp"
 #include "diffuse/sample/torch_noise.hpp"
