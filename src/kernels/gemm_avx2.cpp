@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MIT
+// GEMM f32 with AVX2 + FMA + F16C (compiled with -mavx2 -mfma -mf16c; reached only through the
+// table after the CPUID check in dispatch.cpp). Same loop nest, packing and edge policy as
+// gemm_avx512.cpp (see the comment there), with MR x (8 NV) tiles of ymm accumulators: 6x16
+// uses 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers. AVX2 has no masked
+// 16-bit loads or scatters, so the edge columns of B go through a small zero-filled buffer.
+//
+// Only <immintrin.h> and declaration headers are included; everything is in kernels::avx2 or
+// an anonymous namespace (house style, point 11).
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "gemm_impl.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace kernels::avx2 {
+
+namespace {
+
+using std::size_t;
+
+inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+
+/// Lane mask for lanes [0, n) of 8 (n clamped to 0..8), for maskload / maskstore.
+inline __m256i lanes(size_t n) {
+  const int k = n >= 8 ? 8 : static_cast<int>(n);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/// 8 elements of B converted to f32; only the first n (1..8) are read, the others are 0.
+template <DType T>
+inline __m256 load8(const void* base, size_t idx, size_t n) {
+  if constexpr (T == DType::F32) {
+    const float* p = static_cast<const float*>(base) + idx;
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(n));
+  } else {
+    const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + idx;
+    __m128i h;
+    if (n >= 8) {
+      h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    } else {
+      std::uint16_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      std::memcpy(tmp, p, n * sizeof(std::uint16_t));
+      h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp));
+    }
+    if constexpr (T == DType::F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+}
+
+template <int NV, DType T>
+void pack_b(const GemmArgs& g, size_t pc, size_t kc, size_t jc, size_t nc, float* dst) {
+  constexpr size_t NR = 8 * NV;
+  for (size_t jr = 0; jr < nc; jr += NR, dst += kc * NR) {
+    const size_t nr = min_sz(NR, nc - jr);
+    if (!g.b_transposed) {
+      size_t idx = pc * g.ldb + jc + jr;
+      for (size_t k = 0; k < kc; ++k, idx += g.ldb) {
+        for (int v = 0; v < NV; ++v) {
+          const size_t off = 8u * static_cast<size_t>(v);
+          const __m256 x = nr > off ? load8<T>(g.B, idx + off, nr - off) : _mm256_setzero_ps();
+          _mm256_store_ps(dst + k * NR + off, x);
+        }
+      }
+    } else {  // B^T[j, k]: convert 8 k-values of one row, store them down the panel column
+      for (size_t jj = 0; jj < NR; ++jj) {
+        if (jj >= nr) {
+          for (size_t k = 0; k < kc; ++k) dst[k * NR + jj] = 0.0f;
+          continue;
+        }
+        const size_t row = (jc + jr + jj) * g.ldb + pc;
+        for (size_t k = 0; k < kc; k += 8) {
+          const size_t n = min_sz(8, kc - k);
+          alignas(32) float tmp[8];
+          _mm256_store_ps(tmp, load8<T>(g.B, row + k, n));
+          for (size_t t = 0; t < n; ++t) dst[(k + t) * NR + jj] = tmp[t];
+        }
+      }
+    }
+  }
+}
+
+template <int MR>
+void pack_a(const float* a, size_t lda, size_t mr, size_t kc, float* dst) {
+  for (int i = 0; i < MR; ++i) {
+    float* d = dst + i;
+    if (static_cast<size_t>(i) < mr) {
+      const float* s = a + static_cast<size_t>(i) * lda;
+      for (size_t k = 0; k < kc; ++k) d[k * MR] = s[k];
+    } else {
+      for (size_t k = 0; k < kc; ++k) d[k * MR] = 0.0f;
+    }
+  }
+}
+
+enum class Store { first_overwrite, first_scale, add };
+
+template <int MR, int NV>
+__attribute__((always_inline)) inline void micro(size_t kc, const float* __restrict a, const float* __restrict b,
+                                                 float* c, size_t ldc, size_t mr, const __m256i* m, Store mode,
+                                                 float alpha, float beta, const float* bias) {
+  __m256 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_setzero_ps();
+  }
+  for (size_t k = 0; k < kc; ++k) {
+    __m256 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + 8 * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
+    }
+    a += MR;
+    b += 8 * NV;
+  }
+  const __m256 va = _mm256_set1_ps(alpha);
+  const __m256 vb = _mm256_set1_ps(beta);
+  __m256 add[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) add[v] = bias ? _mm256_maskload_ps(bias + 8 * v, m[v]) : _mm256_setzero_ps();
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (static_cast<size_t>(i) >= mr) break;
+    float* ci = c + static_cast<size_t>(i) * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      __m256 t;
+      if (mode == Store::first_overwrite) t = add[v];
+      else if (mode == Store::first_scale) t = _mm256_fmadd_ps(vb, _mm256_maskload_ps(ci + 8 * v, m[v]), add[v]);
+      else t = _mm256_maskload_ps(ci + 8 * v, m[v]);
+      _mm256_maskstore_ps(ci + 8 * v, m[v], _mm256_fmadd_ps(va, acc[i][v], t));
+    }
+  }
+}
+
+template <int MR, int NV, size_t KC, size_t NC>
+void gemm(const GemmArgs& g, size_t m0, size_t m1, size_t n0, size_t n1, float* ws) {
+  constexpr size_t NR = 8 * NV;
+  float* bpack = ws;
+  float* apack = ws + (KC * ((NC + NR - 1) / NR) * NR + 15) / 16 * 16;  // as gemm_blocked_workspace
+  for (size_t jc = n0; jc < n1; jc += NC) {
+    const size_t nc = min_sz(NC, n1 - jc);
+    for (size_t pc = 0; pc < g.K; pc += KC) {
+      const size_t kc = min_sz(KC, g.K - pc);
+      switch (g.b_type) {
+        case DType::F16: pack_b<NV, DType::F16>(g, pc, kc, jc, nc, bpack); break;
+        case DType::BF16: pack_b<NV, DType::BF16>(g, pc, kc, jc, nc, bpack); break;
+        default: pack_b<NV, DType::F32>(g, pc, kc, jc, nc, bpack); break;
+      }
+      const Store mode = pc != 0 ? Store::add : g.beta == 0.0f ? Store::first_overwrite : Store::first_scale;
+      for (size_t ic = m0; ic < m1; ic += MR) {
+        const size_t mr = min_sz(MR, m1 - ic);
+        pack_a<MR>(g.A + ic * g.lda + pc, g.lda, mr, kc, apack);
+        for (size_t jr = 0; jr < nc; jr += NR) {
+          const size_t nr = nc - jr;
+          __m256i m[NV];
+          for (int v = 0; v < NV; ++v) m[v] = lanes(nr > 8u * v ? nr - 8u * v : 0);
+          const float* bias = (g.bias && pc == 0) ? g.bias + jc + jr : nullptr;
+          micro<MR, NV>(kc, apack, bpack + jr * kc, g.C + ic * g.ldc + jc + jr, g.ldc, mr, m, mode, g.alpha,
+                        g.beta, bias);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+#define DIFFUSE_GEMM_DEFINE_scalar(symbol, mr, nr, kc, nc)
+#define DIFFUSE_GEMM_DEFINE_avx512(symbol, mr, nr, kc, nc)
+#define DIFFUSE_GEMM_DEFINE_avx2(symbol, mr, nr, kc, nc)                                                  \
+  void symbol(const GemmArgs& args, size_t m_begin, size_t m_end, size_t n_begin, size_t n_end, float* ws) { \
+    static_assert((nr) % 8 == 0, "AVX2 tiles are whole ymm registers wide");                              \
+    gemm<(mr), (nr) / 8, (kc), (nc)>(args, m_begin, m_end, n_begin, n_end, ws);                           \
+  }
+#define DIFFUSE_GEMM_KERNEL(symbol, isa, mr, nr, kc, nc) DIFFUSE_GEMM_DEFINE_##isa(symbol, mr, nr, kc, nc)
+#include "kernels.inc"
+#undef DIFFUSE_GEMM_KERNEL
+
+}  // namespace kernels::avx2
+DIFFUSE_END_NAMESPACE

@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: MIT
+// GEMM f32 with AVX-512 F/BW/VL/DQ (compiled with -mavx512f/bw/vl/dq; reached only through the
+// table after the CPUID check in dispatch.cpp). The variants of kernels.inc whose ISA is avx512
+// are defined here from one template: MR rows x NV zmm columns (NR = 16 NV).
+//
+// Loops, outermost first (the BLIS scheme with the roles of A and B swapped, because the vector
+// direction is N in row-major C):
+//   jc: N in blocks of NC     pc: K in blocks of KC -> pack B[pc:+kc, jc:+nc] into NR-wide
+//                                                      panels (kc x NR each, in L2)
+//   ic: M in steps of MR -> pack A[ic:+MR, pc:+kc] as kc x MR (in L1, reused by every jr)
+//   jr: the NR panels of the block -> micro-kernel: MR x NR accumulators in registers, one FMA
+//       chain per element over the kc block, then C = alpha*acc + (beta*C + bias) on the first
+//       K block and C = alpha*acc + C on the next ones.
+// Edges: packed panels are zero-padded to MR rows / NR columns and C is read and written with
+// masks, so edge tiles run the same instructions in the same order as interior ones: the result
+// of an element never depends on where the tile boundaries fall (bit-identical across threads).
+//
+// Only <immintrin.h> (always-inline intrinsics) and declaration headers are included, and
+// everything is in kernels::avx512 or an anonymous namespace (house style, point 11).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593 in the AVX-512 headers
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gemm_impl.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace kernels::avx512 {
+
+namespace {
+
+using std::size_t;
+
+inline size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+
+/// Lanes [0, n) of 16 (n clamped to 0..16).
+inline __mmask16 lanes(size_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+/// 16 elements of B (masked lanes read nothing and give 0), converted to f32.
+template <DType T>
+inline __m512 load16(const void* base, size_t idx, __mmask16 m) {
+  if constexpr (T == DType::F16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const std::uint16_t*>(base) + idx));
+  } else if constexpr (T == DType::BF16) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const std::uint16_t*>(base) + idx));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  } else {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(base) + idx);
+  }
+}
+
+/// Packs op(B)[pc:+kc, jc:+nc] into panels of NR columns: panel p holds kc rows of NR floats,
+/// columns past nc are zero.
+template <int NV, DType T>
+void pack_b(const GemmArgs& g, size_t pc, size_t kc, size_t jc, size_t nc, float* dst) {
+  constexpr size_t NR = 16 * NV;
+  for (size_t jr = 0; jr < nc; jr += NR, dst += kc * NR) {
+    const size_t nr = min_sz(NR, nc - jr);
+    if (!g.b_transposed) {  // B[k, j]: rows of the panel are contiguous in memory
+      __mmask16 m[NV];
+      for (int v = 0; v < NV; ++v) m[v] = lanes(nr > 16u * v ? nr - 16u * v : 0);
+      size_t idx = pc * g.ldb + jc + jr;
+      for (size_t k = 0; k < kc; ++k, idx += g.ldb) {
+        for (int v = 0; v < NV; ++v) _mm512_store_ps(dst + k * NR + 16 * v, load16<T>(g.B, idx + 16u * v, m[v]));
+      }
+    } else {  // B^T[j, k]: each column of the panel is a contiguous row of B^T; scatter it
+      const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32(static_cast<int>(NR)));
+      for (size_t jj = 0; jj < NR; ++jj) {
+        if (jj >= nr) {
+          for (size_t k = 0; k < kc; ++k) dst[k * NR + jj] = 0.0f;
+          continue;
+        }
+        const size_t row = (jc + jr + jj) * g.ldb + pc;
+        for (size_t k = 0; k < kc; k += 16) {
+          const __mmask16 m = lanes(kc - k);
+          _mm512_mask_i32scatter_ps(dst + k * NR + jj, m, stride, load16<T>(g.B, row + k, m), 4);
+        }
+      }
+    }
+  }
+}
+
+/// Packs A[ic:+mr, pc:+kc] as kc groups of MR floats; rows past mr are zero.
+template <int MR>
+void pack_a(const float* a, size_t lda, size_t mr, size_t kc, float* dst) {
+  for (int i = 0; i < MR; ++i) {
+    float* d = dst + i;
+    if (static_cast<size_t>(i) < mr) {
+      const float* s = a + static_cast<size_t>(i) * lda;
+      for (size_t k = 0; k < kc; ++k) d[k * MR] = s[k];
+    } else {
+      for (size_t k = 0; k < kc; ++k) d[k * MR] = 0.0f;
+    }
+  }
+}
+
+/// How the micro-kernel combines its product with C.
+enum class Store { first_overwrite, first_scale, add };
+
+/// C[0:mr, 0:nr] of the tile at c from packed a (kc x MR) and b (kc x NR).
+template <int MR, int NV>
+__attribute__((always_inline)) inline void micro(size_t kc, const float* __restrict a, const float* __restrict b,
+                                                 float* c, size_t ldc, size_t mr, const __mmask16* m, Store mode,
+                                                 float alpha, float beta, const float* bias) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  }
+  for (size_t k = 0; k < kc; ++k) {
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+    }
+    a += MR;
+    b += 16 * NV;
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  __m512 add[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) add[v] = bias ? _mm512_maskz_loadu_ps(m[v], bias + 16 * v) : _mm512_setzero_ps();
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (static_cast<size_t>(i) >= mr) break;
+    float* ci = c + static_cast<size_t>(i) * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      __m512 t;
+      if (mode == Store::first_overwrite) t = add[v];
+      else if (mode == Store::first_scale) t = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[v], ci + 16 * v), add[v]);
+      else t = _mm512_maskz_loadu_ps(m[v], ci + 16 * v);
+      _mm512_mask_storeu_ps(ci + 16 * v, m[v], _mm512_fmadd_ps(va, acc[i][v], t));
+    }
+  }
+}
+
+template <int MR, int NV, size_t KC, size_t NC>
+void gemm(const GemmArgs& g, size_t m0, size_t m1, size_t n0, size_t n1, float* ws) {
+  constexpr size_t NR = 16 * NV;
+  float* bpack = ws;
+  float* apack = ws + (KC * ((NC + NR - 1) / NR) * NR + 15) / 16 * 16;  // as gemm_blocked_workspace
+  for (size_t jc = n0; jc < n1; jc += NC) {
+    const size_t nc = min_sz(NC, n1 - jc);
+    for (size_t pc = 0; pc < g.K; pc += KC) {
+      const size_t kc = min_sz(KC, g.K - pc);
+      switch (g.b_type) {
+        case DType::F16: pack_b<NV, DType::F16>(g, pc, kc, jc, nc, bpack); break;
+        case DType::BF16: pack_b<NV, DType::BF16>(g, pc, kc, jc, nc, bpack); break;
+        default: pack_b<NV, DType::F32>(g, pc, kc, jc, nc, bpack); break;
+      }
+      const Store mode = pc != 0 ? Store::add : g.beta == 0.0f ? Store::first_overwrite : Store::first_scale;
+      for (size_t ic = m0; ic < m1; ic += MR) {
+        const size_t mr = min_sz(MR, m1 - ic);
+        pack_a<MR>(g.A + ic * g.lda + pc, g.lda, mr, kc, apack);
+        for (size_t jr = 0; jr < nc; jr += NR) {
+          const size_t nr = nc - jr;
+          __mmask16 m[NV];
+          for (int v = 0; v < NV; ++v) m[v] = lanes(nr > 16u * v ? nr - 16u * v : 0);
+          const float* bias = (g.bias && pc == 0) ? g.bias + jc + jr : nullptr;
+          micro<MR, NV>(kc, apack, bpack + jr * kc, g.C + ic * g.ldc + jc + jr, g.ldc, mr, m, mode, g.alpha,
+                        g.beta, bias);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+#define DIFFUSE_GEMM_DEFINE_scalar(symbol, mr, nr, kc, nc)
+#define DIFFUSE_GEMM_DEFINE_avx2(symbol, mr, nr, kc, nc)
+#define DIFFUSE_GEMM_DEFINE_avx512(symbol, mr, nr, kc, nc)                                                \
+  void symbol(const GemmArgs& args, size_t m_begin, size_t m_end, size_t n_begin, size_t n_end, float* ws) { \
+    static_assert((nr) % 16 == 0, "AVX-512 tiles are whole zmm registers wide");                          \
+    gemm<(mr), (nr) / 16, (kc), (nc)>(args, m_begin, m_end, n_begin, n_end, ws);                          \
+  }
+#define DIFFUSE_GEMM_KERNEL(symbol, isa, mr, nr, kc, nc) DIFFUSE_GEMM_DEFINE_##isa(symbol, mr, nr, kc, nc)
+#include "kernels.inc"
+#undef DIFFUSE_GEMM_KERNEL
+
+}  // namespace kernels::avx512
+DIFFUSE_END_NAMESPACE
