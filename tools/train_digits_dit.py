@@ -72,14 +72,14 @@ def export(model, ema, sched, out, dtype):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--label-drop", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ckpt", default="/tmp/digits-dit-ckpt.pt")
-    ap.add_argument("--ckpt-every", type=int, default=500)
+    ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "digits-dit"))
     ap.add_argument("--dtype", choices=["f16", "f32"], default="f16")
     ap.add_argument("--resume", action="store_true")
