@@ -63,9 +63,7 @@ class EulerSampler : public Sampler<T> {
     const T sigma = this->sigmas_[i], sigma_next = this->sigmas_[i + 1];
     const T sigma_hat = detail::apply_churn(o_, this->num_steps(), i, sigma, sigma_next, x, this->noise_, noise);
     const BasicTensor<T>& den = this->denoise(d, x, sigma_hat);
-    // x + (x - D) / sigma_hat * (sigma_next - sigma_hat)
-    const T r = (sigma_next - sigma_hat) / sigma_hat;
-    detail::axpby(x, T(1) + r, den, -r);
+    detail::euler_step(x, den, sigma_hat, sigma_next);
   }
 
  private:
@@ -96,8 +94,7 @@ class EulerAncestralSampler : public Sampler<T> {
     const T sigma = this->sigmas_[i], sigma_next = this->sigmas_[i + 1];
     const BasicTensor<T>& den = this->denoise(d, x, sigma);
     const auto [down, up] = detail::ancestral_step(sigma, sigma_next, o_.eta);
-    const T r = (down - sigma) / sigma;
-    detail::axpby(x, T(1) + r, den, -r);
+    detail::euler_step(x, den, sigma, down);
     if (sigma_next > T(0) && up > T(0)) {
       detail::ensure_like(this->noise_, x);
       noise.fill(i, sigma, sigma_next, this->noise_);

@@ -36,8 +36,7 @@ class HeunSampler : public Sampler<T> {
     const BasicTensor<T>& den = this->denoise(d, x, sigma_hat);
     const T dt = sigma_next - sigma_hat;
     if (sigma_next == T(0)) {
-      const T r = dt / sigma_hat;
-      detail::axpby(x, T(1) + r, den, -r);
+      detail::euler_step(x, den, sigma_hat, sigma_next);
       return;
     }
     // x2 = x + d dt, d = (x - D) / sigma_hat
@@ -86,8 +85,7 @@ class Dpm2Sampler : public Sampler<T> {
   static void midpoint_step(S& self, const AnyDenoiser<T>& d, BasicTensor<T>& x, const BasicTensor<T>& den,
                             T sigma, T target, BasicTensor<T>& x2) {
     if (target == T(0)) {
-      const T r = (target - sigma) / sigma;
-      detail::axpby(x, T(1) + r, den, -r);
+      detail::euler_step(x, den, sigma, target);
       return;
     }
     const T sigma_mid = std::exp(T(0.5) * (std::log(sigma) + std::log(target)));

@@ -292,6 +292,14 @@ inline void axpby(BasicTensor<T>& x, T a, const BasicTensor<T>& y, T b) {
   for (std::size_t i = 0; i < n; ++i) px[i] = a * px[i] + b * py[i];
 }
 
+/// One Euler step of the probability-flow ODE dx/dsigma = (x - D) / sigma from `from` to `to`:
+/// x + (x - D) / from * (to - from), written as (1 + r) x - r D with r = (to - from) / from.
+template <class T>
+inline void euler_step(BasicTensor<T>& x, const BasicTensor<T>& denoised, T from, T to) {
+  const T r = (to - from) / from;
+  axpby(x, T(1) + r, denoised, -r);
+}
+
 }  // namespace detail
 
 DIFFUSE_END_NAMESPACE
