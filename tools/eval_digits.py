@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digits_common import load_digits_16  # noqa: E402
+from digits_common import load_digits_16, NULL_CLASS  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-NULL_CLASS = 10
 
 
 def train_judges():
