@@ -4,17 +4,7 @@
 // (or fault on) the masked-off elements, so every length is handled in vector code. Nothing here
 // may instantiate an inline function shared with other files: only <immintrin.h> (always-inline
 // intrinsics) and convert_impl.hpp (declarations) are included.
-// GCC 12's AVX-512 intrinsics build their "undefined" pass-through operands as `__m512 __Y = __Y;`,
-// which -Wmaybe-uninitialized reports at the header line once inlined (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include "avx512_intrin.hpp"
 
 #include <cstddef>
 #include <cstdint>

@@ -17,15 +17,7 @@
 //
 // Only <immintrin.h> (always-inline intrinsics) and declaration headers are included, and
 // everything is in kernels::avx512 or an anonymous namespace (house style, point 11).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593 in the AVX-512 headers
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include "../core/avx512_intrin.hpp"  // <immintrin.h> with the GCC 12 workaround
 
 #include <cstddef>
 #include <cstdint>
