@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -46,18 +48,7 @@ void write_weights(const fs::path& p, const std::vector<std::string>& names, flo
   diffuse::io::save_safetensors(p, m, {{"format", "pt"}}, storage);
 }
 
-template <class E, class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << *parts.begin() << "'";
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using diffuse_test::expect_error;
 
 const std::string kConfig = R"({"_class_name": "UNet2DModel", "in_channels": 3, "block_out_channels": [32, 64]})";
 

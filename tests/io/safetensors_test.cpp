@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,19 +72,7 @@ struct TempDir {
   }
 };
 
-// Runs `f`, expecting E whose message contains every one of `parts`.
-template <class E, class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << *parts.begin() << "'";
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using diffuse_test::expect_error;
 
 // Shapes to try for a dtype: scalars, zero-sized dims, several ranks (whole bytes only).
 std::vector<Shape> shapes_for(DType t) {
