@@ -73,9 +73,47 @@ class DIFFUSE_API ThreadPool {
   std::unique_ptr<State> state_;  // null when n_threads_ == 1
 };
 
-/// What a sequence of kernel calls shares: the thread pool and a scratch arena for packing. The
-/// arena only grows (to the largest request seen), so after the first call of each shape a
-/// sampling loop allocates nothing. Not thread-safe: one Context per calling thread.
+/** Activation memory of a network forward, handed out as a stack. A forward calls `reset()`,
+ *  then `alloc()`s its buffers in the same order on every call; `mark()` / `release()` free the
+ *  temporaries of a block again. The first forward at a given input shape may spill into extra
+ *  chunks; `reset()` then merges them into one block of the peak size, so every later forward of
+ *  that shape allocates nothing (the plan is the call sequence itself). Buffers are 64-byte
+ *  aligned and uninitialised. `peak_bytes()` is the high-water mark, for the memory benchmark. */
+class DIFFUSE_API Arena {
+ public:
+  Arena() = default;
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  /// `n` floats, 64-byte aligned, valid until reset() or a release() below it.
+  float* alloc(std::size_t n);
+  /// The current top of the stack, for release().
+  std::size_t mark() const noexcept { return used_; }
+  /// Frees everything allocated since `m` (stack order).
+  void release(std::size_t m) noexcept;
+  /// Frees everything; consolidates spilled chunks into one block of the peak size.
+  void reset();
+  /// Highest number of bytes in use at once since construction.
+  std::size_t peak_bytes() const noexcept { return peak_ * sizeof(float); }
+  /// Bytes currently reserved.
+  std::size_t capacity_bytes() const noexcept;
+
+ private:
+  struct Chunk {
+    float* data;
+    std::size_t begin;  // stack offset (floats) of data[0]
+    std::size_t size;   // floats
+  };
+  std::vector<Chunk> chunks_;
+  std::size_t used_ = 0;  // floats, stack offset of the top
+  std::size_t peak_ = 0;
+};
+
+/// What a sequence of kernel calls shares: the thread pool, a scratch arena for packing, and the
+/// activation arena of network forwards. The scratch only grows (to the largest request seen),
+/// so after the first call of each shape a sampling loop allocates nothing. Not thread-safe: one
+/// Context per calling thread.
 class DIFFUSE_API Context {
  public:
   /// A context with a pool of `n_threads` threads (see ThreadPool).
@@ -90,9 +128,13 @@ class DIFFUSE_API Context {
   /// At least `n_floats` floats of scratch, 64-byte aligned; valid until the next call.
   std::span<float> workspace(std::size_t n_floats);
 
+  /// The activation arena (see Arena).
+  Arena& arena() noexcept { return activations_; }
+
  private:
   ThreadPool pool_;
   std::vector<float> arena_;
+  Arena activations_;
 };
 
 }  // namespace kernels

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+/** @file layers.hpp
+ *  The torch.nn modules the reference networks share, bound by name from a WeightStore and run
+ *  on the kernels (GEMM, conv2d, norms). Each is a small value type holding pointers into the
+ *  store, so a loaded network is immutable and its forward is const.
+ *
+ *  | module | torch | keys |
+ *  |---|---|---|
+ *  | Linear | nn.Linear | `P.weight` [out, in], `P.bias` [out] |
+ *  | Conv2d | nn.Conv2d (groups 1) | `P.weight` [out, in, kh, kw], `P.bias` [out] |
+ *  | GroupNorm | nn.GroupNorm | `P.weight` [C], `P.bias` [C] |
+ *  | LayerNorm | nn.LayerNorm (affine or not) | `P.weight` [D], `P.bias` [D] |
+ *  | TimestepEmbedding | diffusers TimestepEmbedding | `P.linear_1`, `P.linear_2` |
+ *
+ *  **Example**
+ *  @code
+ *  auto conv_in = diffuse::nn::Conv2d::bind(w, "conv_in", 3, 128, 3, 1, 1);
+ *  conv_in(x, batch, 32, 32, y, ctx);
+ *  @endcode */
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "diffuse/config.hpp"
+#include "diffuse/kernels/ops.hpp"
+#include "diffuse/kernels/parallel.hpp"
+#include "diffuse/nn/weights.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace nn {
+
+/// "prefix.name" (or "name" when prefix is empty).
+inline std::string join(std::string_view prefix, std::string_view name) {
+  return prefix.empty() ? std::string(name) : std::string(prefix) + "." + std::string(name);
+}
+
+/// nn.Linear: y = x W^T + b over rows.
+struct DIFFUSE_API Linear {
+  MatrixRef weight;  ///< [out, in]
+  const float* bias = nullptr;
+  std::size_t in = 0, out = 0;
+
+  static Linear bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, bool bias = true);
+  /// y[rows, out] = x[rows, in] W^T + b, or accumulated into y with `beta` = 1.
+  void operator()(const float* x, std::size_t rows, float* y, kernels::Context& ctx, float beta = 0.0f) const;
+};
+
+/// nn.Conv2d with zero padding (pad[0..3] = top, left, bottom, right).
+struct DIFFUSE_API Conv2d {
+  const float* weight = nullptr;  ///< [out, in, kh, kw]
+  const float* bias = nullptr;
+  std::size_t in = 0, out = 0, kh = 1, kw = 1, stride = 1;
+  std::array<std::size_t, 4> pad{};
+
+  /// Square kernel `k`, symmetric `padding`.
+  static Conv2d bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, std::size_t k,
+                     std::size_t stride, std::size_t padding, bool bias = true);
+  std::size_t out_height(std::size_t h) const { return (h + pad[0] + pad[2] - kh) / stride + 1; }
+  std::size_t out_width(std::size_t w) const { return (w + pad[1] + pad[3] - kw) / stride + 1; }
+  /// y = conv(x) + bias (+ residual), x [batch, in, h, w], y [batch, out, out_height, out_width].
+  void operator()(const float* x, std::size_t batch, std::size_t h, std::size_t w, float* y, kernels::Context& ctx,
+                  const float* residual = nullptr) const;
+};
+
+/// nn.GroupNorm, optionally followed by SiLU.
+struct DIFFUSE_API GroupNorm {
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  std::size_t channels = 0, groups = 1;
+  float eps = 1e-5f;
+
+  static GroupNorm bind(WeightStore& w, std::string_view prefix, std::size_t groups, std::size_t channels, float eps);
+  /// y = GroupNorm(x) (then SiLU when `silu`); x, y [batch, channels, spatial]; in place allowed.
+  void operator()(const float* x, float* y, std::size_t batch, std::size_t spatial, kernels::Context& ctx,
+                  bool silu = false) const;
+};
+
+/// nn.LayerNorm over the last dimension; `affine` false binds nothing.
+struct DIFFUSE_API LayerNorm {
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  std::size_t dim = 0;
+  float eps = 1e-5f;
+
+  static LayerNorm bind(WeightStore& w, std::string_view prefix, std::size_t dim, float eps, bool affine = true);
+  /// y = LN(x) over rows of x [rows, dim]; in place allowed.
+  void operator()(const float* x, float* y, std::size_t rows, kernels::Context& ctx) const;
+};
+
+/// diffusers TimestepEmbedding: linear_2(act(linear_1(x))).
+struct DIFFUSE_API TimestepEmbedding {
+  Linear linear_1, linear_2;
+  kernels::Activation act = kernels::Activation::silu;
+
+  static TimestepEmbedding bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t hidden,
+                                std::size_t out, kernels::Activation act = kernels::Activation::silu);
+  /// y[batch, out] from x[batch, in]; uses `batch * hidden` floats of the context's arena.
+  void operator()(const float* x, std::size_t batch, float* y, kernels::Context& ctx) const;
+};
+
+}  // namespace nn
+DIFFUSE_END_NAMESPACE

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+/** @file weights.hpp
+ *  Binding a network's parameters by their published names. A model asks for each parameter with
+ *  the shape its config implies; the store checks the shape, and hands out a pointer:
+ *
+ *  - `f32(name, shape)`: f32 data. f32 tensors are used in place from the file mapping; f16/bf16
+ *    tensors are converted once and the copy is owned by the store.
+ *  - `matrix(name, shape)`: a GEMM B operand (Linear weights [out, in]). F32, F16 and BF16 are used
+ *    in place (the GEMM converts while packing), unless `LoadOptions::matrix_dtype` asks for a
+ *    conversion (e.g. bf16 to halve memory traffic), which is done once here.
+ *
+ *  Errors name the model folder and the parameter: a missing parameter (with the shape expected),
+ *  a wrong shape (expected vs found), a dtype that is not a float. After binding, `check_all_used()`
+ *  rejects tensors no module asked for (an extra parameter means the config does not describe the
+ *  file), except names matched by `ignore()`.
+ *
+ *  **Example**
+ *  @code
+ *  auto dir = diffuse::io::ModelDir::open("models/digits-unet");
+ *  diffuse::nn::WeightStore w(dir, "UNet2DModel");
+ *  const float* b = w.f32("conv_in.bias", {32});
+ *  w.check_all_used();
+ *  @endcode */
+#pragma once
+
+#include <cstddef>
+#include <deque>
+#include <initializer_list>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "diffuse/config.hpp"
+#include "diffuse/core/dtype.hpp"
+#include "diffuse/core/tensor.hpp"
+#include "diffuse/io/model_dir.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace nn {
+
+/// How weights are loaded.
+struct LoadOptions {
+  /// Storage of GEMM weights: nullopt keeps the file's dtype (F32/F16/BF16 used in place);
+  /// F32, F16 or BF16 converts once at load.
+  std::optional<DType> matrix_dtype;
+  /// Safetensors variant of the weights file ("fp16" -> *.fp16.safetensors); empty = default.
+  std::string variant;
+};
+
+/// A GEMM B operand: the weight as stored (or converted), with its dtype.
+struct MatrixRef {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  std::size_t rows = 0, cols = 0;  ///< [out, in] for Linear weights
+};
+
+/// Parameters of one network, looked up by name (see the file comment).
+class DIFFUSE_API WeightStore {
+ public:
+  /// `model` names the architecture in error messages ("UNet2DModel").
+  WeightStore(const io::ModelDir& dir, std::string model, LoadOptions options = {});
+
+  /// True when the file has `name`.
+  bool contains(std::string_view name) const;
+  /// The first of `names` present in the file, or the first one when none is (so the error for
+  /// the missing parameter names the current spelling). For legacy names, e.g.
+  /// `pick({"to_q.weight", "query.weight"})`.
+  std::string pick(std::initializer_list<std::string_view> names) const;
+  /// The stored shape of `name` (format_error when missing).
+  Shape shape_of(std::string_view name) const;
+
+  /// f32 data of `name`, checked against `shape`.
+  const float* f32(std::string_view name, const Shape& shape);
+  /// A GEMM B operand [shape[0], prod(shape[1:])], checked against `shape`.
+  MatrixRef matrix(std::string_view name, const Shape& shape);
+
+  /// Names (exact, or prefixes ending in '.') that check_all_used() does not report.
+  void ignore(std::string_view name_or_prefix);
+  /// format_error listing (up to 10 of) the tensors that were neither bound nor ignored.
+  void check_all_used() const;
+
+  /// Number of scalars in the tensors bound so far.
+  std::size_t parameters() const noexcept { return parameters_; }
+  /// The folder or file the weights came from.
+  const io::ModelDir& dir() const noexcept { return *dir_; }
+  const std::string& model() const noexcept { return model_; }
+
+ private:
+  const io::TensorView& checked(std::string_view name, const Shape& shape);
+
+  const io::ModelDir* dir_;
+  std::string model_;
+  LoadOptions options_;
+  std::set<std::string, std::less<>> used_;
+  std::vector<std::string> ignored_;
+  std::deque<std::vector<float>> f32_copies_;
+  std::deque<std::vector<std::uint16_t>> half_copies_;
+  std::size_t parameters_ = 0;
+};
+
+}  // namespace nn
+DIFFUSE_END_NAMESPACE

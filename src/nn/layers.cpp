@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: MIT
+// The shared torch.nn modules (see nn/layers.hpp).
+#include "diffuse/nn/layers.hpp"
+
+#include "diffuse/kernels/kernels.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace nn {
+
+Linear Linear::bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, bool bias) {
+  Linear l;
+  l.in = in;
+  l.out = out;
+  l.weight = w.matrix(join(prefix, "weight"), {out, in});
+  if (bias) l.bias = w.f32(join(prefix, "bias"), {out});
+  return l;
+}
+
+void Linear::operator()(const float* x, std::size_t rows, float* y, kernels::Context& ctx, float beta) const {
+  kernels::GemmArgs g;
+  g.M = rows;
+  g.N = out;
+  g.K = in;
+  g.A = x;
+  g.lda = in;
+  g.B = weight.data;
+  g.ldb = in;
+  g.b_type = weight.dtype;
+  g.b_transposed = true;
+  g.C = y;
+  g.ldc = out;
+  g.beta = beta;
+  g.bias = bias;
+  kernels::gemm(g, ctx);
+}
+
+Conv2d Conv2d::bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, std::size_t k,
+                    std::size_t stride, std::size_t padding, bool bias) {
+  Conv2d c;
+  c.in = in;
+  c.out = out;
+  c.kh = c.kw = k;
+  c.stride = stride;
+  c.pad = {padding, padding, padding, padding};
+  c.weight = w.f32(join(prefix, "weight"), {out, in, k, k});
+  if (bias) c.bias = w.f32(join(prefix, "bias"), {out});
+  return c;
+}
+
+void Conv2d::operator()(const float* x, std::size_t batch, std::size_t h, std::size_t w, float* y,
+                        kernels::Context& ctx, const float* residual) const {
+  kernels::Conv2dArgs a;
+  a.x = x;
+  a.batch = batch;
+  a.in_channels = in;
+  a.height = h;
+  a.width = w;
+  a.weight = weight;
+  a.bias = bias;
+  a.out_channels = out;
+  a.kh = kh;
+  a.kw = kw;
+  a.stride = stride;
+  a.pad_top = pad[0];
+  a.pad_left = pad[1];
+  a.pad_bottom = pad[2];
+  a.pad_right = pad[3];
+  a.residual = residual;
+  a.y = y;
+  kernels::conv2d(a, ctx);
+}
+
+GroupNorm GroupNorm::bind(WeightStore& w, std::string_view prefix, std::size_t groups, std::size_t channels,
+                          float eps) {
+  GroupNorm n;
+  n.groups = groups;
+  n.channels = channels;
+  n.eps = eps;
+  n.gamma = w.f32(join(prefix, "weight"), {channels});
+  n.beta = w.f32(join(prefix, "bias"), {channels});
+  return n;
+}
+
+void GroupNorm::operator()(const float* x, float* y, std::size_t batch, std::size_t spatial, kernels::Context& ctx,
+                           bool silu) const {
+  kernels::GroupNormArgs a;
+  a.x = x;
+  a.y = y;
+  a.batch = batch;
+  a.channels = channels;
+  a.spatial = spatial;
+  a.groups = groups;
+  a.eps = eps;
+  a.gamma = gamma;
+  a.beta = beta;
+  a.silu = silu;
+  kernels::group_norm(a, ctx);
+}
+
+LayerNorm LayerNorm::bind(WeightStore& w, std::string_view prefix, std::size_t dim, float eps, bool affine) {
+  LayerNorm n;
+  n.dim = dim;
+  n.eps = eps;
+  if (affine) {
+    n.gamma = w.f32(join(prefix, "weight"), {dim});
+    n.beta = w.f32(join(prefix, "bias"), {dim});
+  }
+  return n;
+}
+
+void LayerNorm::operator()(const float* x, float* y, std::size_t rows, kernels::Context& ctx) const {
+  kernels::LayerNormArgs a;
+  a.x = x;
+  a.y = y;
+  a.rows = rows;
+  a.dim = dim;
+  a.eps = eps;
+  a.gamma = gamma;
+  a.beta = beta;
+  kernels::layer_norm(a, ctx);
+}
+
+TimestepEmbedding TimestepEmbedding::bind(WeightStore& w, std::string_view prefix, std::size_t in,
+                                          std::size_t hidden, std::size_t out, kernels::Activation act) {
+  TimestepEmbedding e;
+  e.linear_1 = Linear::bind(w, join(prefix, "linear_1"), in, hidden);
+  e.linear_2 = Linear::bind(w, join(prefix, "linear_2"), hidden, out);
+  e.act = act;
+  return e;
+}
+
+void TimestepEmbedding::operator()(const float* x, std::size_t batch, float* y, kernels::Context& ctx) const {
+  kernels::Arena& arena = ctx.arena();
+  const std::size_t m = arena.mark();
+  float* h = arena.alloc(batch * linear_1.out);
+  linear_1(x, batch, h, ctx);
+  kernels::activation(act, h, h, batch * linear_1.out, ctx);
+  linear_2(h, batch, y, ctx);
+  arena.release(m);
+}
+
+}  // namespace nn
+DIFFUSE_END_NAMESPACE

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: MIT
+// Parameter binding by name (see nn/weights.hpp).
+#include "diffuse/nn/weights.hpp"
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "diffuse/core/convert.hpp"
+#include "diffuse/core/error.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace nn {
+
+namespace {
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
+
+}  // namespace
+
+WeightStore::WeightStore(const io::ModelDir& dir, std::string model, LoadOptions options)
+    : dir_(&dir), model_(std::move(model)), options_(std::move(options)) {
+  if (options_.matrix_dtype && *options_.matrix_dtype != DType::F32 && *options_.matrix_dtype != DType::F16 &&
+      *options_.matrix_dtype != DType::BF16)
+    raise<value_error>(model_, "matrix_dtype must be F32, F16 or BF16, got " +
+                                   std::string(dtype_name(*options_.matrix_dtype)));
+}
+
+bool WeightStore::contains(std::string_view name) const { return dir_->contains(name); }
+
+std::string WeightStore::pick(std::initializer_list<std::string_view> names) const {
+  for (std::string_view n : names)
+    if (dir_->contains(n)) return std::string(n);
+  return names.size() ? std::string(*names.begin()) : std::string();
+}
+
+Shape WeightStore::shape_of(std::string_view name) const {
+  const io::TensorView* v = dir_->find(name);
+  if (!v) raise<format_error>(model_, "missing parameter '" + std::string(name) + "' in " + dir_->path().string());
+  return v->shape;
+}
+
+const io::TensorView& WeightStore::checked(std::string_view name, const Shape& shape) {
+  const io::TensorView* v = dir_->find(name);
+  if (!v)
+    raise<format_error>(model_, "missing parameter '" + std::string(name) + "' (expected shape " +
+                                    shape_string(shape) + ") in " + dir_->path().string());
+  if (v->shape != shape)
+    raise<shape_error>(model_, "parameter '" + std::string(name) + "' has shape " + shape_string(v->shape) +
+                                   ", expected " + shape_string(shape) + " (from config.json) in " +
+                                   dir_->path().string());
+  if (!is_float(v->dtype))
+    raise<format_error>(model_, "parameter '" + std::string(name) + "' has dtype " +
+                                    std::string(dtype_name(v->dtype)) + ", expected F32, F16, BF16 or F64");
+  if (used_.insert(std::string(name)).second) parameters_ += v->numel();
+  return *v;
+}
+
+const float* WeightStore::f32(std::string_view name, const Shape& shape) {
+  const io::TensorView& v = checked(name, shape);
+  if (v.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(v.data) % alignof(float) == 0)
+    return reinterpret_cast<const float*>(v.data);  // in place from the mapping
+  std::vector<float>& copy = f32_copies_.emplace_back(v.numel());
+  to_f32(v.dtype, v.data, copy.data(), copy.size());
+  return copy.data();
+}
+
+MatrixRef WeightStore::matrix(std::string_view name, const Shape& shape) {
+  if (shape.empty()) raise<value_error>(model_, "matrix '" + std::string(name) + "' needs at least one dimension");
+  const io::TensorView& v = checked(name, shape);
+  MatrixRef m;
+  m.rows = shape[0];
+  m.cols = m.rows ? v.numel() / m.rows : 0;
+  const DType want = options_.matrix_dtype.value_or(v.dtype == DType::F64 ? DType::F32 : v.dtype);
+  const bool aligned = reinterpret_cast<std::uintptr_t>(v.data) % (dtype_bits(v.dtype) / 8) == 0;
+  if (want == v.dtype && aligned) {
+    m.data = v.data;
+    m.dtype = v.dtype;
+    return m;
+  }
+  // Convert once: through f32 (exact for f16/bf16 sources), then to the wanted storage.
+  std::vector<float>& f = f32_copies_.emplace_back(v.numel());
+  to_f32(v.dtype, v.data, f.data(), f.size());
+  m.dtype = want;
+  if (want == DType::F32) {
+    m.data = f.data();
+    return m;
+  }
+  std::vector<std::uint16_t>& h = half_copies_.emplace_back(f.size());
+  if (want == DType::F16)
+    f32_to_f16(f.data(), h.data(), f.size());
+  else
+    f32_to_bf16(f.data(), h.data(), f.size());
+  f32_copies_.pop_back();
+  m.data = h.data();
+  return m;
+}
+
+void WeightStore::ignore(std::string_view name_or_prefix) { ignored_.emplace_back(name_or_prefix); }
+
+void WeightStore::check_all_used() const {
+  std::vector<std::string> extra;
+  for (const std::string& n : dir_->names()) {
+    if (used_.count(n)) continue;
+    bool skip = false;
+    for (const std::string& ig : ignored_)
+      if (n == ig || (!ig.empty() && ig.back() == '.' && n.compare(0, ig.size(), ig) == 0)) skip = true;
+    if (!skip) extra.push_back(n);
+  }
+  if (extra.empty()) return;
+  std::string msg = std::to_string(extra.size()) + " parameter(s) in " + dir_->path().string() +
+                    " that the config does not describe (extra or misnamed): ";
+  for (std::size_t i = 0; i < extra.size() && i < 10; ++i) msg += (i ? ", '" : "'") + extra[i] + "'";
+  if (extra.size() > 10) msg += ", ...";
+  raise<format_error>(model_, msg);
+}
+
+}  // namespace nn
+DIFFUSE_END_NAMESPACE
