@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: MIT
+/** @file generate.hpp
+ *  One generation, step by step ("one generation, as data flows through it" in
+ *  docs/architecture): the initial noise (torch-identical for the seed), the network wrapped into
+ *  a denoiser by its prediction type, classifier-free guidance as one batched forward of
+ *  [uncond; cond], the schedule, and a sampler from the registry.
+ *
+ *  `Generation` advances one sampler step per `step(ctx)` call, so a host can interleave steps with
+ *  frames, show `preview()` (the current denoised estimate) and stop whenever it likes;
+ *  `generate()` is the loop over it. The result depends only on the model and the options: the
+ *  networks give the same bits for any thread count, and nothing else here uses threads.
+ *
+ *  Noise: `torch.manual_seed(seed); torch.randn(batch, C, H, W)` is the initial noise; stochastic
+ *  samplers continue the same stream (diffusers passing one generator). VP models start at
+ *  x = noise * sqrt(1 + sigma_0^2) (the VE form of a pure-noise VP sample), flow models at
+ *  x = noise. A flow model used with a VE-only sampler (dpmpp_2m, unipc, euler_a, ...) runs
+ *  through `flow_to_ve` with its first noise level capped at 1 - 1/num_train_timesteps.
+ *
+ *  **Example**
+ *  @code
+ *  auto model = diffuse::pipeline::Model::load("models/digits-dit");
+ *  diffuse::pipeline::GenerateOptions o;
+ *  o.labels = {3};
+ *  o.seed = 42;
+ *  diffuse::kernels::Context ctx(2);
+ *  diffuse::pipeline::Generation g(model, o);
+ *  while (!g.done()) { g.step(ctx); show(g.preview()); }   // or: generate(model, o, ctx)
+ *  diffuse::Tensor images = g.result();                    // [1, 1, 16, 16] in [-1, 1]
+ *  @endcode */
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "diffuse/config.hpp"
+#include "diffuse/core/tensor.hpp"
+#include "diffuse/kernels/parallel.hpp"
+#include "diffuse/pipeline/model.hpp"
+#include "diffuse/sample/registry.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace pipeline {
+
+/// What to generate. Unset fields take the model's defaults (`Model::defaults()`).
+struct GenerateOptions {
+  std::string sampler;              ///< registry name or alias; empty: model default
+  std::string schedule;             ///< see `make_sigmas`; empty: model default
+  std::optional<int> steps;         ///< >= 1
+  std::optional<float> cfg_scale;   ///< finite; 1 = no guidance (needs no null class)
+  std::uint64_t seed = 0;
+  std::size_t batch = 1;            ///< images generated together (one forward per step)
+  /// Class labels: one for every image, or one per image (size `batch`). Required by a
+  /// class-conditional model, refused by an unconditional one. The null class is accepted.
+  std::vector<std::int64_t> labels;
+  std::optional<std::size_t> width;   ///< default: the network's sample_size
+  std::optional<std::size_t> height;  ///< default: the network's sample_size
+  SamplerParams<float> sampler_params;  ///< eta, s_noise, order, ... (unset: the sampler's defaults)
+};
+
+/** `options` with every unset field filled from the model's defaults and every field checked.
+ *  Throws value_error naming the option: unknown sampler or schedule, steps < 1 or > 10000,
+ *  cfg_scale not finite (or != 1 without a null class), batch 0 or > 4096, labels missing, of the
+ *  wrong count or out of range, width/height 0, > 4096 or not a multiple of the network's. */
+DIFFUSE_API GenerateOptions resolve_options(const Model& model, const GenerateOptions& options);
+
+/// A generation in progress (see the file comment). Move-only; keeps a copy of the Model.
+class DIFFUSE_API Generation {
+ public:
+  /// Resolves and checks the options (see resolve_options), builds the schedule and sampler and
+  /// draws the initial noise. No network call is made yet.
+  Generation(const Model& model, const GenerateOptions& options);
+  ~Generation();
+  Generation(Generation&&) noexcept;
+  Generation& operator=(Generation&&) noexcept;
+
+  /** Takes one sampler step, running the network on `ctx` (its threads and activation memory).
+   *  Throws value_error after the last step, and value_error naming the step when the network
+   *  or the sampler produce a non-finite value. After an exception the generation is unusable. */
+  void step(kernels::Context& ctx);
+
+  bool done() const;
+  /// Steps taken so far.
+  std::size_t step_index() const;
+  /// Steps in the schedule.
+  std::size_t num_steps() const;
+  /// Network forwards so far (a CFG step is one batched forward).
+  std::size_t nfe() const;
+
+  /// The current denoised estimate [batch, C, H, W] (x0, in [-1, 1] for image models): a
+  /// preview of the result. Empty before the first step.
+  const Tensor& preview() const;
+  /// The final sample [batch, C, H, W]. Throws value_error before `done()`.
+  const Tensor& result() const;
+  /// The current sample (noisy, in the sampler's space).
+  const Tensor& sample() const;
+
+  /// The noise levels the sampler walks (in the sampler's space, ending in 0).
+  const std::vector<float>& sigmas() const;
+  /// The options with the model's defaults filled in: what the parameters text records.
+  const GenerateOptions& options() const;
+  const Model& model() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+/// Called after each step, with the generation (step_index(), preview(), ...).
+using StepCallback = std::function<void(const Generation&)>;
+
+/// Runs a whole generation and returns the images [batch, C, H, W] (values in [-1, 1]).
+DIFFUSE_API Tensor generate(const Model& model, const GenerateOptions& options, kernels::Context& ctx,
+                            const StepCallback& callback = {});
+
+}  // namespace pipeline
+DIFFUSE_END_NAMESPACE

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: MIT
+/** @file model.hpp
+ *  A model ready to generate with: the network, what its output means (prediction type, noise
+ *  space, train sigmas), its classes, its scheduler config, and the sampler settings that give a
+ *  good image with it. The top of the `pipeline/` layer (see generate.hpp for the generation).
+ *
+ *  `Model::load(path)` accepts
+ *  - a model folder with `config.json` + weights and `scheduler_config.json` next to them (the
+ *    shipped `models/digits-*`), or in `../scheduler/` (a diffusers pipeline's `unet/` or
+ *    `transformer/` subfolder);
+ *  - a diffusers pipeline folder (`model_index.json`): its `unet/` or `transformer/` subfolder
+ *    with `scheduler/scheduler_config.json`.
+ *
+ *  The prediction type is `flow` for the FlowMatch* scheduler classes (and for
+ *  `prediction_type: "flow_prediction"`), else the config's `prediction_type` (epsilon,
+ *  v_prediction, sample). VP models get their train sigmas sqrt((1 - ac) / ac) from the config's
+ *  betas. A `Model` is cheap to copy (the network is shared) and immutable after loading, so
+ *  several generations may use it at once from different threads.
+ *
+ *  **Example**
+ *  @code
+ *  auto model = diffuse::pipeline::Model::load("models/digits-dit");
+ *  std::printf("%s: %zu parameters, default sampler %s\n", model.name().c_str(),
+ *              model.info().parameters, model.defaults().sampler.c_str());
+ *  @endcode */
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "diffuse/config.hpp"
+#include "diffuse/denoise/denoiser.hpp"
+#include "diffuse/denoise/parameterization.hpp"
+#include "diffuse/models/network.hpp"
+#include "diffuse/nn/weights.hpp"
+#include "diffuse/schedule/config.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace pipeline {
+
+/// The generation settings a model uses when the caller does not choose (chosen per model family
+/// by trying them on the shipped models; see `default_settings`).
+struct Defaults {
+  std::string sampler;   ///< registry name (sample/registry.hpp)
+  std::string schedule;  ///< schedule name (see `list_schedules`)
+  int steps = 20;
+  float cfg_scale = 1.0f;  ///< 1 when the model has no null class
+};
+
+/// A loaded model (see the file comment).
+class DIFFUSE_API Model {
+ public:
+  /// Loads the model at `path` (see the file comment). Throws io_error for a missing folder or
+  /// scheduler config, format_error for a malformed one, value_error for an unsupported scheduler
+  /// class or prediction type.
+  static Model load(const std::filesystem::path& path, const nn::LoadOptions& options = {});
+
+  /** A model from a network built elsewhere (a stand-in network in a test, a host's own network)
+   *  and the parsed `scheduler_config.json`. `name` is what the parameters text records. */
+  Model(std::shared_ptr<const models::Network> network, const nlohmann::json& scheduler_config,
+        std::string name = "custom");
+
+  const models::Network& network() const noexcept { return *network_; }
+  const std::shared_ptr<const models::Network>& shared_network() const noexcept { return network_; }
+  const models::NetworkInfo& info() const noexcept { return network_->info(); }
+
+  /// The folder name ("digits-unet"), or the name given to the constructor.
+  const std::string& name() const noexcept { return name_; }
+  /// The folder the network was loaded from (empty for an in-memory model).
+  const std::filesystem::path& path() const noexcept { return path_; }
+  /// Bytes of the weights files (0 for an in-memory model).
+  std::uint64_t weights_bytes() const noexcept { return weights_bytes_; }
+
+  /// The scheduler config: raw JSON, parsed schedule keys and class.
+  const nlohmann::json& scheduler_json() const noexcept { return scheduler_json_; }
+  const ScheduleConfig& schedule_config() const noexcept { return schedule_; }
+  SchedulerClass scheduler_class() const noexcept { return class_; }
+
+  /// What the network outputs, and the noise space it lives in (flow for rectified flow, else VE).
+  Prediction prediction() const noexcept { return prediction_; }
+  NoiseSpace space() const noexcept { return prediction_ == Prediction::flow ? NoiseSpace::flow : NoiseSpace::ve; }
+  /// The ascending VE train sigmas sqrt((1 - ac) / ac) of a VP model; empty for a flow model.
+  const std::vector<float>& train_sigmas() const noexcept { return train_sigmas_; }
+  /// x0 post-processing and the flow time scale, from the scheduler config (clip_sample, thresholding).
+  const ParameterizationOptions<float>& parameterization() const noexcept { return param_; }
+
+  /// True when the network takes a class label.
+  bool class_conditional() const noexcept { return info().num_classes > 0; }
+  /// The "no class" label used for classifier-free guidance, if the network has one.
+  std::optional<std::int64_t> null_class() const noexcept { return info().null_class; }
+  /// True when `label` is accepted: 0 .. num_classes-1, or the null class.
+  bool valid_label(std::int64_t label) const noexcept;
+
+  const Defaults& defaults() const noexcept { return defaults_; }
+  void set_defaults(Defaults d) { defaults_ = std::move(d); }
+
+ private:
+  Model() = default;
+  void init(const nlohmann::json& scheduler_config);
+
+  std::shared_ptr<const models::Network> network_;
+  std::string name_;
+  std::filesystem::path path_;
+  std::uint64_t weights_bytes_ = 0;
+  nlohmann::json scheduler_json_;
+  ScheduleConfig schedule_;
+  SchedulerClass class_ = SchedulerClass::euler;
+  Prediction prediction_ = Prediction::epsilon;
+  std::vector<float> train_sigmas_;
+  ParameterizationOptions<float> param_;
+  Defaults defaults_;
+};
+
+/** The defaults for a model of this kind: flow models flow_euler on the scheduler's own sigmas,
+ *  VP models the sampler and schedule that worked best on digits-unet; cfg 2 when the network has
+ *  a null class, else 1. */
+DIFFUSE_API Defaults default_settings(const Model& model);
+
+/// A schedule name with a one-line description, for `diffuse list`.
+struct ScheduleInfo {
+  std::string name;
+  std::string description;
+};
+
+/// The schedule names `make_sigmas` accepts.
+DIFFUSE_API std::vector<ScheduleInfo> list_schedules();
+
+/** The noise levels for `steps` steps of the named schedule, in the model's space (flow sigmas in
+ *  [0, 1] for a flow model, VE sigmas otherwise), ending in 0:
+ *  - "default": the spacing of the model's own scheduler config (diffusers' `set_timesteps`);
+ *  - "karras", "exponential", "beta": between the model's smallest and largest noise level;
+ *  - "simple", "normal", "sgm_uniform" (ComfyUI's, VP models only): from the train sigma table.
+ *  Throws value_error for an unknown name (listing the known ones) or steps < 1. */
+DIFFUSE_API std::vector<float> make_sigmas(const Model& model, std::string_view schedule, int steps);
+
+}  // namespace pipeline
+DIFFUSE_END_NAMESPACE
