@@ -194,6 +194,35 @@ DIFFUSE_API void sincos_pos_embed_2d(std::size_t dim, std::size_t grid_h, std::s
 // ---------------------------------------------------------------------------------------------
 // The variant table (tests and benchmarks)
 
+/// The function types of the op bodies of a variant. Each works on the range `[begin, end)` of
+/// its op's parallel items (named below), for arguments already checked; it never throws,
+/// allocates or starts a thread.
+namespace op_body {
+/// Items: planes (b * C + c) of x and y.
+using Upsample = void(const float* x, std::size_t height, std::size_t width, float* y, std::size_t out_height,
+                      std::size_t out_width, std::size_t begin, std::size_t end);
+/// Items: (batch, group) pairs, b * groups + g.
+using GroupNorm = void(const GroupNormArgs& a, std::size_t begin, std::size_t end);
+/// Items: rows.
+using LayerNorm = void(const LayerNormArgs& a, std::size_t begin, std::size_t end);
+/// Items: elements (the caller splits in blocks; every element is computed the same way).
+using Act = void(Activation act, const float* x, float* y, std::size_t begin, std::size_t end, const float* bias,
+                 std::size_t inner, std::size_t bias_len);
+/// Items: planes (b * channels + c).
+using ChannelBias = void(float* x, std::size_t channels, std::size_t spatial, const float* v, std::size_t v_stride,
+                         std::size_t begin, std::size_t end);
+/// Items: token rows (b * tokens + n).
+using GatedAdd = void(float* x, const float* y, std::size_t tokens, std::size_t dim, const float* gate,
+                      std::size_t gate_stride, std::size_t begin, std::size_t end);
+/// Items: rows.
+using Softmax = void(float* x, std::size_t cols, std::size_t begin, std::size_t end);
+/// Items: (batch, head, query block of `attention_q_block` rows), in that nesting order;
+/// `workspace` holds attention_workspace(head_dim) floats, 64-byte aligned.
+using Attention = void(const AttentionArgs& a, std::size_t begin, std::size_t end, float* workspace);
+/// Floats of per-thread attention workspace for a head dimension.
+using AttentionWorkspace = std::size_t(std::size_t head_dim);
+}  // namespace op_body
+
 /// One row of the table: every op's body for one instruction-set level. The bodies work on a
 /// range of their op's parallel items and never throw; the public functions above check the
 /// arguments and split the work. Members are opaque to users; tests and benchmarks select a row
@@ -201,6 +230,16 @@ DIFFUSE_API void sincos_pos_embed_2d(std::size_t dim, std::size_t grid_h, std::s
 struct OpVariant {
   const char* name;  ///< "scalar", "avx2", "avx512"
   IsaLevel isa;
+  op_body::Upsample* upsample_nearest;
+  op_body::GroupNorm* group_norm;
+  op_body::LayerNorm* layer_norm;
+  op_body::Act* activation;
+  op_body::ChannelBias* add_channel_bias;
+  op_body::GatedAdd* gated_add;
+  op_body::Softmax* softmax;
+  op_body::Attention* attention;
+  op_body::AttentionWorkspace* attention_workspace;
+  std::size_t attention_q_block;  ///< query rows per attention item
 };
 
 /// Every row compiled into this build (scalar first) that this CPU can run.
