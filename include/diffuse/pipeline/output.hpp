@@ -39,7 +39,7 @@ DIFFUSE_API io::Image to_rgba8(const Tensor& images, std::size_t index = 0);
 /// `image` enlarged `scale` times in each direction, each pixel repeated (no smoothing).
 DIFFUSE_API io::Image upscale_nearest(const io::Image& image, int scale);
 
-/// The images in a grid: `columns` 0 picks ceil(sqrt(n)) (at most 10, so a 10-class batch is one row).
+/// The images in a grid: `columns` 0 picks min(n, 10) (a 10-class batch is one row; 20 images two rows).
 DIFFUSE_API io::Image grid(const std::vector<io::Image>& images, int columns = 0, int padding = 2);
 
 /** The "parameters" text of a generation with resolved `options`, e.g.

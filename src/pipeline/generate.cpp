@@ -1,0 +1,276 @@
+// SPDX-License-Identifier: MIT
+// pipeline::Generation: options, noise, denoiser (parameterisation + batched CFG), sampler loop.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "diffuse/core/error.hpp"
+#include "diffuse/core/random.hpp"
+// GCC 12 at -O3 reports a false -Wfree-nonheap-object inside guidance.hpp's concat_batch (a
+// std::vector assignment from an initializer list) once it is inlined here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wfree-nonheap-object"
+#endif
+#include "diffuse/denoise/guidance.hpp"
+#include "diffuse/denoise/parameterization.hpp"
+#include "diffuse/pipeline/generate.hpp"
+#include "diffuse/sample/torch_noise.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace pipeline {
+namespace {
+
+constexpr int kMaxSteps = 10000;
+constexpr std::size_t kMaxBatch = 1024;
+constexpr std::size_t kMaxSide = 4096;
+
+std::string label_range(const Model& m) {
+  const auto& ni = m.info();
+  std::size_t top = ni.num_classes;
+  const auto null = m.null_class();
+  if (null && static_cast<std::size_t>(*null) + 1 == top) --top;  // the null row counted in num_classes
+  std::string s = top ? "0.." + std::to_string(top - 1) : "none";
+  if (null) s += "; " + std::to_string(*null) + " = unconditional";
+  return s;
+}
+
+/// A sampler that accepts flow-space denoisers directly (flow_euler, euler, heun, lms, lcm).
+bool runs_in_flow_space(const Sampler<float>& s) { return s.accepts(NoiseSpace::flow); }
+
+std::string fmt_float(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+}  // namespace
+
+GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
+  constexpr std::string_view where = "resolve_options";
+  GenerateOptions o = in;
+  const Defaults& d = model.defaults();
+  const auto& ni = model.info();
+  if (o.sampler.empty()) o.sampler = d.sampler;
+  if (o.schedule.empty()) o.schedule = d.schedule;
+  if (!o.steps) o.steps = d.steps;
+  if (!o.cfg_scale) o.cfg_scale = model.null_class() ? d.cfg_scale : 1.0f;
+  if (!o.width) o.width = ni.sample_size;
+  if (!o.height) o.height = ni.sample_size;
+
+  // The sampler: make_sampler names the known ones when the name is unknown.
+  const auto probe = make_sampler<float>(o.sampler, {1.0f, 0.0f}, o.sampler_params);
+  if (model.space() == NoiseSpace::ve && !probe->accepts(NoiseSpace::ve))
+    raise<value_error>(where, "sampler '" + o.sampler + "' is for flow-matching models; " + model.name() +
+                                  " is a diffusion (VP) model");
+  bool known_schedule = false;
+  for (const auto& s : list_schedules()) known_schedule = known_schedule || s.name == o.schedule;
+  if (!known_schedule) {
+    std::string names;
+    for (const auto& s : list_schedules()) names += (names.empty() ? "" : ", ") + s.name;
+    raise<value_error>(where, "unknown schedule '" + o.schedule + "' (known: " + names + ")");
+  }
+  if (*o.steps < 1 || *o.steps > kMaxSteps)
+    raise<value_error>(where, "steps must be in 1.." + std::to_string(kMaxSteps) + ", got " + std::to_string(*o.steps));
+  if (!std::isfinite(*o.cfg_scale))
+    raise<value_error>(where, "cfg_scale must be a finite number, got " + fmt_float(*o.cfg_scale));
+  if (*o.cfg_scale != 1.0f && !model.null_class())
+    raise<value_error>(where, model.name() + " has no null class, so it cannot use classifier-free guidance: cfg_scale must be 1, got " +
+                                  fmt_float(*o.cfg_scale));
+  if (o.batch < 1 || o.batch > kMaxBatch)
+    raise<value_error>(where, "batch must be in 1.." + std::to_string(kMaxBatch) + ", got " + std::to_string(o.batch));
+
+  if (model.class_conditional()) {
+    if (o.labels.empty())
+      raise<value_error>(where, model.name() + " is class-conditional: give a class label (" + label_range(model) + ")");
+    if (o.labels.size() != 1 && o.labels.size() != o.batch)
+      raise<value_error>(where, "give one class label for all images or one per image: " + std::to_string(o.labels.size()) +
+                                    " labels for a batch of " + std::to_string(o.batch));
+    for (std::int64_t l : o.labels)
+      if (!model.valid_label(l))
+        raise<value_error>(where, "class " + std::to_string(l) + " is out of range for " + model.name() + " (" +
+                                      label_range(model) + ")");
+  } else if (!o.labels.empty()) {
+    raise<value_error>(where, model.name() + " is unconditional: it takes no class label");
+  }
+
+  const std::size_t mult = std::max<std::size_t>(ni.size_multiple, 1);
+  for (const auto& [name, v] : {std::pair{"width", *o.width}, std::pair{"height", *o.height}}) {
+    if (v < 1 || v > kMaxSide)
+      raise<value_error>(where, std::string(name) + " must be in 1.." + std::to_string(kMaxSide) + ", got " + std::to_string(v));
+    if (v % mult != 0)
+      raise<value_error>(where, std::string(name) + " must be a multiple of " + std::to_string(mult) + " for " +
+                                    model.name() + ", got " + std::to_string(v));
+  }
+  return o;
+}
+
+// ---- Generation ----
+
+struct Generation::State {
+  Model model;
+  GenerateOptions opt;
+  std::vector<float> sigmas;           // in the sampler's space
+  std::vector<std::int64_t> cond, uncond, both;  // labels per forward kind
+  kernels::Context* ctx = nullptr;     // set for the duration of step()
+  AnyDenoiser<float> denoiser;
+  std::unique_ptr<Sampler<float>> sampler;
+  TorchGenerator gen;
+  NoiseSource<float> noise;
+  Tensor x;
+  Tensor empty;
+  bool failed = false;
+
+  State(const Model& m, GenerateOptions o) : model(m), opt(std::move(o)), gen(opt.seed) {}
+
+  /// The network as `(x_in, t) -> output` with the labels of one branch bound.
+  struct Net {
+    State* s;
+    const std::vector<std::int64_t>* labels;
+    Tensor operator()(const Tensor& x_in, float t) const {
+      const float ts[1] = {t};
+      return s->model.network().forward(x_in, ts, *labels, *s->ctx);
+    }
+  };
+  using Parameterized = ParameterizedDenoiser<float, Net>;
+
+  /// The guidance model: the uncond / cond branches, or both in one batch-2B forward.
+  struct Branches {
+    static constexpr bool batched_cfg = true;
+    Parameterized u, c, b;
+    Tensor operator()(const Tensor& x, float sigma, Branch br) const {
+      switch (br) {
+        case Branch::uncond: return u(x, sigma);
+        case Branch::cond: return c(x, sigma);
+        case Branch::both: break;
+      }
+      return b(x, sigma);
+    }
+  };
+};
+
+Generation::Generation(const Model& model, const GenerateOptions& options)
+    : s_(std::make_unique<State>(model, resolve_options(model, options))) {
+  State& s = *s_;
+  const GenerateOptions& o = s.opt;
+  const auto& ni = model.info();
+  const bool flow = model.space() == NoiseSpace::flow;
+
+  // Labels: cond per image; uncond all null; both = [uncond; cond] (guidance.hpp's batch order).
+  if (model.class_conditional()) {
+    for (std::size_t b = 0; b < o.batch; ++b) s.cond.push_back(o.labels.size() == 1 ? o.labels[0] : o.labels[b]);
+    if (model.null_class()) {
+      s.uncond.assign(o.batch, *model.null_class());
+      s.both = s.uncond;
+      s.both.insert(s.both.end(), s.cond.begin(), s.cond.end());
+    }
+  }
+
+  // The schedule and the sampler; a flow model with a VE-only sampler goes through flow_to_ve.
+  std::vector<float> sigmas = make_sigmas(model, o.schedule, *o.steps);
+  s.sampler = make_sampler<float>(o.sampler, sigmas, o.sampler_params);
+  const bool to_ve = flow && !runs_in_flow_space(*s.sampler);
+  if (to_ve) {
+    const double cap = 1.0 - 1.0 / static_cast<double>(model.schedule_config().num_train_timesteps);
+    for (float& v : sigmas) v = static_cast<float>(flow_sigma_to_ve(std::min(static_cast<double>(v), cap)));
+    s.sampler = make_sampler<float>(o.sampler, sigmas, o.sampler_params);
+  }
+  s.sigmas = sigmas;
+
+  // The denoiser: parameterisation per branch, CFG, then the config's x0 clipping/thresholding on
+  // the guided estimate (where diffusers applies it: in the scheduler step, after guidance).
+  ParameterizationOptions<float> po = model.parameterization();
+  const ParameterizationOptions<float> post = po;
+  po.clip_sample = false;
+  po.thresholding = false;
+  State* sp = &s;
+  auto branch = [&](const std::vector<std::int64_t>& labels) {
+    return State::Parameterized(State::Net{sp, &labels}, model.prediction(), model.train_sigmas(), po);
+  };
+  GuidanceOptions<float> go;
+  go.scale = *o.cfg_scale;
+  auto guided = make_guided<float>(State::Branches{branch(s.uncond), branch(s.cond), branch(s.both)}, go, model.space());
+  AnyDenoiser<float> any(
+      [g = std::move(guided), post](const Tensor& x, float sigma) {
+        Tensor d = g(x, sigma);
+        if (post.thresholding) {
+          dynamic_threshold(d, post.dynamic_thresholding_ratio, post.sample_max_value);
+        } else if (post.clip_sample) {
+          for (float& v : d.values()) v = std::clamp(v, -post.clip_sample_range, post.clip_sample_range);
+        }
+        return d;
+      },
+      model.space());
+  s.denoiser = to_ve ? flow_to_ve(std::move(any)) : std::move(any);
+
+  // Initial noise, torch.randn(batch, C, H, W) for the seed; per-step noise continues the stream.
+  s.x = randn(s.gen, {o.batch, ni.in_channels, *o.height, *o.width});
+  const float s0 = sigmas.front();
+  float scale = 1.0f;
+  if (to_ve) {
+    scale = 1.0f + s0;  // x_ve = x_flow / (1 - s) with s = sigma / (1 + sigma)
+  } else if (!flow) {
+    scale = std::sqrt(1.0f + s0 * s0);  // a pure-noise VP sample, in VE form
+  }
+  if (scale != 1.0f)
+    for (float& v : s.x.values()) v *= scale;
+  s.noise = torch_noise<float>(s.gen);
+}
+
+Generation::~Generation() = default;
+Generation::Generation(Generation&&) noexcept = default;
+Generation& Generation::operator=(Generation&&) noexcept = default;
+
+void Generation::step(kernels::Context& ctx) {
+  constexpr std::string_view where = "Generation::step";
+  State& s = *s_;
+  if (s.failed) raise<value_error>(where, "an earlier step failed; start a new generation");
+  if (s.sampler->done()) raise<value_error>(where, "the generation is done (" + std::to_string(num_steps()) + " steps)");
+  const std::size_t i = s.sampler->step_index();
+  const float sigma = s.sigmas[std::min(i, s.sigmas.size() - 1)];
+  s.ctx = &ctx;
+  try {
+    s.sampler->step(s.denoiser, s.x, s.noise);
+  } catch (const value_error& e) {
+    s.ctx = nullptr;
+    s.failed = true;
+    raise<value_error>(where, "step " + std::to_string(i + 1) + " of " + std::to_string(num_steps()) + " (sigma " +
+                                  fmt_float(sigma) + "): " + e.what());
+  } catch (...) {
+    s.ctx = nullptr;
+    s.failed = true;
+    throw;
+  }
+  s.ctx = nullptr;
+}
+
+bool Generation::done() const { return s_->sampler->done(); }
+std::size_t Generation::step_index() const { return s_->sampler->step_index(); }
+std::size_t Generation::num_steps() const { return s_->sampler->num_steps(); }
+std::size_t Generation::nfe() const { return s_->sampler->nfe(); }
+const Tensor& Generation::preview() const { return s_->sampler->denoised(); }
+const Tensor& Generation::sample() const { return s_->x; }
+const std::vector<float>& Generation::sigmas() const { return s_->sigmas; }
+const GenerateOptions& Generation::options() const { return s_->opt; }
+const Model& Generation::model() const { return s_->model; }
+
+const Tensor& Generation::result() const {
+  if (!done())
+    raise<value_error>("Generation::result", "the generation is not done: " + std::to_string(step_index()) + " of " +
+                                                 std::to_string(num_steps()) + " steps taken");
+  return s_->x;
+}
+
+Tensor generate(const Model& model, const GenerateOptions& options, kernels::Context& ctx, const StepCallback& callback) {
+  Generation g(model, options);
+  while (!g.done()) {
+    g.step(ctx);
+    if (callback) callback(g);
+  }
+  return g.result();
+}
+
+}  // namespace pipeline
+DIFFUSE_END_NAMESPACE

@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: MIT
+// pipeline::Model: loading a model folder with its scheduler config, and the schedules by name.
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "diffuse/core/error.hpp"
+#include "diffuse/io/model_dir.hpp"
+#include "diffuse/pipeline/model.hpp"
+#include "diffuse/schedule/sigmas.hpp"
+
+DIFFUSE_BEGIN_NAMESPACE
+namespace pipeline {
+namespace {
+
+namespace fs = std::filesystem;
+
+nlohmann::json read_json(const fs::path& file, std::string_view where) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) raise<io_error>(where, "cannot open " + file.string());
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    return nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::exception& e) {
+    raise<format_error>(where, file.string() + ": not valid JSON (" + e.what() + ")");
+  }
+}
+
+bool is_flow_class(SchedulerClass c) {
+  return c == SchedulerClass::flow_match_euler || c == SchedulerClass::flow_match_heun;
+}
+
+template <class V>
+V json_value(const nlohmann::json& j, const char* key, V fallback) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  try {
+    return it->get<V>();
+  } catch (const nlohmann::json::exception&) {
+    raise<format_error>("Model", std::string("scheduler config key '") + key + "' has the wrong type");
+  }
+}
+
+}  // namespace
+
+Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
+  constexpr std::string_view where = "Model::load";
+  fs::path path = path_in.lexically_normal();
+  if (path.has_parent_path() && path.filename().empty()) path = path.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(path, ec))
+    raise<io_error>(where, fs::exists(path, ec) ? path.string() + " is not a model folder"
+                                                : "no such model folder: " + path.string());
+  fs::path net_dir = path;
+  fs::path sched_file;
+  if (fs::exists(path / "model_index.json", ec)) {  // a diffusers pipeline folder
+    for (const char* sub : {"unet", "transformer"})
+      if (fs::exists(path / sub / "config.json", ec)) {
+        net_dir = path / sub;
+        break;
+      }
+    if (net_dir == path) raise<io_error>(where, path.string() + ": a pipeline folder without unet/ or transformer/");
+    sched_file = path / "scheduler" / "scheduler_config.json";
+  } else if (fs::exists(path / "scheduler_config.json", ec)) {
+    sched_file = path / "scheduler_config.json";
+  } else {
+    sched_file = path.parent_path() / "scheduler" / "scheduler_config.json";
+  }
+  if (!fs::exists(path / "config.json", ec) && net_dir == path)
+    raise<io_error>(where, path.string() + " has no config.json (not a diffusers model folder)");
+  if (!fs::exists(sched_file, ec))
+    raise<io_error>(where, path.string() + ": no scheduler config (looked for " + (path / "scheduler_config.json").string() +
+                               " and " + sched_file.string() + ")");
+  const nlohmann::json sched = read_json(sched_file, where);
+
+  Model m;
+  m.network_ = models::load_network(net_dir, options);
+  m.path_ = net_dir;
+  m.name_ = path.filename().string();
+  for (const auto& f : io::ModelDir::open(net_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);
+  m.init(sched);
+  return m;
+}
+
+Model::Model(std::shared_ptr<const models::Network> network, const nlohmann::json& scheduler_config, std::string name)
+    : network_(std::move(network)), name_(std::move(name)) {
+  if (!network_) raise<value_error>("Model", "the network is null");
+  init(scheduler_config);
+}
+
+void Model::init(const nlohmann::json& j) {
+  constexpr std::string_view where = "Model";
+  scheduler_json_ = j;
+  schedule_ = ScheduleConfig::from_json(j);
+  if (schedule_.class_name.empty()) raise<format_error>(where, "the scheduler config has no _class_name");
+  class_ = scheduler_class_from_name(schedule_.class_name);
+  if (is_flow_class(class_) || schedule_.prediction_type == "flow_prediction") {
+    prediction_ = Prediction::flow;
+  } else {
+    prediction_ = parse_prediction(schedule_.prediction_type);
+    train_sigmas_ = diffuse::train_sigmas(make_schedule(class_, schedule_, 1).alphas_cumprod);
+  }
+  param_.clip_sample = json_value(j, "clip_sample", false);
+  param_.clip_sample_range = json_value(j, "clip_sample_range", 1.0f);
+  param_.thresholding = json_value(j, "thresholding", false);
+  param_.dynamic_thresholding_ratio = json_value(j, "dynamic_thresholding_ratio", 0.995f);
+  param_.sample_max_value = json_value(j, "sample_max_value", 1.0f);
+  param_.flow_time_scale = static_cast<float>(schedule_.num_train_timesteps);
+  const auto& ni = info();
+  if (ni.in_channels == 0 || ni.sample_size == 0)
+    raise<value_error>(where, "the network reports in_channels " + std::to_string(ni.in_channels) + " and sample_size " +
+                                  std::to_string(ni.sample_size) + "; both must be > 0");
+  defaults_ = default_settings(*this);
+}
+
+bool Model::valid_label(std::int64_t label) const noexcept {
+  const auto& ni = info();
+  if (null_class() && label == *null_class()) return true;
+  return label >= 0 && static_cast<std::size_t>(label) < ni.num_classes;
+}
+
+Defaults default_settings(const Model& model) {
+  Defaults d;
+  // Measured on the shipped models (see the CLI README section): the DiT's own flow Euler schedule
+  // at 25 steps, and DPM-Solver++(2M) on Karras sigmas at 25 steps for the DDPM UNet, both with
+  // guidance 2 (the scale their READMEs measured as best).
+  if (model.prediction() == Prediction::flow) {
+    d.sampler = "flow_euler";
+    d.schedule = "default";
+    d.steps = 25;
+  } else {
+    d.sampler = "dpmpp_2m";
+    d.schedule = "karras";
+    d.steps = 25;
+  }
+  d.cfg_scale = model.null_class() ? 2.0f : 1.0f;
+  return d;
+}
+
+std::vector<ScheduleInfo> list_schedules() {
+  return {
+      {"default", "the spacing of the model's own scheduler config (diffusers set_timesteps)"},
+      {"karras", "Karras et al. 2022, rho 7, between the model's smallest and largest noise level"},
+      {"exponential", "evenly spaced in log sigma"},
+      {"beta", "beta(0.6, 0.6) quantiles (Lee et al. 2024)"},
+      {"simple", "ComfyUI simple: train sigmas at an even stride (VP models)"},
+      {"normal", "ComfyUI normal: evenly spaced train timesteps (VP models)"},
+      {"sgm_uniform", "ComfyUI sgm_uniform (VP models)"},
+  };
+}
+
+std::vector<float> make_sigmas(const Model& model, std::string_view schedule, int steps) {
+  constexpr std::string_view where = "make_sigmas";
+  if (steps < 1) raise<value_error>(where, "steps must be >= 1, got " + std::to_string(steps));
+  bool known = false;
+  std::string names;
+  for (const auto& s : list_schedules()) {
+    known = known || s.name == schedule;
+    names += (names.empty() ? "" : ", ") + s.name;
+  }
+  if (!known) raise<value_error>(where, "unknown schedule '" + std::string(schedule) + "' (known: " + names + ")");
+  const ScheduleConfig& cfg = model.schedule_config();
+  const std::int64_t n = steps;
+
+  if (model.prediction() == Prediction::flow) {
+    if (schedule == "simple" || schedule == "normal" || schedule == "sgm_uniform")
+      raise<value_error>(where, "schedule '" + std::string(schedule) + "' needs a VP model; " + model.name() +
+                                    " is a flow-matching model (use default, karras, exponential or beta)");
+    FlowMatchOptions o;
+    o.num_train_timesteps = cfg.num_train_timesteps;
+    const bool flow_class = model.scheduler_class() == SchedulerClass::flow_match_euler ||
+                            model.scheduler_class() == SchedulerClass::flow_match_heun;
+    o.shift = flow_class ? cfg.shift : cfg.flow_shift;
+    o.use_dynamic_shifting = flow_class && cfg.use_dynamic_shifting;
+    o.time_shift_type = cfg.time_shift_type;
+    o.shift_terminal = cfg.shift_terminal;
+    o.invert_sigmas = false;
+    if (schedule == "default" && flow_class) {
+      o.use_karras_sigmas = cfg.use_karras_sigmas;
+      o.use_exponential_sigmas = cfg.use_exponential_sigmas;
+      o.use_beta_sigmas = cfg.use_beta_sigmas;
+    }
+    o.use_karras_sigmas = o.use_karras_sigmas || schedule == "karras";
+    o.use_exponential_sigmas = o.use_exponential_sigmas || schedule == "exponential";
+    o.use_beta_sigmas = o.use_beta_sigmas || schedule == "beta";
+    std::optional<double> mu;
+    if (o.use_dynamic_shifting) {
+      // The Flux/SD3 pipelines' mu for the image's token count (patches of the native size).
+      const double tokens = static_cast<double>(model.info().sample_size * model.info().sample_size) / 4.0;
+      mu = cfg.mu_for(tokens);
+    }
+    return flow_match_sigmas(o, n, mu).sigmas;
+  }
+
+  const std::vector<float>& train = model.train_sigmas();
+  const double lo = train.front(), hi = train.back();
+  if (schedule == "karras") return get_sigmas_karras<float>(n, lo, hi);
+  if (schedule == "exponential") return get_sigmas_exponential<float>(n, lo, hi);
+  if (schedule == "beta") return get_sigmas_beta<float>(n, lo, hi);
+  if (schedule == "simple") return get_sigmas_simple<float>(train, n);
+  if (schedule == "normal") return get_sigmas_normal<float>(train, n);
+  if (schedule == "sgm_uniform") return get_sigmas_sgm_uniform<float>(train, n);
+  // "default": the scheduler's own timesteps; the Heun class's doubled entries are the sampler's
+  // business here, so its single-stage (Euler) schedule is used.
+  SchedulerClass cls = model.scheduler_class();
+  if (cls == SchedulerClass::heun) cls = SchedulerClass::euler;
+  Schedule s = make_schedule(cls, cfg, n);
+  if (!s.sigmas.empty()) return s.sigmas;
+  std::vector<float> out;
+  for (double v : interp_sigmas<double>(s.timesteps, train)) out.push_back(static_cast<float>(v));
+  out.push_back(0.0f);
+  return out;
+}
+
+}  // namespace pipeline
+DIFFUSE_END_NAMESPACE
