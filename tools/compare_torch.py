@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""PyTorch side by side: times the diffusers/PyTorch eager forward of the reference networks and, when it has been
+built, diffuse's bench/models_bench on the same weights, input shapes and thread count, and prints one table.
+
+    /work/main/.venv-ref/bin/python tools/compare_torch.py                       # threads 1 and 2, all models
+    /work/main/.venv-ref/bin/python tools/compare_torch.py --threads 1 --models unet_cifar10_b1 dit_s2
+    /work/main/.venv-ref/bin/python tools/compare_torch.py --bench build/bench/models_bench --repeats 20
+
+Torch side: torch.set_num_threads(T), torch.inference_mode(), f32, `--warmup` untimed calls, then `--repeats` timed
+calls; the table shows the median (and the best) in milliseconds per forward call (the whole batch).
+Weights: the recipes of tests/data/models/*_recipe (tools/make_network_fixtures.py; the C++ benchmark materialises
+the same weights with tests/models/model_fixture.hpp) and the shipped models/digits-*.
+C++ side: `models_bench --benchmark_format=json --benchmark_filter=<regex>` (Google Benchmark), real_time of the
+benchmark named in MODELS below ("{t}" is replaced by the thread count). If the binary is missing, only the torch
+column is printed. Edit MODELS when the benchmark names change.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+FIXTURES = os.path.join(ROOT, "tests", "data", "models")
+
+# name: (source, batch, size, conditional, C++ benchmark name)
+#   source: "recipe:<fixture dir>" (weights regenerated from the recipe) or "folder:<diffusers folder>"
+MODELS = {
+    "unet_cifar10_b1": ("recipe:ddpm_cifar10_recipe", 1, 32, False, "BM_unet2d_cifar10/batch:1/threads:{t}"),
+    "unet_cifar10_b2": ("recipe:ddpm_cifar10_recipe", 2, 32, False, "BM_unet2d_cifar10/batch:2/threads:{t}"),
+    "dit_s2_b2": ("recipe:dit_s2_recipe", 2, 32, True, "BM_dit_s2/batch:2/threads:{t}"),
+    "dit_b2_b2": ("recipe:dit_b2_recipe", 2, 32, True, "BM_dit_b2/batch:2/threads:{t}"),
+    "digits_unet_b2": ("folder:models/digits-unet", 2, 16, True, "BM_digits_unet/batch:2/threads:{t}"),
+    "digits_dit_b2": ("folder:models/digits-dit", 2, 16, True, "BM_digits_dit/batch:2/threads:{t}"),
+}
+DEFAULT_BENCH = os.path.join(ROOT, "build", "bench", "models_bench")
+
+
+def load_model(source):
+    from diffusers import DiTTransformer2DModel, UNet2DModel
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()
+    kind, path = source.split(":", 1)
+    if kind == "recipe":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import make_network_fixtures as mnf
+
+        folder = os.path.join(FIXTURES, path)
+        manifest = json.load(open(os.path.join(folder, "manifest.json")))
+        config = json.load(open(os.path.join(folder, "config.json")))
+        cls = UNet2DModel if manifest["model"] == "UNet2DModel" else DiTTransformer2DModel
+        model = cls.from_config(config).eval()
+        plist = [(p["name"], p["shape"], p["mean"], p["std"]) for p in manifest["parameters"]]
+        mnf.load_weights(model, mnf.generate(plist, manifest["seed"]))
+        return model
+    folder = os.path.join(ROOT, path)
+    cls_name = json.load(open(os.path.join(folder, "config.json")))["_class_name"]
+    cls = UNet2DModel if cls_name == "UNet2DModel" else DiTTransformer2DModel
+    return cls.from_pretrained(folder, torch_dtype=torch.float32).eval()
+
+
+def time_torch(model, batch, size, conditional, threads, warmup, repeats):
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, model.config.in_channels, size, size), generator=g)
+    t = torch.tensor([999.0 - 37.5 * i for i in range(batch)])
+    n_cls = getattr(model.config, "num_embeds_ada_norm", None) or getattr(model.config, "num_class_embeds", None) or 1
+    y = torch.tensor([i % n_cls for i in range(batch)], dtype=torch.int64) if conditional else None
+    with torch.inference_mode():
+        run = (lambda: model(x, t, class_labels=y)) if isinstance(model.config.get("down_block_types"), (list, tuple)) \
+            else (lambda: model(x, timestep=t, class_labels=y))
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times)
+
+
+def run_bench(binary, names):
+    """{benchmark name: real_time in ms} from one models_bench run, or None when it cannot run."""
+    if not binary or not os.path.exists(binary):
+        return None
+    regex = "^(" + "|".join(n.replace("/", "\\/") for n in names) + ")$"
+    try:
+        res = subprocess.run([binary, "--benchmark_format=json", f"--benchmark_filter={regex}"], capture_output=True,
+                             text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"note: {binary} failed: {e}", file=sys.stderr)
+        return None
+    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+    out = {}
+    for b in json.loads(res.stdout).get("benchmarks", []):
+        if b.get("run_type", "iteration") != "iteration":
+            continue
+        out[b.get("run_name", b["name"])] = b["real_time"] * scale[b.get("time_unit", "ns")]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--bench", default=DEFAULT_BENCH, help="path of diffuse's models_bench (default: %(default)s)")
+    ap.add_argument("--json", help="also write the rows to this file")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    rows = []
+    for name in args.models:
+        source, batch, size, conditional, _ = MODELS[name]
+        model = load_model(source)
+        for t in args.threads:
+            med, best = time_torch(model, batch, size, conditional, t, args.warmup, args.repeats)
+            rows.append(dict(model=name, threads=t, torch_ms=med, torch_best_ms=best))
+            print(f"  {name} threads {t}: torch {med:.2f} ms (best {best:.2f})", file=sys.stderr)
+        del model
+
+    names = [MODELS[r["model"]][4].format(t=r["threads"]) for r in rows]
+    cpp = run_bench(args.bench, names)
+    for r, n in zip(rows, names):
+        r["diffuse_ms"] = cpp.get(n) if cpp else None
+
+    print(f"torch {torch.__version__}, {torch.get_num_interop_threads()} interop threads, "
+          f"{os.cpu_count()} CPUs; times per forward call (whole batch), median of {args.repeats}")
+    print(f"| {'model':16s} | threads | torch ms (best) | diffuse ms | ratio diffuse/torch |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        d = r["diffuse_ms"]
+        dd = f"{d:.2f}" if d is not None else "-"
+        ratio = f"{d / r['torch_ms']:.2f}" if d is not None else "-"
+        print(f"| {r['model']:16s} | {r['threads']} | {r['torch_ms']:.2f} ({r['torch_best_ms']:.2f}) | {dd} | {ratio} |")
+    if cpp is None:
+        print(f"\n(no diffuse column: {args.bench} is missing or failed; build it with -DDIFFUSE_BUILD_BENCHMARKS=ON)")
+    elif any(r["diffuse_ms"] is None for r in rows):
+        print("\n(some benchmarks were not found in models_bench's output: check the names in MODELS)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
