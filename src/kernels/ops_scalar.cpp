@@ -108,10 +108,7 @@ void layer_norm_body(const LayerNormArgs& a, size_t begin, size_t end) {
 
 void activation_body(Activation act, const float* x, float* y, size_t begin, size_t end, const float* bias,
                      size_t inner, size_t bias_len) {
-  for (size_t i = begin; i < end; ++i) {
-    const float b = bias ? bias[(i / inner) % bias_len] : 0.0f;
-    y[i] = apply(act, x[i] + b);
-  }
+  for (size_t i = begin; i < end; ++i) y[i] = apply(act, bias ? x[i] + bias[(i / inner) % bias_len] : x[i]);
 }
 
 void add_channel_bias_body(float* x, size_t channels, size_t spatial, const float* v, size_t v_stride, size_t begin,

@@ -493,4 +493,89 @@ TEST(Ops, Errors) {
   dk::attention(dk::attention_bnd(nullptr, nullptr, nullptr, nullptr, 0, 1, 2, 2, 4), ctx);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Embeddings against diffusers (tests/data/kernels/embeddings.json).
+
+Vec decode_f32(const std::string& b64) {
+  auto val = [](char c) -> std::uint32_t {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    return c == '+' ? 62 : 63;
+  };
+  std::vector<unsigned char> bytes;
+  for (std::size_t i = 0; i + 3 < b64.size(); i += 4) {
+    const std::uint32_t n = val(b64[i]) << 18 | val(b64[i + 1]) << 12 | (b64[i + 2] == '=' ? 0 : val(b64[i + 2]) << 6) |
+                            (b64[i + 3] == '=' ? 0 : val(b64[i + 3]));
+    bytes.push_back(static_cast<unsigned char>(n >> 16));
+    if (b64[i + 2] != '=') bytes.push_back(static_cast<unsigned char>(n >> 8));
+    if (b64[i + 3] != '=') bytes.push_back(static_cast<unsigned char>(n));
+  }
+  Vec out(bytes.size() / 4);
+  std::memcpy(out.data(), bytes.data(), out.size() * 4);  // little-endian host (x86, arm64)
+  return out;
+}
+
+nlohmann::json load_fixture() {
+  std::ifstream f(std::string(DIFFUSE_TEST_DATA_DIR) + "/kernels/embeddings.json");
+  EXPECT_TRUE(f.good()) << "missing tests/data/kernels/embeddings.json";
+  return nlohmann::json::parse(f);
+}
+
+/// Distance in units in the last place (f32, same sign assumed for nonzero values).
+std::int64_t ulps(float a, float b) {
+  std::int32_t ia, ib;
+  std::memcpy(&ia, &a, 4);
+  std::memcpy(&ib, &b, 4);
+  if (ia < 0) ia = INT32_MIN - ia;
+  if (ib < 0) ib = INT32_MIN - ib;
+  return std::abs(static_cast<std::int64_t>(ia) - ib);
+}
+
+// timestep_embedding: torch computes exp / sin / cos with SLEEF (1.0-ulp functions), we with
+// glibc: each value within 2 ulp of diffusers' or 2^-24 absolute (sin/cos near zero); in
+// practice most are bit-identical.
+TEST(Ops, TimestepEmbeddingMatchesDiffusers) {
+  const nlohmann::json fx = load_fixture();
+  std::size_t exact = 0, total = 0;
+  for (const auto& c : fx["timestep_embedding"]) {
+    const std::vector<float> t = c["timesteps"].get<std::vector<float>>();
+    const std::size_t dim = c["dim"];
+    const Vec want = decode_f32(c["out"]);
+    ASSERT_EQ(want.size(), t.size() * dim);
+    Vec got(want.size(), NAN);
+    dk::timestep_embedding(t.data(), t.size(), dim, c["flip_sin_to_cos"], c["downscale_freq_shift"].get<float>(), got.data(),
+                           c["scale"].get<float>(), c["max_period"].get<float>());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      ++total;
+      exact += got[i] == want[i];
+      EXPECT_TRUE(ulps(got[i], want[i]) <= 2 || std::fabs(got[i] - want[i]) <= 0x1p-24f)
+          << "dim " << dim << " i " << i << ": " << got[i] << " vs " << want[i];
+    }
+  }
+  EXPECT_GE(exact * 10, total * 8) << exact << " of " << total << " bit-identical";
+}
+
+// sincos_pos_embed_2d: computed in double and rounded once, as diffusers does: bit-identical
+// except where the double sin/cos of the two libraries straddle an f32 rounding boundary
+// (<= 1 ulp, allowed for at most 1 % of the values).
+TEST(Ops, SincosPosEmbedMatchesDiffusers) {
+  const nlohmann::json fx = load_fixture();
+  std::size_t exact = 0, total = 0;
+  for (const auto& c : fx["sincos_pos_embed_2d"]) {
+    const std::size_t dim = c["dim"], gh = c["grid_h"], gw = c["grid_w"];
+    const Vec want = decode_f32(c["out"]);
+    ASSERT_EQ(want.size(), gh * gw * dim);
+    Vec got(want.size(), NAN);
+    dk::sincos_pos_embed_2d(dim, gh, gw, got.data(), c["base_size"].get<double>(), c["interpolation_scale"].get<double>());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      ++total;
+      exact += got[i] == want[i];
+      EXPECT_LE(ulps(got[i], want[i]), 1) << "dim " << dim << " grid " << gh << "x" << gw << " i " << i << ": " << got[i]
+                                          << " vs " << want[i];
+    }
+  }
+  EXPECT_GE(exact * 100, total * 99) << exact << " of " << total << " bit-identical";
+}
+
 }  // namespace
