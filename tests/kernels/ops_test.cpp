@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -533,8 +534,10 @@ std::int64_t ulps(float a, float b) {
 }
 
 // timestep_embedding: torch computes exp / sin / cos with SLEEF (1.0-ulp functions), we with
-// glibc: each value within 2 ulp of diffusers' or 2^-24 absolute (sin/cos near zero); in
-// practice most are bit-identical.
+// glibc (correctly rounded here). A 1-ulp difference of a frequency moves the argument
+// t * freq by up to |t| * 2^-24, so each value must be within |scale t| * 2^-23 + 2^-23 of
+// diffusers' (for t = 999 that is 1.2e-4: one frequency of the 256-wide DiT table differs);
+// at least 80 % of the values must be bit-identical (measured: 924 of 967).
 TEST(Ops, TimestepEmbeddingMatchesDiffusers) {
   const nlohmann::json fx = load_fixture();
   std::size_t exact = 0, total = 0;
@@ -549,11 +552,12 @@ TEST(Ops, TimestepEmbeddingMatchesDiffusers) {
     for (std::size_t i = 0; i < want.size(); ++i) {
       ++total;
       exact += got[i] == want[i];
-      EXPECT_TRUE(ulps(got[i], want[i]) <= 2 || std::fabs(got[i] - want[i]) <= 0x1p-24f)
-          << "dim " << dim << " i " << i << ": " << got[i] << " vs " << want[i];
+      const double tol = (std::fabs(t[i / dim] * c["scale"].get<double>()) + 1.0) * 0x1p-23;
+      EXPECT_LE(std::fabs(got[i] - want[i]), tol) << "dim " << dim << " i " << i << ": " << got[i] << " vs " << want[i];
     }
   }
   EXPECT_GE(exact * 10, total * 8) << exact << " of " << total << " bit-identical";
+  std::printf("timestep_embedding: %zu of %zu values bit-identical to diffusers\n", exact, total);
 }
 
 // sincos_pos_embed_2d: computed in double and rounded once, as diffusers does: bit-identical
@@ -576,6 +580,7 @@ TEST(Ops, SincosPosEmbedMatchesDiffusers) {
     }
   }
   EXPECT_GE(exact * 100, total * 99) << exact << " of " << total << " bit-identical";
+  std::printf("sincos_pos_embed_2d: %zu of %zu values bit-identical to diffusers\n", exact, total);
 }
 
 }  // namespace
