@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: MIT
+// The generation pipeline against stand-in networks with closed-form outputs: the exact velocity
+// (flow) or noise (epsilon) predictor of a data distribution that is one point per class (a flat
+// image of value class/10 - 0.5; the null class gives 0). Every sampler then converges to that
+// point, which checks the parameterisations, the flow-to-VE path and the guidance end to end.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "diffuse/core/error.hpp"
+#include "diffuse/core/random.hpp"
+#include "diffuse/pipeline/pipeline.hpp"
+#include "diffuse/schedule/sigmas.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using diffuse::Tensor;
+using diffuse::kernels::Context;
+using diffuse_test::expect_error;
+namespace pl = diffuse::pipeline;
+
+constexpr std::int64_t kNull = 10;
+
+float class_value(std::int64_t label) { return label == kNull ? 0.0f : static_cast<float>(label) / 10.0f - 0.5f; }
+
+/// What the stand-in network outputs.
+enum class Kind { flow, epsilon };
+
+class StandIn final : public diffuse::models::Network {
+ public:
+  StandIn(Kind kind, bool conditional, bool with_null, std::vector<float> train_sigmas = {})
+      : kind_(kind), train_log_sigmas_(diffuse::log_sigmas(train_sigmas)) {
+    info_.architecture = kind == Kind::flow ? "StandInFlow" : "StandInEps";
+    info_.in_channels = info_.out_channels = 1;
+    info_.sample_size = 8;
+    info_.size_multiple = 2;
+    info_.num_classes = conditional ? 10 : 0;
+    if (conditional && with_null) info_.null_class = kNull;
+    info_.parameters = 1;
+  }
+
+  const diffuse::models::NetworkInfo& info() const noexcept override { return info_; }
+
+  Tensor forward(const Tensor& x, std::span<const float> t, std::span<const std::int64_t> labels,
+                 Context& ctx) const override {
+    ++calls;
+    last_batch = x.dim(0);
+    const std::size_t batch = x.dim(0), per = x.size() / batch;
+    if (info_.num_classes && labels.size() != batch) throw diffuse::value_error("labels/batch mismatch");
+    Tensor out(x.shape());
+    // Split over the pool by item, so a thread count that changed results would show.
+    ctx.pool().parallel_for(batch, [&](std::size_t b0, std::size_t b1, std::size_t) {
+      for (std::size_t b = b0; b < b1; ++b) {
+        const float ts = t.size() == 1 ? t[0] : t[b];
+        const float x0 = labels.empty() ? 0.25f : class_value(labels[b]);
+        const float* px = x.data() + b * per;
+        float* po = out.data() + b * per;
+        for (std::size_t i = 0; i < per; ++i) {
+          if (kind_ == Kind::flow) {
+            const float s = std::max(ts / 1000.0f, 1e-4f);  // x = (1-s) x0 + s eps, v = (x - x0) / s
+            po[i] = (px[i] - x0) / s;
+          } else {  // x_vp = sqrt(ac) x0 + sqrt(1-ac) eps with ac = 1/(1+sigma^2)
+            const auto sigma = static_cast<float>(diffuse::t_to_sigma(ts, train_log_sigmas_));
+            po[i] = (px[i] * std::sqrt(1.0f + sigma * sigma) - x0) / sigma;
+          }
+          if (nan_at_call && calls == nan_at_call) po[i] = std::numeric_limits<float>::quiet_NaN();
+        }
+      }
+    });
+    return out;
+  }
+
+  mutable std::atomic<std::size_t> calls{0};
+  mutable std::atomic<std::size_t> last_batch{0};
+  std::size_t nan_at_call = 0;
+
+ private:
+  Kind kind_;
+  std::vector<float> train_log_sigmas_;
+  diffuse::models::NetworkInfo info_;
+};
+
+const nlohmann::json kFlowConfig = {{"_class_name", "FlowMatchEulerDiscreteScheduler"},
+                                    {"num_train_timesteps", 1000},
+                                    {"shift", 1.0}};
+const nlohmann::json kDdpmConfig = {{"_class_name", "DDPMScheduler"}, {"beta_schedule", "linear"},
+                                    {"beta_start", 0.0001},           {"beta_end", 0.02},
+                                    {"num_train_timesteps", 1000},    {"prediction_type", "epsilon"},
+                                    {"clip_sample", true},            {"timestep_spacing", "leading"}};
+
+std::shared_ptr<StandIn> flow_net(bool conditional = true, bool with_null = true) {
+  return std::make_shared<StandIn>(Kind::flow, conditional, with_null);
+}
+
+pl::Model flow_model(std::shared_ptr<StandIn> net = flow_net()) { return pl::Model(net, kFlowConfig, "standin-flow"); }
+
+pl::Model eps_model() {
+  // The VP train sigmas of the config, so the stand-in maps t back to sigma exactly.
+  auto ac = diffuse::make_schedule(diffuse::ScheduleConfig::from_json(kDdpmConfig), 1).alphas_cumprod;
+  auto net = std::make_shared<StandIn>(Kind::epsilon, true, true, diffuse::train_sigmas(ac));
+  return pl::Model(net, kDdpmConfig, "standin-eps");
+}
+
+pl::GenerateOptions opts(std::vector<std::int64_t> labels = {3}, std::size_t batch = 1) {
+  pl::GenerateOptions o;
+  o.labels = std::move(labels);
+  o.batch = batch;
+  o.seed = 42;
+  o.steps = 8;
+  return o;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST(Pipeline, ModelFromNetworkAndConfig) {
+  const auto m = flow_model();
+  EXPECT_EQ(m.prediction(), diffuse::Prediction::flow);
+  EXPECT_EQ(m.space(), diffuse::NoiseSpace::flow);
+  EXPECT_TRUE(m.train_sigmas().empty());
+  EXPECT_EQ(m.defaults().sampler, "flow_euler");
+  EXPECT_EQ(m.defaults().cfg_scale, 2.0f);
+  EXPECT_TRUE(m.valid_label(0));
+  EXPECT_TRUE(m.valid_label(kNull));
+  EXPECT_FALSE(m.valid_label(11));
+  EXPECT_FALSE(m.valid_label(-1));
+
+  const auto e = eps_model();
+  EXPECT_EQ(e.prediction(), diffuse::Prediction::epsilon);
+  EXPECT_EQ(e.train_sigmas().size(), 1000u);
+  EXPECT_TRUE(e.parameterization().clip_sample);
+  EXPECT_EQ(pl::Model(flow_net(true, false), kFlowConfig).defaults().cfg_scale, 1.0f);
+}
+
+TEST(Pipeline, DefaultsFilledIn) {
+  const auto m = flow_model();
+  const auto o = pl::resolve_options(m, opts());
+  EXPECT_EQ(o.sampler, "flow_euler");
+  EXPECT_EQ(o.schedule, "default");
+  EXPECT_EQ(*o.steps, 8);
+  EXPECT_EQ(*o.cfg_scale, 2.0f);
+  EXPECT_EQ(*o.width, 8u);
+  EXPECT_EQ(*o.height, 8u);
+}
+
+TEST(Pipeline, WholeEqualsStepwise) {
+  const auto m = flow_model();
+  Context ctx(1);
+  auto o = opts({1, 7}, 2);
+  o.sampler = "euler_a";  // stochastic: the per-step noise stream must match too
+  std::size_t callbacks = 0;
+  const Tensor whole = pl::generate(m, o, ctx, [&](const pl::Generation& g) {
+    ++callbacks;
+    EXPECT_EQ(g.step_index(), callbacks);
+    EXPECT_EQ(g.preview().shape(), (diffuse::Shape{2, 1, 8, 8}));
+  });
+  EXPECT_EQ(callbacks, 8u);
+
+  pl::Generation g(m, o);
+  EXPECT_EQ(g.num_steps(), 8u);
+  EXPECT_EQ(g.preview().size(), 0u);
+  expect_error<diffuse::value_error>([&] { (void)g.result(); }, {"not done"});
+  while (!g.done()) g.step(ctx);
+  EXPECT_TRUE(same_bits(whole, g.result()));
+  expect_error<diffuse::value_error>([&] { g.step(ctx); }, {"done"});
+}
+
+TEST(Pipeline, ConvergesToTheClassForEverySamplerKind) {
+  Context ctx(1);
+  const auto check = [&](const pl::Model& m, const std::string& sampler, const std::string& schedule, float tol) {
+    auto o = opts({2, 9}, 2);
+    o.sampler = sampler;
+    o.schedule = schedule;
+    o.steps = 12;
+    o.cfg_scale = 1.5f;
+    const Tensor x = pl::generate(m, o, ctx);
+    for (std::size_t b = 0; b < 2; ++b)
+      for (std::size_t i = 0; i < 64; ++i)
+        ASSERT_NEAR(x.data()[b * 64 + i], class_value(o.labels[b]) * 1.5f, tol)
+            << m.name() << " " << sampler << " " << schedule << " item " << b;
+  };
+  // Guided point targets: D = D_u + s (D_c - D_u) = 0 + 1.5 * c (the null class maps to 0).
+  const auto f = flow_model();
+  for (const char* s : {"flow_euler", "euler", "heun", "dpmpp_2m", "unipc", "euler_a", "dpmpp_2m_sde"})
+    check(f, s, "default", 1e-3f);
+  check(f, "flow_euler", "karras", 1e-3f);
+  const auto e = eps_model();
+  for (const char* s : {"dpmpp_2m", "ddim", "euler", "ddpm", "euler_a"}) check(e, s, "karras", 2e-3f);
+  for (const char* sch : {"default", "exponential", "simple", "normal", "sgm_uniform", "beta"}) check(e, "ddim", sch, 2e-3f);
+}
+
+TEST(Pipeline, CfgIsOneBatchedForwardEqualToTwoSeparateOnes) {
+  auto net = flow_net();
+  const auto m = flow_model(net);
+  Context ctx(1);
+  auto o = opts({4, 6}, 2);
+  o.cfg_scale = 3.0f;
+  pl::Generation g(m, o);
+  const Tensor x = g.sample();  // the initial noise (flow: x = noise at sigma 1)
+  const float sigma = g.sigmas().front();
+  net->calls = 0;
+  g.step(ctx);
+  EXPECT_EQ(net->calls.load(), 1u);
+  EXPECT_EQ(net->last_batch.load(), 4u);  // [uncond; cond]
+
+  // The same guided estimate from two separate forwards.
+  const float t[1] = {sigma * 1000.0f};
+  const std::int64_t cond[2] = {4, 6}, uncond[2] = {kNull, kNull};
+  const Tensor vc = net->forward(x, t, cond, ctx), vu = net->forward(x, t, uncond, ctx);
+  const Tensor& preview = g.preview();
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const float dc = x.data()[i] - sigma * vc.data()[i], du = x.data()[i] - sigma * vu.data()[i];
+    EXPECT_EQ(preview.data()[i], du + 3.0f * (dc - du)) << i;
+  }
+
+  // Without guidance: one forward of the batch alone.
+  o.cfg_scale = 1.0f;
+  pl::Generation g1(m, o);
+  g1.step(ctx);
+  EXPECT_EQ(net->last_batch.load(), 2u);
+}
+
+TEST(Pipeline, SameBitsAtOneAndTwoThreads) {
+  for (const auto& m : {flow_model(), eps_model()}) {
+    auto o = opts({0, 5, 9}, 3);
+    o.sampler = "dpmpp_2m_sde";
+    Context c1(1), c2(2);
+    const Tensor a = pl::generate(m, o, c1), b = pl::generate(m, o, c2), c = pl::generate(m, o, c2);
+    EXPECT_TRUE(same_bits(a, b)) << m.name();
+    EXPECT_TRUE(same_bits(b, c)) << m.name();
+    o.seed = 43;
+    EXPECT_FALSE(same_bits(a, pl::generate(m, o, c1))) << "the seed must matter";
+  }
+}
+
+TEST(Pipeline, InitialNoiseIsTorchRandn) {
+  const auto m = flow_model();
+  pl::Generation g(m, opts({3}, 2));
+  diffuse::TorchGenerator gen(42);
+  EXPECT_TRUE(same_bits(g.sample(), diffuse::randn(gen, {2, 1, 8, 8})));
+}
+
+TEST(Pipeline, OptionErrors) {
+  const auto m = flow_model();
+  const auto bad = [&](auto edit, std::initializer_list<std::string> parts) {
+    auto o = opts();
+    edit(o);
+    expect_error<diffuse::value_error>([&] { pl::Generation g(m, o); }, parts);
+  };
+  using O = pl::GenerateOptions;
+  bad([](O& o) { o.sampler = "nope"; }, {"unknown sampler 'nope'", "dpmpp_2m"});
+  bad([](O& o) { o.schedule = "wiggly"; }, {"unknown schedule 'wiggly'", "karras"});
+  bad([](O& o) { o.schedule = "simple"; }, {"VP model"});
+  bad([](O& o) { o.steps = 0; }, {"steps", "got 0"});
+  bad([](O& o) { o.steps = -1; }, {"steps", "got -1"});
+  bad([](O& o) { o.cfg_scale = std::numeric_limits<float>::quiet_NaN(); }, {"cfg_scale", "finite"});
+  bad([](O& o) { o.cfg_scale = std::numeric_limits<float>::infinity(); }, {"cfg_scale"});
+  bad([](O& o) { o.labels = {99}; }, {"class 99 is out of range", "0..9", "10 = unconditional"});
+  bad([](O& o) { o.labels = {-1}; }, {"class -1"});
+  bad([](O& o) { o.labels = {}; }, {"class-conditional", "give a class label"});
+  bad([](O& o) { o.labels = {1, 2}; o.batch = 3; }, {"2 labels for a batch of 3"});
+  bad([](O& o) { o.batch = 0; }, {"batch"});
+  bad([](O& o) { o.width = 7; }, {"width", "multiple of 2"});
+  bad([](O& o) { o.height = 0; }, {"height"});
+  // A model without a null class cannot guide; an unconditional one takes no label.
+  const pl::Model no_null(flow_net(true, false), kFlowConfig, "no-null");
+  auto o = opts();
+  o.cfg_scale = 2.0f;
+  expect_error<diffuse::value_error>([&] { pl::Generation g(no_null, o); }, {"no null class", "cfg_scale must be 1"});
+  const pl::Model uncond(flow_net(false, false), kFlowConfig, "uncond");
+  expect_error<diffuse::value_error>([&] { pl::Generation g(uncond, opts()); }, {"unconditional"});
+  Context ctx(1);
+  EXPECT_EQ(pl::generate(uncond, opts({}), ctx).size(), 64u);
+  // A VP model refuses the flow-only samplers.
+  auto v = opts();
+  v.sampler = "flow_euler";
+  expect_error<diffuse::value_error>([&] { pl::Generation g(eps_model(), v); }, {"flow-matching"});
+}
+
+TEST(Pipeline, NanNamesTheStep) {
+  auto net = flow_net();
+  const auto m = flow_model(net);
+  Context ctx(1);
+  pl::Generation g(m, opts());
+  net->calls = 0;
+  net->nan_at_call = 3;
+  g.step(ctx);
+  g.step(ctx);
+  expect_error<diffuse::value_error>([&] { g.step(ctx); }, {"Generation::step", "step 3 of 8", "non-finite"});
+  expect_error<diffuse::value_error>([&] { g.step(ctx); }, {"earlier step failed"});
+}
+
+TEST(Pipeline, LoadErrors) {
+  expect_error<diffuse::io_error>([] { (void)pl::Model::load("/nonexistent/model"); }, {"no such model folder"});
+  expect_error<diffuse::io_error>([] { (void)pl::Model::load(DIFFUSE_TEST_DATA_DIR); }, {"config.json"});
+}
+
+TEST(Pipeline, ImagesAndParameters) {
+  const auto m = flow_model();
+  Context ctx(1);
+  auto o = opts({1, 2, 3}, 3);
+  const Tensor x = pl::generate(m, o, ctx);
+  const auto imgs = pl::to_images(x, 4);
+  ASSERT_EQ(imgs.size(), 3u);
+  EXPECT_EQ(imgs[0].width, 32);
+  EXPECT_EQ(imgs[0].channels, 1);
+  // Nearest upscaling repeats each pixel in a 4x4 block.
+  const auto one = pl::to_images(x, 1);
+  EXPECT_EQ(imgs[1].pixels[5 * 32 + 6], one[1].pixels[1 * 8 + 1]);
+  const auto rgba = pl::to_rgba8(x, 2);
+  EXPECT_EQ(rgba.channels, 4);
+  EXPECT_EQ(rgba.pixels[3], 255);
+  EXPECT_EQ(rgba.pixels[0], one[2].pixels[0]);
+  const auto gr = pl::grid(imgs);
+  EXPECT_EQ(gr.width, 3 * 32 + 4 * 2);
+
+  const auto r = pl::resolve_options(m, o);
+  EXPECT_EQ(pl::parameters_text(m, r, std::nullopt, {{"Scale", "4x (nearest)"}}),
+            "class: 1 2 3, Steps: 8, Sampler: flow_euler, Schedule type: default, CFG scale: 2, Seed: 42, "
+            "Size: 8x8, Model: standin-flow, Batch size: 3, Scale: 4x (nearest)");
+  EXPECT_EQ(pl::parameters_text(m, r, 1),
+            "class: 2, Steps: 8, Sampler: flow_euler, Schedule type: default, CFG scale: 2, Seed: 42, "
+            "Size: 8x8, Model: standin-flow, Batch size: 3, Batch pos: 1");
+}
+
+}  // namespace
