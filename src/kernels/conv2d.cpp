@@ -14,7 +14,8 @@
 //   kConv2dBlockFloats floats per block), so the scratch does not grow with the image. Each block
 //   is filled by the pool (split over the K rows of col), then multiplied by the GEMM (which
 //   splits itself). Padding is fused into the copy: out-of-image taps are written as zeros, no
-//   padded copy of x is made.
+//   padded copy of x is made. The row walk is conv2d_im2col.hpp; with an AVX-512 GEMM row the
+//   copies are masked AVX-512 loads/stores (conv2d_avx512.cpp), otherwise plain loops.
 // - Bias (per output channel, i.e. per row of C, which the GEMM's per-column bias cannot express)
 //   and residual: y is first set to bias[o] + residual (or either alone), then the GEMM runs with
 //   beta = 1. Without either, beta = 0. So every element is
@@ -33,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "conv2d_im2col.hpp"
 #include "conv2d_impl.hpp"
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
@@ -103,41 +105,18 @@ Geometry check(const Conv2dArgs& a) {
   return g;
 }
 
-/// Row r = (c * kh + p) * kw + q of col for the output pixels [n0, n1) of one image, into dst
-/// (n1 - n0 floats): dst[n - n0] = x[c, i*s + p - pad_top, j*s + q - pad_left] with (i, j) the
-/// pixel n, or 0 in the padding.
-void im2col_row(const Conv2dArgs& a, const Geometry& g, const float* xb, size_t r, size_t n0, size_t n1, float* dst) {
-  const size_t q = r % a.kw, p = (r / a.kw) % a.kh, c = r / (a.kw * a.kh);
-  const size_t s = a.stride, W = a.width, pl = a.pad_left;
-  const float* plane = xb + c * a.height * a.width;
-  // Valid output columns: j*s + q - pl in [0, W), i.e. j in [j_lo, j_hi).
-  const size_t j_lo = pl > q ? (pl - q + s - 1) / s : 0;
-  const size_t j_hi = W + pl > q ? std::min(g.w_out, (W - 1 + pl - q) / s + 1) : 0;
-  size_t n = n0;
-  while (n < n1) {
-    const size_t i = n / g.w_out, j0 = n % g.w_out;
-    const size_t j1 = std::min(g.w_out, j0 + (n1 - n));
-    float* d = dst + (n - n0);  // d[j - j0] for j in [j0, j1)
-    const size_t ih_plus = i * s + p;  // input row + pad_top
-    if (ih_plus < a.pad_top || ih_plus - a.pad_top >= a.height || j_lo >= j_hi) {
-      std::memset(d, 0, (j1 - j0) * sizeof(float));
-    } else {
-      const size_t lo = std::clamp(j_lo, j0, j1), hi = std::clamp(j_hi, lo, j1);
-      for (size_t j = j0; j < lo; ++j) d[j - j0] = 0.0f;
-      if (hi > lo) {
-        const float* src = plane + (ih_plus - a.pad_top) * W + (lo * s + q - pl);  // input of column lo
-        float* out = d + (lo - j0);
-        if (s == 1) {
-          std::memcpy(out, src, (hi - lo) * sizeof(float));
-        } else {
-          for (size_t t = 0; t < hi - lo; ++t) out[t] = src[t * s];
-        }
-      }
-      for (size_t j = hi; j < j1; ++j) d[j - j0] = 0.0f;
-    }
-    n += j1 - j0;
+/// Plain loops (the scalar path; with DIFFUSE_NATIVE the compiler may vectorize them).
+struct ScalarCopy {
+  static void zero(float* d, size_t n) {
+    for (size_t t = 0; t < n; ++t) d[t] = 0.0f;
   }
-}
+  static void copy(float* d, const float* src, size_t n) {
+    for (size_t t = 0; t < n; ++t) d[t] = src[t];
+  }
+  static void gather(float* d, const float* src, size_t n, size_t s) {
+    for (size_t t = 0; t < n; ++t) d[t] = src[t * s];
+  }
+};
 
 /// y[o, :] = bias[o] + residual[o, :] (or either alone) for the rows of one image. Returns
 /// whether C now holds a term the GEMM must add to (beta = 1).
@@ -177,6 +156,12 @@ void run(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t blo
   const std::span<float> gemm_ws = ws.first(gemm_floats);
   float* col = ws.data() + gemm_floats;
 
+  using Im2col = void (*)(const Conv2dArgs&, size_t, const float*, size_t, size_t, size_t, size_t, float*);
+  Im2col im2col = &scalar::conv2d_im2col;
+#if DIFFUSE_KERNELS_X86
+  if (kernel.isa == IsaLevel::avx512) im2col = &avx512::conv2d_im2col;  // the CPU has it: kernel_supported
+#endif
+
   GemmArgs ga;
   ga.M = M, ga.K = K;
   ga.A = a.weight, ga.lda = K;
@@ -194,7 +179,7 @@ void run(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t blo
     for (size_t n0 = 0; n0 < N; n0 += nb) {
       const size_t n1 = std::min(N, n0 + nb), cols = n1 - n0;
       pool.parallel_for(K, [&](size_t begin, size_t end, size_t) {
-        for (size_t r = begin; r < end; ++r) im2col_row(a, g, xb, r, n0, n1, col + r * cols);
+        im2col(a, g.w_out, xb, begin, end, n0, n1, col + begin * cols);
       });
       ga.N = cols, ga.B = col, ga.ldb = cols, ga.C = yb + n0, ga.ldc = N;
       gemm(kernel, ga, &pool, gemm_ws);
@@ -214,6 +199,11 @@ size_t conv2d_block_pixels(size_t k_rows, size_t pixels, size_t block_floats) {
   size_t nb = (pixels + blocks - 1) / blocks;  // even blocks rather than a full ones and a sliver
   if (nb > 64) nb = (nb + 63) / 64 * 64;       // whole GEMM register tiles
   return std::min(std::max<size_t>(nb, 1), pixels);
+}
+
+void scalar::conv2d_im2col(const Conv2dArgs& a, size_t w_out, const float* xb, size_t r_begin, size_t r_end,
+                           size_t n0, size_t n1, float* col) {
+  im2col_rows<ScalarCopy>(a, w_out, xb, r_begin, r_end, n0, n1, col);
 }
 
 void conv2d(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t block_floats) {

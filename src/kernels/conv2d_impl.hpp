@@ -2,7 +2,7 @@
 /** @file conv2d_impl.hpp
  *  Internal: the pieces of conv2d that tests and benchmarks reach besides the public entry point
  *  (include/diffuse/kernels/ops.hpp). DIFFUSE_API so that tests link against a shared build too;
- *  not public API. Declarations only (included by no per-ISA file, but kept inline-free anyway). */
+ *  not public API. Declarations only: conv2d_avx512.cpp includes it (house style, point 11). */
 #pragma once
 
 #include <cstddef>
@@ -10,6 +10,7 @@
 #include "diffuse/config.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
+#include "gemm_impl.hpp"  // DIFFUSE_KERNELS_X86
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace kernels {
@@ -32,6 +33,20 @@ DIFFUSE_API void conv2d(const GemmKernel& kernel, const Conv2dArgs& a, Context& 
 
 /// Output pixels per im2col block for `k_rows` = C_in * kh * kw and `pixels` = H_out * W_out.
 DIFFUSE_API std::size_t conv2d_block_pixels(std::size_t k_rows, std::size_t pixels, std::size_t block_floats);
+
+/// im2col of rows [r_begin, r_end) for output pixels [n0, n1) of one image `xb` (see
+/// conv2d_im2col.hpp). The scalar one is used with scalar and AVX2 GEMM rows, the AVX-512 one
+/// with AVX-512 rows; both write the same values (a copy).
+namespace scalar {
+DIFFUSE_API void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t r_begin,
+                               std::size_t r_end, std::size_t n0, std::size_t n1, float* col);
+}
+#if DIFFUSE_KERNELS_X86
+namespace avx512 {
+DIFFUSE_API void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t r_begin,
+                               std::size_t r_end, std::size_t n0, std::size_t n1, float* col);
+}
+#endif
 
 }  // namespace kernels
 DIFFUSE_END_NAMESPACE
