@@ -12,10 +12,11 @@
 // - 1x1, stride 1, no padding: col is x itself, no copy.
 // - Otherwise col is built in blocks of output pixels (conv2d_block_pixels: about
 //   kConv2dBlockFloats floats per block), so the scratch does not grow with the image. Each block
-//   is filled by the pool (split over the K rows of col), then multiplied by the GEMM (which
-//   splits itself). Padding is fused into the copy: out-of-image taps are written as zeros, no
-//   padded copy of x is made. The row walk is conv2d_im2col.hpp; with an AVX-512 GEMM row the
-//   copies are masked AVX-512 loads/stores (conv2d_avx512.cpp), otherwise plain loops.
+//   is filled by the pool (split over input channels), then multiplied by the GEMM (which splits
+//   itself). Per channel, the input rows a block needs are copied once into a small per-thread
+//   buffer with their zero border, and every col row segment is then a branch-free (strided)
+//   copy from it (conv2d_im2col.hpp). With an AVX-512 GEMM row the copies are masked AVX-512
+//   loads/stores (conv2d_avx512.cpp), otherwise plain loops.
 // - Bias (per output channel, i.e. per row of C, which the GEMM's per-column bias cannot express)
 //   and residual: y is first set to bias[o] + residual (or either alone), then the GEMM runs with
 //   beta = 1. Without either, beta = 0. So every element is
@@ -152,11 +153,14 @@ void run(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t blo
                          a.pad_bottom == 0 && a.pad_right == 0;
   const size_t nb = pointwise ? 0 : conv2d_block_pixels(K, N, block_floats);
   const size_t gemm_floats = (gemm_workspace_floats(kernel, pool.size()) + 15) / 16 * 16;  // col stays aligned
-  const std::span<float> ws = ctx.workspace(gemm_floats + K * nb);
+  const size_t col_floats = (K * nb + 15) / 16 * 16;
+  const size_t pad_floats = pointwise ? 0 : im2col_scratch_floats(a, g.w_out, nb);  // per thread
+  const std::span<float> ws = ctx.workspace(gemm_floats + col_floats + pool.size() * pad_floats);
   const std::span<float> gemm_ws = ws.first(gemm_floats);
   float* col = ws.data() + gemm_floats;
+  float* pad = col + col_floats;
 
-  using Im2col = void (*)(const Conv2dArgs&, size_t, const float*, size_t, size_t, size_t, size_t, float*);
+  using Im2col = void (*)(const Conv2dArgs&, size_t, const float*, size_t, size_t, size_t, size_t, float*, float*);
   Im2col im2col = &scalar::conv2d_im2col;
 #if DIFFUSE_KERNELS_X86
   if (kernel.isa == IsaLevel::avx512) im2col = &avx512::conv2d_im2col;  // the CPU has it: kernel_supported
@@ -178,8 +182,8 @@ void run(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t blo
     }
     for (size_t n0 = 0; n0 < N; n0 += nb) {
       const size_t n1 = std::min(N, n0 + nb), cols = n1 - n0;
-      pool.parallel_for(K, [&](size_t begin, size_t end, size_t) {
-        im2col(a, g.w_out, xb, begin, end, n0, n1, col + begin * cols);
+      pool.parallel_for(a.in_channels, [&](size_t begin, size_t end, size_t t) {
+        im2col(a, g.w_out, xb, begin, end, n0, n1, col, pad + t * pad_floats);
       });
       ga.N = cols, ga.B = col, ga.ldb = cols, ga.C = yb + n0, ga.ldc = N;
       gemm(kernel, ga, &pool, gemm_ws);
@@ -201,9 +205,9 @@ size_t conv2d_block_pixels(size_t k_rows, size_t pixels, size_t block_floats) {
   return std::min(std::max<size_t>(nb, 1), pixels);
 }
 
-void scalar::conv2d_im2col(const Conv2dArgs& a, size_t w_out, const float* xb, size_t r_begin, size_t r_end,
-                           size_t n0, size_t n1, float* col) {
-  im2col_rows<ScalarCopy>(a, w_out, xb, r_begin, r_end, n0, n1, col);
+void scalar::conv2d_im2col(const Conv2dArgs& a, size_t w_out, const float* xb, size_t c_begin, size_t c_end,
+                           size_t n0, size_t n1, float* col, float* pad) {
+  im2col_channels<ScalarCopy>(a, w_out, xb, c_begin, c_end, n0, n1, col, pad);
 }
 
 void conv2d(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t block_floats) {

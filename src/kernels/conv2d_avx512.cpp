@@ -49,9 +49,9 @@ struct Avx512Copy {
 
 }  // namespace
 
-void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t r_begin, std::size_t r_end,
-                   std::size_t n0, std::size_t n1, float* col) {
-  im2col_rows<Avx512Copy>(a, w_out, xb, r_begin, r_end, n0, n1, col);
+void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t c_begin, std::size_t c_end,
+                   std::size_t n0, std::size_t n1, float* col, float* pad) {
+  im2col_channels<Avx512Copy>(a, w_out, xb, c_begin, c_end, n0, n1, col, pad);
 }
 
 }  // namespace kernels::avx512

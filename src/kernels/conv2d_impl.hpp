@@ -34,17 +34,17 @@ DIFFUSE_API void conv2d(const GemmKernel& kernel, const Conv2dArgs& a, Context& 
 /// Output pixels per im2col block for `k_rows` = C_in * kh * kw and `pixels` = H_out * W_out.
 DIFFUSE_API std::size_t conv2d_block_pixels(std::size_t k_rows, std::size_t pixels, std::size_t block_floats);
 
-/// im2col of rows [r_begin, r_end) for output pixels [n0, n1) of one image `xb` (see
-/// conv2d_im2col.hpp). The scalar one is used with scalar and AVX2 GEMM rows, the AVX-512 one
+/// im2col of channels [c_begin, c_end) for output pixels [n0, n1) of one image `xb`, with
+/// per-thread scratch `pad` (see conv2d_im2col.hpp). The scalar one is used with scalar and AVX2 GEMM rows, the AVX-512 one
 /// with AVX-512 rows; both write the same values (a copy).
 namespace scalar {
-DIFFUSE_API void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t r_begin,
-                               std::size_t r_end, std::size_t n0, std::size_t n1, float* col);
+DIFFUSE_API void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t c_begin,
+                               std::size_t c_end, std::size_t n0, std::size_t n1, float* col, float* pad);
 }
 #if DIFFUSE_KERNELS_X86
 namespace avx512 {
-DIFFUSE_API void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t r_begin,
-                               std::size_t r_end, std::size_t n0, std::size_t n1, float* col);
+DIFFUSE_API void conv2d_im2col(const Conv2dArgs& a, std::size_t w_out, const float* xb, std::size_t c_begin,
+                               std::size_t c_end, std::size_t n0, std::size_t n1, float* col, float* pad);
 }
 #endif
 
