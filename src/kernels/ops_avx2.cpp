@@ -32,7 +32,8 @@ struct Simd {
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V loadm(const float* p, M m) { return _mm256_maskload_ps(p, m); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static void storem(float* p, M m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static void storem(float* p, M m, V v) { _mm256_maskstore_ps(p, m, v); }  // slow on AMD: tails only
+  static V zero_masked(V v, M m) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V zero() { return _mm256_setzero_ps(); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }

@@ -31,6 +31,7 @@ struct Simd {
   static V loadm(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void storem(float* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static V zero_masked(V v, M m) { return _mm512_maskz_mov_ps(m, v); }  // lanes outside m = 0
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V zero() { return _mm512_setzero_ps(); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }

@@ -11,6 +11,8 @@
 #error "ops_simd-inl.hpp is included by ops_avx2.cpp / ops_avx512.cpp only"
 #endif
 
+#include <type_traits>
+
 DIFFUSE_BEGIN_NAMESPACE
 namespace kernels::DIFFUSE_OPS_ISA {
 namespace {
@@ -224,11 +226,10 @@ void scores(const float* Qt, const float* k0, size_t k_stride, size_t nk, size_t
 
 /// O[i][c0*W : (c0+C)*W] = O[i][..] * alpha[i] + sum_j P[j][i] V[j][..] for rows i0..i0+RO of
 /// the block and C vectors of the head dimension starting at vector c0 (the last one masked).
-template <int RO, int C>
+template <int RO, int C, bool Tail>
 void pv_tile(const float* P, const float* v0, size_t v_stride, size_t nk, size_t c0, size_t d, const float* alpha,
              size_t i0, float* O, size_t ldo) {
-  M mk[C];
-  for (int c = 0; c < C; ++c) mk[c] = Simd::mask(d - (c0 + c) * W);
+  const M mk = Simd::mask(d - (c0 + C - 1) * W);  // lanes of the last vector (Tail only)
   V acc[RO][C];
   for (int r = 0; r < RO; ++r) {
     const V a = Simd::set1(alpha[i0 + r]);
@@ -237,7 +238,7 @@ void pv_tile(const float* P, const float* v0, size_t v_stride, size_t nk, size_t
   for (size_t j = 0; j < nk; ++j) {
     const float* vr = v0 + j * v_stride + c0 * W;
     V vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = Simd::loadm(vr + c * W, mk[c]);
+    for (int c = 0; c < C; ++c) vv[c] = Tail && c == C - 1 ? Simd::loadm(vr + c * W, mk) : Simd::load(vr + c * W);
     const float* pr = P + j * kQB + i0;
     for (int r = 0; r < RO; ++r) {
       const V p = Simd::set1(pr[r]);
@@ -253,12 +254,23 @@ void pv_rows(const float* P, const float* v0, size_t v_stride, size_t nk, size_t
              float* O, size_t ldo) {
   constexpr int C = Simd::kOutVectors;
   const size_t nv = (d + W - 1) / W;
+  const bool tail = d % W != 0;
   size_t c0 = 0;
-  for (; c0 + C <= nv; c0 += C) pv_tile<RO, C>(P, v0, v_stride, nk, c0, d, alpha, i0, O, ldo);
-  switch (nv - c0) {
-    case 1: pv_tile<RO, 1>(P, v0, v_stride, nk, c0, d, alpha, i0, O, ldo); break;
-    case 2: pv_tile<RO, 2>(P, v0, v_stride, nk, c0, d, alpha, i0, O, ldo); break;
-    case 3: pv_tile<RO, 3>(P, v0, v_stride, nk, c0, d, alpha, i0, O, ldo); break;
+  for (; c0 + C < nv || (c0 + C == nv && !tail); c0 += C)
+    pv_tile<RO, C, false>(P, v0, v_stride, nk, c0, d, alpha, i0, O, ldo);
+  const size_t rest = nv - c0;  // 0..C vectors, the last one partial when `tail`
+  auto run = [&](auto c_tag) {
+    constexpr int Cn = decltype(c_tag)::value;
+    if (tail)
+      pv_tile<RO, Cn, true>(P, v0, v_stride, nk, c0, d, alpha, i0, O, ldo);
+    else
+      pv_tile<RO, Cn, false>(P, v0, v_stride, nk, c0, d, alpha, i0, O, ldo);
+  };
+  switch (rest) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
     default: break;
   }
 }
@@ -348,14 +360,21 @@ void layer_norm_body(const LayerNormArgs& a, size_t begin, size_t end) {
     const float* shift = a.shift ? a.shift + mb * ms : nullptr;
     const float* scale = a.scale ? a.scale + mb * ms : nullptr;
     const V vm = Simd::set1(mean), vr = Simd::set1(rstd);
-    for (size_t i = 0; i < n; i += W) {  // the same operations as the scalar row, per lane
+    // The same operations as the scalar row, per lane; full vectors, then one masked tail
+    // (AVX2's masked stores are slow, so they are kept out of the main loop).
+    auto lane_op = [&](size_t i, auto ld) {
+      V v = Simd::mul(Simd::sub(ld(x + i), vm), vr);
+      if (a.gamma) v = Simd::mul(v, ld(a.gamma + i));
+      if (a.beta) v = Simd::add(v, ld(a.beta + i));
+      if (scale) v = Simd::mul(v, Simd::add(one, ld(scale + i)));
+      if (shift) v = Simd::add(v, ld(shift + i));
+      return v;
+    };
+    size_t i = 0;
+    for (; i + W <= n; i += W) Simd::store(y + i, lane_op(i, [](const float* p) { return Simd::load(p); }));
+    if (i < n) {
       const M m = Simd::mask(n - i);
-      V v = Simd::mul(Simd::sub(Simd::loadm(x + i, m), vm), vr);
-      if (a.gamma) v = Simd::mul(v, Simd::loadm(a.gamma + i, m));
-      if (a.beta) v = Simd::add(v, Simd::loadm(a.beta + i, m));
-      if (scale) v = Simd::mul(v, Simd::add(one, Simd::loadm(scale + i, m)));
-      if (shift) v = Simd::add(v, Simd::loadm(shift + i, m));
-      Simd::storem(y + i, m, v);
+      Simd::storem(y + i, m, lane_op(i, [m](const float* p) { return Simd::loadm(p, m); }));
     }
   }
 }
@@ -402,14 +421,20 @@ void softmax_body(float* x, size_t cols, size_t begin, size_t end) {
     for (size_t t = j; t < cols; ++t) m = row[t] > m ? row[t] : m;
     const V mv = Simd::set1(m);
     V vs = Simd::zero();
-    for (j = 0; j < cols; j += W) {
+    for (j = 0; j + W <= cols; j += W) {
+      const V e = vexp(Simd::sub(Simd::load(row + j), mv));
+      Simd::store(row + j, e);
+      vs = Simd::add(vs, e);
+    }
+    if (j < cols) {
       const M mk = Simd::mask(cols - j);
-      const V e = vexp(Simd::sub(Simd::loadm(row + j, mk), mv));
+      const V e = Simd::zero_masked(vexp(Simd::sub(Simd::loadm(row + j, mk), mv)), mk);
       Simd::storem(row + j, mk, e);
-      vs = Simd::add(vs, Simd::loadm(row + j, mk));  // masked lanes add 0
+      vs = Simd::add(vs, e);
     }
     const V inv = Simd::set1(1.0f / Simd::hsum(vs));
-    for (j = 0; j < cols; j += W) {
+    for (j = 0; j + W <= cols; j += W) Simd::store(row + j, Simd::mul(Simd::load(row + j), inv));
+    if (j < cols) {
       const M mk = Simd::mask(cols - j);
       Simd::storem(row + j, mk, Simd::mul(Simd::loadm(row + j, mk), inv));
     }
@@ -483,10 +508,9 @@ void attention_body(const AttentionArgs& a, size_t begin, size_t end, float* ws)
     for (size_t i = 0; i < nq; ++i) {
       const V inv = Simd::set1(lrow[i]);
       float* o = o0 + i * a.o_row_stride;
-      for (size_t t = 0; t < d; t += W) {
-        const M mk = Simd::mask(d - t);
-        Simd::storem(o + t, mk, Simd::mul(Simd::load(O + i * ldo + t), inv));
-      }
+      size_t t = 0;
+      for (; t + W <= d; t += W) Simd::store(o + t, Simd::mul(Simd::load(O + i * ldo + t), inv));
+      if (t < d) Simd::storem(o + t, Simd::mask(d - t), Simd::mul(Simd::load(O + i * ldo + t), inv));
     }
   }
 }
