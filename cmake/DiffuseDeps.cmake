@@ -6,3 +6,8 @@ find_package(Eigen3 3.3 REQUIRED NO_MODULE)
 
 # stb ships as single headers; we compile the implementation once in src/io.
 find_path(STB_INCLUDE_DIR stb_image_write.h PATH_SUFFIXES stb REQUIRED)
+
+# CLI11 (header-only) for the `diffuse` program only; the library does not use it.
+if(DIFFUSE_BUILD_CLI)
+  find_package(CLI11 CONFIG REQUIRED)
+endif()

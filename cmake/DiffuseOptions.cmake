@@ -5,6 +5,7 @@ include(GNUInstallDirs)
 
 option(DIFFUSE_BUILD_TESTS "Build the GoogleTest suite" ${PROJECT_IS_TOP_LEVEL})
 option(DIFFUSE_BUILD_EXAMPLES "Build the example programs" ${PROJECT_IS_TOP_LEVEL})
+option(DIFFUSE_BUILD_CLI "Build the diffuse command-line program (needs CLI11)" ${PROJECT_IS_TOP_LEVEL})
 option(DIFFUSE_BUILD_BENCHMARKS "Build the Google Benchmark programs" OFF)
 option(DIFFUSE_BUILD_FUZZERS "Build the libFuzzer targets (needs clang)" OFF)
 option(DIFFUSE_INSTALL "Generate the install target and CMake package" ${PROJECT_IS_TOP_LEVEL})

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: MIT
+// The `diffuse` program's pieces shared between its files: exit codes, the usage error, the
+// subcommands and the progress display.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace diffuse_cli {
+
+/// Exit codes (documented in --help and the README).
+enum ExitCode : int {
+  kOk = 0,
+  kRuntime = 1,  ///< a file could not be read or written, or the generation failed
+  kUsage = 2,    ///< the command line is wrong: unknown option, bad value, value the model refuses
+};
+
+/// A command-line mistake found after parsing (exit code 2).
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The options of `diffuse generate` as typed (unset numbers keep their "unset" marker).
+struct GenerateArgs {
+  std::string model;
+  std::vector<std::string> classes;
+  std::string sampler, schedule;
+  long long steps = 0;
+  bool steps_set = false;
+  double cfg_scale = 0;
+  bool cfg_set = false;
+  unsigned long long seed = 42;
+  long long batch = 0;  ///< 0: one per class given
+  long long width = 0, height = 0;
+  long long threads = 0;
+  long long scale = 0;  ///< 0: automatic (images at least 128 pixels on their larger side)
+  std::string output = "diffuse.png";
+  bool grid = false;
+  bool quiet = false;
+};
+
+int run_generate(const GenerateArgs& args);
+int run_list();
+int run_info(const std::string& model);
+
+/** Progress on stderr. On a terminal: one line redrawn in place ("[#####.....] 12/25 3.4 steps/s").
+ *  Otherwise nothing per step (logs stay clean); the final summary line is printed either way. */
+class Progress {
+ public:
+  Progress(std::size_t total, bool enabled);
+  void update(std::size_t done);
+  /// Ends the bar line (if drawn) and returns the seconds since construction.
+  double finish();
+
+ private:
+  std::size_t total_;
+  bool tty_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace diffuse_cli
