@@ -78,6 +78,11 @@ int run_generate(const GenerateArgs& a) {
   if (a.cfg_set) o.cfg_scale = static_cast<float>(a.cfg_scale);
   o.seed = a.seed;
   o.batch = a.batch > 0 ? static_cast<std::size_t>(a.batch) : std::max<std::size_t>(o.labels.size(), 1);
+  // A class list repeats to fill a batch that is a multiple of it ("--class all --batch 30").
+  if (o.labels.size() > 1 && o.batch > o.labels.size() && o.batch % o.labels.size() == 0) {
+    const std::vector<std::int64_t> one = o.labels;
+    while (o.labels.size() < o.batch) o.labels.insert(o.labels.end(), one.begin(), one.end());
+  }
   if (a.width > 0) o.width = static_cast<std::size_t>(a.width);
   if (a.height > 0) o.height = static_cast<std::size_t>(a.height);
   try {

@@ -321,7 +321,7 @@ TEST(Pipeline, ImagesAndParameters) {
   EXPECT_EQ(rgba.pixels[3], 255);
   EXPECT_EQ(rgba.pixels[0], one[2].pixels[0]);
   const auto gr = pl::grid(imgs);
-  EXPECT_EQ(gr.width, 3 * 32 + 4 * 2);
+  EXPECT_EQ(gr.width, 3 * 32 + 4 * 2);  // padding around and between
 
   const auto r = pl::resolve_options(m, o);
   EXPECT_EQ(pl::parameters_text(m, r, std::nullopt, {{"Scale", "4x (nearest)"}}),
