@@ -132,7 +132,8 @@ def main():
         r["diffuse_ms"] = cpp.get(n) if cpp else None
 
     print(f"torch {torch.__version__}, {torch.get_num_interop_threads()} interop threads, "
-          f"{os.cpu_count()} CPUs; times per forward call (whole batch), median of {args.repeats}")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; times per forward call (whole batch), "
+          f"median of {args.repeats} (best in brackets). Other processes on the CPUs distort 2-thread times most.")
     print(f"| {'model':16s} | threads | torch ms (best) | diffuse ms | ratio diffuse/torch |")
     print("|---|---|---|---|---|")
     for r in rows:
