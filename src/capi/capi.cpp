@@ -1,0 +1,787 @@
+// SPDX-License-Identifier: MIT
+// The C ABI (include/diffuse/diffuse.h) over the pipeline layer. Every entry point runs its body
+// inside `guarded()`, which turns every C++ exception into a status code and records the message in
+// the context: nothing is thrown across the C boundary.
+//
+// Handles: each handle struct starts with a type tag, and a registry of live handles (one mutex, one
+// hash set) is consulted before any handle is dereferenced. That is what makes a freed handle an
+// error instead of a use-after-free: the tag alone would have to be read from freed memory.
+//
+// Cancellation: the context owns an atomic flag. A job runs its model's network through
+// `CancellableNetwork`, which checks the flag before every forward, so a cancel stops a step
+// between two network calls; the step function checks it once more before starting a step.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "capi_internal.hpp"
+#include "diffuse/core/error.hpp"
+#include "diffuse/diffuse.h"
+#include "diffuse/io/image.hpp"
+#include "diffuse/kernels/parallel.hpp"
+#include "diffuse/models/network.hpp"
+#include "diffuse/pipeline/generate.hpp"
+#include "diffuse/pipeline/model.hpp"
+#include "diffuse/pipeline/output.hpp"
+
+namespace dp = diffuse::pipeline;
+
+namespace {
+
+// ---- handle registry ----
+
+enum class Kind : std::uint32_t {
+  context = 0x58544344u,  // "DCTX" in memory
+  model = 0x4c444d44u,    // "DMDL"
+  job = 0x424f4a44u,      // "DJOB"
+};
+constexpr std::uint32_t kFreed = 0xdeadd1ffu;
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::context: return "diffuse_context";
+    case Kind::model: return "diffuse_model";
+    case Kind::job: return "diffuse_job";
+  }
+  return "handle";
+}
+
+class Registry {
+ public:
+  void add(const void* p, Kind k) {
+    std::lock_guard lock(m_);
+    live_[p] = k;
+  }
+  void remove(const void* p) {
+    std::lock_guard lock(m_);
+    live_.erase(p);
+  }
+  /// The kind of the live handle at `p`, if any.
+  std::optional<Kind> find(const void* p) {
+    if (!p) return std::nullopt;
+    std::lock_guard lock(m_);
+    const auto it = live_.find(p);
+    if (it == live_.end()) return std::nullopt;
+    return it->second;
+  }
+
+ private:
+  std::mutex m_;
+  std::unordered_map<const void*, Kind> live_;
+};
+
+// Never destroyed, so handles freed from other static destructors still find it.
+Registry& registry() {
+  static Registry* r = new Registry;
+  return *r;
+}
+
+// ---- errors ----
+
+/// An error with a status chosen by the C layer itself.
+struct ApiError {
+  diffuse_status status;
+  std::string message;
+};
+
+[[noreturn]] void api_fail(diffuse_status status, std::string_view where, std::string_view what) {
+  throw ApiError{status, diffuse::detail::message(where, what)};
+}
+
+/// Thrown through the network and the sampler when the context's cancel flag is set. Not a
+/// diffuse::error, so nothing on the way reinterprets it.
+struct Cancelled {};
+
+}  // namespace
+
+// ---- the handle types (global: the C header declares them there) ----
+
+namespace diffuse_capi {
+
+/// What a context owns; shared with its jobs, which keep it alive after the context is destroyed.
+struct ContextState {
+  explicit ContextState(std::size_t threads) : kctx(threads) {}
+  diffuse::kernels::Context kctx;
+  diffuse_log_fn log_fn = nullptr;
+  void* log_user = nullptr;
+  diffuse_log_level log_level = DIFFUSE_LOG_INFO;
+  diffuse_progress_fn progress_fn = nullptr;
+  void* progress_user = nullptr;
+  std::atomic<bool> cancel{false};
+  std::string last_error;
+
+  void log(diffuse_log_level level, const std::string& msg) const noexcept {
+    if (log_fn && level >= log_level) log_fn(log_user, level, msg.c_str());
+  }
+};
+
+}  // namespace diffuse_capi
+
+using diffuse_capi::ContextState;
+
+struct diffuse_context {
+  std::uint32_t magic = static_cast<std::uint32_t>(Kind::context);
+  std::shared_ptr<ContextState> s;
+};
+
+struct diffuse_model {
+  explicit diffuse_model(dp::Model m) : model(std::move(m)) {}
+  std::uint32_t magic = static_cast<std::uint32_t>(Kind::model);
+  dp::Model model;
+};
+
+struct diffuse_job {
+  enum class State { running, done, cancelled, failed };
+  diffuse_job(std::shared_ptr<ContextState> c, dp::Generation g) : ctx(std::move(c)), gen(std::move(g)) {}
+  std::uint32_t magic = static_cast<std::uint32_t>(Kind::job);
+  std::shared_ptr<ContextState> ctx;
+  dp::Generation gen;
+  State state = State::running;
+  bool busy = false;  // inside step() (including the progress callback)
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::string parameters;
+};
+
+namespace {
+
+// ---- guarded calls ----
+
+void record(ContextState* s, diffuse_status status, const char* what) noexcept {
+  if (!s) return;
+  try {
+    s->last_error = what;
+  } catch (...) {
+    s->last_error.clear();  // no memory for the message; the status still tells
+  }
+  s->log(status == DIFFUSE_CANCELLED ? DIFFUSE_LOG_INFO : DIFFUSE_LOG_ERROR, s->last_error);
+}
+
+/** Runs `body` (returning a diffuse_status) and maps every exception to a status, recording the
+ *  message in `s` (may be null). `value_status` is what a diffuse::value_error means for this entry
+ *  point: a bad option when creating a job, a non-finite value when stepping one. */
+template <class F>
+diffuse_status guarded(ContextState* s, const char* where, diffuse_status value_status, F&& body) noexcept {
+  diffuse_status st = DIFFUSE_INTERNAL_ERROR;
+  std::string msg;
+  try {
+    try {
+      st = body();
+      if (s && st == DIFFUSE_OK) s->last_error.clear();
+      return st;
+    } catch (const ApiError& e) {
+      st = e.status;
+      msg = e.message;
+    } catch (const Cancelled&) {
+      st = DIFFUSE_CANCELLED;
+      msg = diffuse::detail::message(where, "cancelled");
+    } catch (const std::bad_alloc&) {
+      st = DIFFUSE_OUT_OF_MEMORY;
+      msg = diffuse::detail::message(where, "out of memory");
+    } catch (const diffuse::io_error& e) {
+      st = DIFFUSE_IO_ERROR;
+      msg = e.what();
+    } catch (const diffuse::format_error& e) {
+      st = DIFFUSE_FORMAT_ERROR;
+      msg = e.what();
+    } catch (const diffuse::value_error& e) {
+      st = value_status;
+      msg = e.what();
+    } catch (const diffuse::shape_error& e) {
+      st = DIFFUSE_VALUE_ERROR;
+      msg = e.what();
+    } catch (const std::invalid_argument& e) {
+      st = DIFFUSE_INVALID_ARGUMENT;
+      msg = diffuse::detail::message(where, e.what());
+    } catch (const std::exception& e) {
+      st = DIFFUSE_INTERNAL_ERROR;
+      msg = diffuse::detail::message(where, std::string("internal error: ") + e.what());
+    } catch (...) {
+      st = DIFFUSE_INTERNAL_ERROR;
+      msg = diffuse::detail::message(where, "internal error: unknown exception");
+    }
+  } catch (...) {  // building the message itself failed (no memory)
+    msg.clear();
+    if (st == DIFFUSE_OK || st == DIFFUSE_INTERNAL_ERROR) st = DIFFUSE_OUT_OF_MEMORY;
+  }
+  record(s, st, msg.c_str());
+  return st;
+}
+
+std::string describe_bad_handle(const void* p, Kind want) {
+  const std::string w = kind_name(want);
+  if (!p) return w + " is NULL";
+  const auto k = registry().find(p);
+  if (!k) return w + " is not a live handle (freed, or not a " + w + ")";
+  return "a " + std::string(kind_name(*k)) + " was passed where a " + w + " is expected";
+}
+
+template <class H>
+H* lookup(const void* p, Kind k) noexcept {
+  try {
+    const auto found = registry().find(p);
+    if (!found || *found != k) return nullptr;
+  } catch (...) {
+    return nullptr;
+  }
+  H* h = static_cast<H*>(const_cast<void*>(p));
+  return h->magic == static_cast<std::uint32_t>(k) ? h : nullptr;
+}
+
+diffuse_context* context_of(const diffuse_context* c) { return lookup<diffuse_context>(c, Kind::context); }
+diffuse_model* model_of(const diffuse_model* m) { return lookup<diffuse_model>(m, Kind::model); }
+diffuse_job* job_of(const diffuse_job* j) { return lookup<diffuse_job>(j, Kind::job); }
+
+/** A caller's options struct, read up to its struct_size on top of the defaults. A struct_size
+ *  smaller than the version-1 struct means the init function was not called. */
+template <class T>
+T read_options(const T* in, void (*init)(T*), const char* where, const char* type) {
+  T out;
+  init(&out);
+  if (!in) return out;
+  if (in->struct_size < sizeof(T))
+    api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+             std::string(type) + ".struct_size is " + std::to_string(in->struct_size) + ", expected " +
+                 std::to_string(sizeof(T)) + ": call " + type + "_init first");
+  std::memcpy(&out, in, sizeof(T));  // a newer caller's extra fields are ignored
+  out.struct_size = sizeof(T);
+  return out;
+}
+
+std::string null_arg(const char* name) { return std::string(name) + " is NULL"; }
+
+// ---- the network seen by a job: the model's, with the cancel check ----
+
+class CancellableNetwork final : public diffuse::models::Network {
+ public:
+  CancellableNetwork(std::shared_ptr<const diffuse::models::Network> base, const std::atomic<bool>* cancel)
+      : base_(std::move(base)), cancel_(cancel) {}
+  const diffuse::models::NetworkInfo& info() const noexcept override { return base_->info(); }
+  diffuse::Tensor forward(const diffuse::Tensor& x, std::span<const float> timesteps,
+                          std::span<const std::int64_t> labels, diffuse::kernels::Context& ctx) const override {
+    if (cancel_->load(std::memory_order_acquire)) throw Cancelled{};
+    return base_->forward(x, timesteps, labels, ctx);
+  }
+
+ private:
+  std::shared_ptr<const diffuse::models::Network> base_;
+  const std::atomic<bool>* cancel_;
+};
+
+std::string fmt_ms(std::chrono::steady_clock::duration d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f ms", std::chrono::duration<double, std::milli>(d).count());
+  return buf;
+}
+
+/// Checks a batch index and an output buffer of `need` elements against `have`.
+void check_output(const diffuse_job& j, int index, const void* buffer, std::size_t have, std::size_t need,
+                  const char* where, const char* unit) {
+  const std::size_t batch = j.gen.options().batch;
+  if (index < 0 || static_cast<std::size_t>(index) >= batch)
+    api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+             "index " + std::to_string(index) + " is out of a batch of " + std::to_string(batch));
+  if (!buffer) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "the output buffer is NULL");
+  if (have < need)
+    api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+             "the buffer is too small: " + std::to_string(have) + " " + unit + ", need " + std::to_string(need));
+}
+
+std::size_t rgba_bytes(const diffuse_job& j) {
+  const auto& o = j.gen.options();
+  return *o.width * *o.height * 4;
+}
+
+void copy_rgba8(const diffuse::Tensor& images, int index, std::uint8_t* pixels) {
+  const diffuse::io::Image img = dp::to_rgba8(images, static_cast<std::size_t>(index));
+  std::memcpy(pixels, img.pixels.data(), img.pixels.size());
+}
+
+/// One step of `j` (see diffuse_job_step). Throws; the caller guards.
+bool step_job(diffuse_job& j, const char* where) {
+  using State = diffuse_job::State;
+  ContextState& s = *j.ctx;
+  if (j.busy) api_fail(DIFFUSE_WRONG_STATE, where, "called from the job's own progress callback");
+  const auto step_text = [&] {
+    return "step " + std::to_string(j.gen.step_index() + 1) + " of " + std::to_string(j.gen.num_steps());
+  };
+  switch (j.state) {
+    case State::cancelled: api_fail(DIFFUSE_CANCELLED, where, "the job was cancelled; create a new one");
+    case State::failed: api_fail(DIFFUSE_WRONG_STATE, where, "an earlier step of the job failed; create a new one");
+    case State::done:
+      api_fail(DIFFUSE_WRONG_STATE, where, "the job is done (" + std::to_string(j.gen.num_steps()) + " steps)");
+    case State::running: break;
+  }
+  if (s.cancel.load(std::memory_order_acquire)) {
+    j.state = State::cancelled;
+    api_fail(DIFFUSE_CANCELLED, where, "cancelled before " + step_text());
+  }
+  j.busy = true;
+  struct Unbusy {
+    bool& b;
+    ~Unbusy() { b = false; }
+  } unbusy{j.busy};
+  try {
+    j.gen.step(s.kctx);
+  } catch (const Cancelled&) {
+    j.state = State::cancelled;
+    api_fail(DIFFUSE_CANCELLED, where, "cancelled during " + step_text());
+  } catch (...) {
+    j.state = State::failed;
+    throw;
+  }
+  const bool done = j.gen.done();
+  if (done) {
+    j.state = State::done;
+    s.log(DIFFUSE_LOG_INFO, "job done: " + std::to_string(j.gen.num_steps()) + " steps, " +
+                                std::to_string(j.gen.nfe()) + " network forwards in " +
+                                fmt_ms(std::chrono::steady_clock::now() - j.started));
+  }
+  if (s.progress_fn)
+    s.progress_fn(s.progress_user, &j, static_cast<int>(j.gen.step_index()), static_cast<int>(j.gen.num_steps()));
+  return done;
+}
+
+#define DIFFUSE_STR2(x) #x
+#define DIFFUSE_STR(x) DIFFUSE_STR2(x)
+
+}  // namespace
+
+diffuse_model* diffuse_capi::wrap_model(const dp::Model& model) {
+  auto m = std::make_unique<diffuse_model>(model);
+  registry().add(m.get(), Kind::model);
+  return m.release();
+}
+
+extern "C" {
+
+// ---- status and version ----
+
+const char* diffuse_status_string(diffuse_status status) {
+  switch (status) {
+    case DIFFUSE_OK: return "ok";
+    case DIFFUSE_INVALID_ARGUMENT: return "invalid argument";
+    case DIFFUSE_IO_ERROR: return "I/O error";
+    case DIFFUSE_FORMAT_ERROR: return "format error";
+    case DIFFUSE_VALUE_ERROR: return "value error";
+    case DIFFUSE_CANCELLED: return "cancelled";
+    case DIFFUSE_NUMERIC_ERROR: return "numeric error (NaN or infinity)";
+    case DIFFUSE_OUT_OF_MEMORY: return "out of memory";
+    case DIFFUSE_WRONG_STATE: return "wrong state";
+    case DIFFUSE_INTERNAL_ERROR: return "internal error";
+  }
+  return "unknown status";
+}
+
+int diffuse_version(void) { return DIFFUSE_VERSION; }
+
+const char* diffuse_version_string(void) {
+  return DIFFUSE_STR(DIFFUSE_VERSION_MAJOR) "." DIFFUSE_STR(DIFFUSE_VERSION_MINOR) "." DIFFUSE_STR(DIFFUSE_VERSION_PATCH);
+}
+
+int diffuse_abi_version(void) { return DIFFUSE_ABI_VERSION; }
+
+// ---- context ----
+
+void diffuse_context_options_init(diffuse_context_options* o) {
+  if (!o) return;
+  *o = diffuse_context_options{};
+  o->struct_size = sizeof *o;
+  o->threads = 1;
+  o->log_level = DIFFUSE_LOG_INFO;
+}
+
+diffuse_status diffuse_context_create(const diffuse_context_options* options, diffuse_context** out) {
+  constexpr const char* where = "diffuse_context_create";
+  if (out) *out = nullptr;
+  // No context yet: a failure is reported to the log callback given in the options, if any.
+  ContextState sink(1);
+  if (options && options->struct_size >= sizeof(diffuse_context_options)) {
+    sink.log_fn = options->log_callback;
+    sink.log_user = options->log_user_data;
+    sink.log_level = DIFFUSE_LOG_DEBUG;
+  }
+  return guarded(&sink, where, DIFFUSE_INVALID_ARGUMENT, [&] {
+    if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
+    const auto o = read_options(options, diffuse_context_options_init, where, "diffuse_context_options");
+    if (o.threads < 0 || o.threads > 1024)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "threads must be in 0..1024, got " + std::to_string(o.threads));
+    if (o.log_level < DIFFUSE_LOG_DEBUG || o.log_level > DIFFUSE_LOG_ERROR)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "log_level " + std::to_string(o.log_level) + " is not a diffuse_log_level");
+    auto c = std::make_unique<diffuse_context>();
+    c->s = std::make_shared<ContextState>(static_cast<std::size_t>(o.threads));
+    ContextState& s = *c->s;
+    s.log_fn = o.log_callback;
+    s.log_user = o.log_user_data;
+    s.log_level = o.log_level;
+    s.progress_fn = o.progress_callback;
+    s.progress_user = o.progress_user_data;
+    registry().add(c.get(), Kind::context);
+    *out = c.release();
+    s.log(DIFFUSE_LOG_DEBUG, "context created: " + std::to_string(s.kctx.threads()) + " thread(s), diffuse " +
+                                 diffuse_version_string());
+    return DIFFUSE_OK;
+  });
+}
+
+void diffuse_context_destroy(diffuse_context* ctx) {
+  diffuse_context* c = context_of(ctx);
+  if (!c) return;
+  registry().remove(c);
+  c->magic = kFreed;
+  delete c;
+}
+
+const char* diffuse_context_last_error(const diffuse_context* ctx) {
+  const diffuse_context* c = context_of(ctx);
+  if (!c) return "[diffuse_context_last_error] ctx is not a live diffuse_context";
+  return c->s->last_error.c_str();
+}
+
+diffuse_status diffuse_context_cancel(diffuse_context* ctx) {
+  // Touches nothing but the atomic: any thread may call it while another runs a job.
+  diffuse_context* c = context_of(ctx);
+  if (!c) return DIFFUSE_INVALID_ARGUMENT;
+  c->s->cancel.store(true, std::memory_order_release);
+  return DIFFUSE_OK;
+}
+
+// ---- model ----
+
+void diffuse_model_options_init(diffuse_model_options* o) {
+  if (!o) return;
+  *o = diffuse_model_options{};
+  o->struct_size = sizeof *o;
+  o->weight_dtype = DIFFUSE_WEIGHTS_AS_STORED;
+}
+
+diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const diffuse_model_options* options,
+                                  diffuse_model** out) {
+  constexpr const char* where = "diffuse_model_load";
+  if (out) *out = nullptr;
+  diffuse_context* c = context_of(ctx);
+  if (!c) return DIFFUSE_INVALID_ARGUMENT;
+  ContextState* s = c->s.get();
+  return guarded(s, where, DIFFUSE_FORMAT_ERROR, [&] {
+    if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
+    if (!path || !*path) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "path is NULL or empty");
+    const auto o = read_options(options, diffuse_model_options_init, where, "diffuse_model_options");
+    diffuse::nn::LoadOptions lo;
+    switch (o.weight_dtype) {
+      case DIFFUSE_WEIGHTS_AS_STORED: break;
+      case DIFFUSE_WEIGHTS_F32: lo.matrix_dtype = diffuse::DType::F32; break;
+      case DIFFUSE_WEIGHTS_F16: lo.matrix_dtype = diffuse::DType::F16; break;
+      case DIFFUSE_WEIGHTS_BF16: lo.matrix_dtype = diffuse::DType::BF16; break;
+      default:
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+                 "weight_dtype " + std::to_string(static_cast<int>(o.weight_dtype)) + " is not a diffuse_weight_dtype");
+    }
+    if (o.variant) lo.variant = o.variant;
+
+    // A file inside a model folder stands for the folder; name.VARIANT.safetensors picks the variant.
+    namespace fs = std::filesystem;
+    fs::path p(path);
+    std::error_code ec;
+    if (fs::is_regular_file(p, ec)) {
+      const std::string file = p.filename().string();
+      const std::string ext = ".safetensors";
+      if (lo.variant.empty() && file.size() > ext.size() && file.ends_with(ext)) {
+        const fs::path stem = fs::path(file.substr(0, file.size() - ext.size()));
+        if (stem.has_extension()) lo.variant = stem.extension().string().substr(1);
+      }
+      p = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto m = std::make_unique<diffuse_model>(dp::Model::load(p, lo));
+    const auto& ni = m->model.info();
+    std::string dtypes;
+    for (const auto& [name, n] : ni.dtypes) dtypes += (dtypes.empty() ? "" : ", ") + name + " x" + std::to_string(n);
+    s->log(DIFFUSE_LOG_INFO, "loaded " + m->model.name() + " (" + ni.architecture + ", " + std::to_string(ni.parameters) +
+                                 " parameters, " + dtypes + ") in " + fmt_ms(std::chrono::steady_clock::now() - t0));
+    registry().add(m.get(), Kind::model);
+    *out = m.release();
+    return DIFFUSE_OK;
+  });
+}
+
+void diffuse_model_free(diffuse_model* model) {
+  diffuse_model* m = model_of(model);
+  if (!m) return;
+  registry().remove(m);
+  m->magic = kFreed;
+  delete m;
+}
+
+void diffuse_model_info_init(diffuse_model_info* info) {
+  if (!info) return;
+  *info = diffuse_model_info{};
+  info->struct_size = sizeof *info;
+  info->null_class = -1;
+}
+
+diffuse_status diffuse_model_get_info(const diffuse_model* model, diffuse_model_info* info) {
+  const diffuse_model* m = model_of(model);
+  if (!m || !info || info->struct_size < sizeof(std::size_t)) return DIFFUSE_INVALID_ARGUMENT;
+  const auto& ni = m->model.info();
+  const auto& d = m->model.defaults();
+  diffuse_model_info full;
+  diffuse_model_info_init(&full);
+  full.name = m->model.name().c_str();
+  full.architecture = ni.architecture.c_str();
+  full.channels = static_cast<int>(ni.in_channels);
+  full.sample_size = static_cast<int>(ni.sample_size);
+  full.size_multiple = static_cast<int>(std::max<std::size_t>(ni.size_multiple, 1));
+  // num_classes counts the classes a caller picks from: the network's embedding rows minus a
+  // trailing null row (digits: 11 rows, classes 0..9, null 10).
+  std::size_t classes = ni.num_classes;
+  if (ni.null_class && static_cast<std::size_t>(*ni.null_class) + 1 == classes) --classes;
+  full.num_classes = static_cast<int>(classes);
+  full.null_class = ni.null_class ? static_cast<int>(*ni.null_class) : -1;
+  full.parameters = ni.parameters;
+  full.default_sampler = d.sampler.c_str();
+  full.default_schedule = d.schedule.c_str();
+  full.default_steps = d.steps;
+  full.default_guidance_scale = ni.null_class ? d.cfg_scale : 1.0f;
+  const std::size_t n = std::min(info->struct_size, sizeof full) - sizeof(std::size_t);
+  std::memcpy(reinterpret_cast<char*>(info) + sizeof(std::size_t), reinterpret_cast<const char*>(&full) + sizeof(std::size_t), n);
+  return DIFFUSE_OK;
+}
+
+// ---- job ----
+
+void diffuse_job_options_init(diffuse_job_options* o) {
+  if (!o) return;
+  *o = diffuse_job_options{};
+  o->struct_size = sizeof *o;
+  o->steps = -1;
+  o->seed = 0;
+  o->guidance_scale = std::numeric_limits<float>::quiet_NaN();
+  o->class_label = -1;
+  o->width = 0;
+  o->height = 0;
+  o->batch = 1;
+}
+
+diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* model, const diffuse_job_options* options,
+                                  diffuse_job** out) {
+  constexpr const char* where = "diffuse_job_create";
+  if (out) *out = nullptr;
+  diffuse_context* c = context_of(ctx);
+  if (!c) return DIFFUSE_INVALID_ARGUMENT;
+  ContextState* s = c->s.get();
+  s->cancel.store(false, std::memory_order_release);
+  return guarded(s, where, DIFFUSE_INVALID_ARGUMENT, [&] {
+    if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
+    const diffuse_model* m = model_of(model);
+    if (!m) api_fail(DIFFUSE_INVALID_ARGUMENT, where, describe_bad_handle(model, Kind::model));
+    const auto o = read_options(options, diffuse_job_options_init, where, "diffuse_job_options");
+    const dp::Model& base = m->model;
+
+    dp::GenerateOptions g;
+    if (o.sampler) g.sampler = o.sampler;
+    if (o.schedule) g.schedule = o.schedule;
+    if (o.steps != -1) {
+      if (o.steps < 1) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "steps must be >= 1 (or -1 for the model's default), got " + std::to_string(o.steps));
+      g.steps = o.steps;
+    }
+    g.seed = o.seed;
+    if (!std::isnan(o.guidance_scale)) g.cfg_scale = o.guidance_scale;
+    if (o.batch < 1) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "batch must be >= 1, got " + std::to_string(o.batch));
+    g.batch = static_cast<std::size_t>(o.batch);
+    if (o.width < 0 || o.height < 0)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+               "width and height must be >= 1 (or 0 for the model's size), got " + std::to_string(o.width) + "x" +
+                   std::to_string(o.height));
+    if (o.width > 0) g.width = static_cast<std::size_t>(o.width);
+    if (o.height > 0) g.height = static_cast<std::size_t>(o.height);
+    if (o.class_label == -1) {
+      if (base.class_conditional()) {
+        if (!base.null_class())
+          api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+                   base.name() + " is class-conditional without a null class: give a class_label (0.." +
+                       std::to_string(base.info().num_classes - 1) + ")");
+        g.labels = {*base.null_class()};
+      }
+    } else {
+      g.labels = {o.class_label};
+    }
+
+    // The job's own view of the model: the same network (shared, immutable) behind the cancel check.
+    dp::Model jm(std::make_shared<CancellableNetwork>(base.shared_network(), &s->cancel), base.scheduler_json(),
+                 base.name());
+    jm.set_defaults(base.defaults());
+    auto j = std::make_unique<diffuse_job>(c->s, dp::Generation(jm, g));
+    s->log(DIFFUSE_LOG_DEBUG, "job created: " + dp::parameters_text(jm, j->gen.options()));
+    registry().add(j.get(), Kind::job);
+    *out = j.release();
+    return DIFFUSE_OK;
+  });
+}
+
+void diffuse_job_free(diffuse_job* job) {
+  diffuse_job* j = job_of(job);
+  if (!j) return;
+  if (j->busy) {
+    j->ctx->log(DIFFUSE_LOG_ERROR, "[diffuse_job_free] called from the job's own progress callback; the job is not freed");
+    return;
+  }
+  registry().remove(j);
+  j->magic = kFreed;
+  delete j;
+}
+
+diffuse_status diffuse_job_step(diffuse_job* job, int* done) {
+  constexpr const char* where = "diffuse_job_step";
+  if (done) *done = 0;
+  diffuse_job* j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
+    const bool d = step_job(*j, where);
+    if (done) *done = d ? 1 : 0;
+    return DIFFUSE_OK;
+  });
+}
+
+diffuse_status diffuse_job_run(diffuse_job* job) {
+  constexpr const char* where = "diffuse_job_run";
+  diffuse_job* j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  if (j->busy) return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&]() -> diffuse_status {
+      api_fail(DIFFUSE_WRONG_STATE, where, "called from the job's own progress callback");
+    });
+  j->ctx->cancel.store(false, std::memory_order_release);
+  return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
+    if (j->state == diffuse_job::State::done) return DIFFUSE_OK;
+    while (!step_job(*j, where)) {
+    }
+    return DIFFUSE_OK;
+  });
+}
+
+diffuse_status diffuse_job_progress(const diffuse_job* job, int* step, int* num_steps) {
+  const diffuse_job* j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  if (step) *step = static_cast<int>(j->gen.step_index());
+  if (num_steps) *num_steps = static_cast<int>(j->gen.num_steps());
+  return DIFFUSE_OK;
+}
+
+diffuse_status diffuse_job_image_size(const diffuse_job* job, int* width, int* height, int* channels, int* batch) {
+  const diffuse_job* j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  const auto& o = j->gen.options();
+  if (width) *width = static_cast<int>(*o.width);
+  if (height) *height = static_cast<int>(*o.height);
+  if (channels) *channels = static_cast<int>(j->gen.model().info().in_channels);
+  if (batch) *batch = static_cast<int>(o.batch);
+  return DIFFUSE_OK;
+}
+
+diffuse_status diffuse_job_preview_rgba8(const diffuse_job* job, int index, std::uint8_t* pixels, std::size_t size) {
+  constexpr const char* where = "diffuse_job_preview_rgba8";
+  const diffuse_job* j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
+    check_output(*j, index, pixels, size, rgba_bytes(*j), where, "bytes");
+    const diffuse::Tensor& p = j->gen.preview();
+    if (p.size() == 0) api_fail(DIFFUSE_WRONG_STATE, where, "no preview before the first step");
+    copy_rgba8(p, index, pixels);
+    return DIFFUSE_OK;
+  });
+}
+
+diffuse_status diffuse_job_result_rgba8(const diffuse_job* job, int index, std::uint8_t* pixels, std::size_t size) {
+  constexpr const char* where = "diffuse_job_result_rgba8";
+  const diffuse_job* j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
+    check_output(*j, index, pixels, size, rgba_bytes(*j), where, "bytes");
+    if (j->state != diffuse_job::State::done)
+      api_fail(DIFFUSE_WRONG_STATE, where,
+               "the job is not done: " + std::to_string(j->gen.step_index()) + " of " + std::to_string(j->gen.num_steps()) +
+                   " steps taken");
+    copy_rgba8(j->gen.result(), index, pixels);
+    return DIFFUSE_OK;
+  });
+}
+
+diffuse_status diffuse_job_result_f32(const diffuse_job* job, int index, float* values, std::size_t count) {
+  constexpr const char* where = "diffuse_job_result_f32";
+  const diffuse_job* j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
+    if (j->state != diffuse_job::State::done) {
+      check_output(*j, index, values, count, 0, where, "floats");
+      api_fail(DIFFUSE_WRONG_STATE, where,
+               "the job is not done: " + std::to_string(j->gen.step_index()) + " of " + std::to_string(j->gen.num_steps()) +
+                   " steps taken");
+    }
+    const diffuse::Tensor& r = j->gen.result();
+    const std::size_t per = r.size() / r.dim(0);
+    check_output(*j, index, values, count, per, where, "floats");
+    std::memcpy(values, r.data() + static_cast<std::size_t>(index) * per, per * sizeof(float));
+    return DIFFUSE_OK;
+  });
+}
+
+const char* diffuse_job_parameters(diffuse_job* job, int index) {
+  diffuse_job* j = job_of(job);
+  if (!j) return nullptr;
+  const char* result = nullptr;
+  guarded(j->ctx.get(), "diffuse_job_parameters", DIFFUSE_VALUE_ERROR, [&] {
+    const std::size_t batch = j->gen.options().batch;
+    if (index < 0 || static_cast<std::size_t>(index) >= batch)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, "diffuse_job_parameters",
+               "index " + std::to_string(index) + " is out of a batch of " + std::to_string(batch));
+    j->parameters = dp::parameters_text(j->gen.model(), j->gen.options(),
+                                        batch > 1 ? std::optional<std::size_t>(static_cast<std::size_t>(index)) : std::nullopt);
+    result = j->parameters.c_str();
+    return DIFFUSE_OK;
+  });
+  return result;
+}
+
+// ---- output ----
+
+diffuse_status diffuse_write_png(diffuse_context* ctx, const char* path, const std::uint8_t* pixels, int width, int height,
+                                 int channels, int scale, const char* parameters) {
+  constexpr const char* where = "diffuse_write_png";
+  diffuse_context* c = ctx ? context_of(ctx) : nullptr;
+  if (ctx && !c) return DIFFUSE_INVALID_ARGUMENT;
+  return guarded(c ? c->s.get() : nullptr, where, DIFFUSE_INVALID_ARGUMENT, [&] {
+    if (!path || !*path) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "path is NULL or empty");
+    if (!pixels) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("pixels"));
+    if (channels < 1 || channels > 4)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "channels must be 1..4, got " + std::to_string(channels));
+    if (scale < 1 || scale > 256) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "scale must be 1..256, got " + std::to_string(scale));
+    const double bytes = static_cast<double>(width) * height * channels * scale * scale;
+    if (width < 1 || height < 1 || bytes > static_cast<double>(std::numeric_limits<int>::max()))
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+               "bad image size " + std::to_string(width) + "x" + std::to_string(height) + " (x" + std::to_string(scale) + ")");
+    diffuse::io::Image img;
+    img.width = width;
+    img.height = height;
+    img.channels = channels;
+    img.pixels.assign(pixels, pixels + static_cast<std::size_t>(width) * static_cast<std::size_t>(height) *
+                                           static_cast<std::size_t>(channels));
+    diffuse::io::PngText text;
+    if (parameters) text.emplace_back("parameters", parameters);
+    diffuse::io::write_png(path, dp::upscale_nearest(img, scale), text);
+    return DIFFUSE_OK;
+  });
+}
+
+}  // extern "C"

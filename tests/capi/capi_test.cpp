@@ -1,0 +1,623 @@
+// SPDX-License-Identifier: MIT
+// The C ABI (diffuse.h) on the shipped digits models: whole run = step-wise run = the C++ pipeline,
+// bit for bit; cancellation from another thread (with its latency measured); two contexts sharing
+// one model on two threads; every misuse returns its status with a message and never crashes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <cstddef>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include "capi/capi_internal.hpp"
+#include "diffuse/diffuse.h"
+#include "diffuse/pipeline/pipeline.hpp"
+
+namespace {
+
+namespace pl = diffuse::pipeline;
+using Clock = std::chrono::steady_clock;
+
+const std::string kModels = std::string(DIFFUSE_SOURCE_DIR) + "/models/";
+const std::string kUnet = kModels + "digits-unet";
+const std::string kDit = kModels + "digits-dit";
+constexpr int kSide = 16;
+constexpr std::size_t kRgba = kSide * kSide * 4;
+
+/// Owning wrappers so a failed ASSERT does not leak (the ASan job checks for leaks).
+struct Ctx {
+  diffuse_context* p = nullptr;
+  explicit Ctx(const diffuse_context_options* o = nullptr) { EXPECT_EQ(diffuse_context_create(o, &p), DIFFUSE_OK); }
+  ~Ctx() { diffuse_context_destroy(p); }
+  std::string error() const { return diffuse_context_last_error(p); }
+};
+struct Model {
+  diffuse_model* p = nullptr;
+  Model(const Ctx& c, const std::string& path, const diffuse_model_options* o = nullptr) {
+    EXPECT_EQ(diffuse_model_load(c.p, path.c_str(), o, &p), DIFFUSE_OK) << c.error();
+  }
+  ~Model() { diffuse_model_free(p); }
+};
+struct Job {
+  diffuse_job* p = nullptr;
+  Job() = default;
+  Job(const Ctx& c, const Model& m, const diffuse_job_options& o) {
+    EXPECT_EQ(diffuse_job_create(c.p, m.p, &o, &p), DIFFUSE_OK) << c.error();
+  }
+  ~Job() { diffuse_job_free(p); }
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+};
+
+diffuse_job_options options(int steps, int64_t label, uint64_t seed) {
+  diffuse_job_options o;
+  diffuse_job_options_init(&o);
+  o.steps = steps;
+  o.class_label = label;
+  o.seed = seed;
+  return o;
+}
+
+struct Images {
+  std::vector<uint8_t> rgba;
+  std::vector<float> f32;
+  bool operator==(const Images&) const = default;
+};
+
+Images results(diffuse_job* j) {
+  Images r;
+  r.rgba.resize(kRgba);
+  r.f32.resize(kSide * kSide);
+  EXPECT_EQ(diffuse_job_result_rgba8(j, 0, r.rgba.data(), r.rgba.size()), DIFFUSE_OK);
+  EXPECT_EQ(diffuse_job_result_f32(j, 0, r.f32.data(), r.f32.size()), DIFFUSE_OK);
+  return r;
+}
+
+/// A whole run of a fresh job on a fresh context: the reference.
+Images reference(const Model& m, const diffuse_job_options& o, int threads = 1) {
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.threads = threads;
+  Ctx c(&co);
+  Job j(c, m, o);
+  EXPECT_EQ(diffuse_job_run(j.p), DIFFUSE_OK) << c.error();
+  return results(j.p);
+}
+
+TEST(CApi, VersionAndStatusStrings) {
+  EXPECT_EQ(diffuse_version(), DIFFUSE_VERSION);
+  const std::string v = std::to_string(DIFFUSE_VERSION_MAJOR) + "." + std::to_string(DIFFUSE_VERSION_MINOR) + "." +
+                        std::to_string(DIFFUSE_VERSION_PATCH);
+  EXPECT_EQ(diffuse_version_string(), v);
+  EXPECT_EQ(diffuse_abi_version(), DIFFUSE_ABI_VERSION);
+  EXPECT_STREQ(diffuse_status_string(DIFFUSE_OK), "ok");
+  EXPECT_STREQ(diffuse_status_string(DIFFUSE_CANCELLED), "cancelled");
+  EXPECT_STREQ(diffuse_status_string(static_cast<diffuse_status>(1234)), "unknown status");
+  for (int s = 0; s <= DIFFUSE_INTERNAL_ERROR; ++s)
+    EXPECT_STRNE(diffuse_status_string(static_cast<diffuse_status>(s)), "unknown status") << s;
+}
+
+TEST(CApi, ModelInfo) {
+  Ctx c;
+  for (const auto& [path, arch] : {std::pair{kUnet, "UNet2DModel"}, std::pair{kDit, "DiTTransformer2DModel"}}) {
+    Model m(c, path);
+    diffuse_model_info info;
+    diffuse_model_info_init(&info);
+    ASSERT_EQ(diffuse_model_get_info(m.p, &info), DIFFUSE_OK);
+    EXPECT_STREQ(info.architecture, arch);
+    EXPECT_EQ(std::string(info.name), std::filesystem::path(path).filename().string());
+    EXPECT_EQ(info.channels, 1);
+    EXPECT_EQ(info.sample_size, 16);
+    EXPECT_EQ(info.num_classes, 10);
+    EXPECT_EQ(info.null_class, 10);
+    EXPECT_GT(info.parameters, 100000u);
+    EXPECT_GT(info.default_steps, 0);
+    EXPECT_EQ(info.default_guidance_scale, 2.0f);
+    EXPECT_TRUE(info.default_sampler && *info.default_sampler);
+    // An older caller's smaller struct: only the fields that fit are written.
+    diffuse_model_info small;
+    std::memset(&small, 0xab, sizeof small);
+    small.struct_size = offsetof(diffuse_model_info, channels);
+    ASSERT_EQ(diffuse_model_get_info(m.p, &small), DIFFUSE_OK);
+    EXPECT_STREQ(small.architecture, arch);
+    EXPECT_EQ(small.channels, static_cast<int>(0xabababab));
+  }
+}
+
+// The same job run whole, step by step, and through the C++ pipeline gives the same bits.
+TEST(CApi, WholeRunEqualsStepwiseAndCxx) {
+  Ctx c;
+  for (const std::string& path : {kUnet, kDit}) {
+    Model m(c, path);
+    const auto o = options(4, 3, 42);
+    const Images whole = reference(m, o);
+
+    Job j(c, m, o);
+    int step = -1, n = -1;
+    ASSERT_EQ(diffuse_job_progress(j.p, &step, &n), DIFFUSE_OK);
+    EXPECT_EQ(step, 0);
+    EXPECT_EQ(n, 4);
+    std::vector<uint8_t> preview(kRgba);
+    EXPECT_EQ(diffuse_job_preview_rgba8(j.p, 0, preview.data(), preview.size()), DIFFUSE_WRONG_STATE);
+    EXPECT_EQ(diffuse_job_result_rgba8(j.p, 0, preview.data(), preview.size()), DIFFUSE_WRONG_STATE);
+    EXPECT_NE(c.error().find("not done"), std::string::npos) << c.error();
+    int done = 0, steps = 0;
+    while (!done) {
+      ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << c.error();
+      ++steps;
+      EXPECT_EQ(diffuse_job_preview_rgba8(j.p, 0, preview.data(), preview.size()), DIFFUSE_OK);
+      EXPECT_EQ(c.error(), "");
+    }
+    EXPECT_EQ(steps, 4);
+    const Images stepwise = results(j.p);
+    EXPECT_TRUE(stepwise == whole) << path;
+    // The last preview is the final denoised estimate: an image, not noise.
+    EXPECT_EQ(preview[3], 255);
+    // A run of a finished job is a no-op; a step is an error.
+    EXPECT_EQ(diffuse_job_run(j.p), DIFFUSE_OK);
+    EXPECT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_WRONG_STATE);
+    EXPECT_NE(c.error().find("done"), std::string::npos) << c.error();
+
+    // The C++ API on the same model and options.
+    auto model = pl::Model::load(path);
+    pl::GenerateOptions go;
+    go.steps = 4;
+    go.labels = {3};
+    go.seed = 42;
+    diffuse::kernels::Context kctx(1);
+    const diffuse::Tensor t = pl::generate(model, go, kctx);
+    ASSERT_EQ(t.size(), whole.f32.size());
+    EXPECT_EQ(std::memcmp(t.data(), whole.f32.data(), whole.f32.size() * sizeof(float)), 0) << path;
+    const diffuse::io::Image img = pl::to_rgba8(t, 0);
+    EXPECT_TRUE(img.pixels == whole.rgba) << path;
+
+    // More threads, same bits.
+    EXPECT_TRUE(reference(m, o, 2) == whole) << path;
+  }
+}
+
+TEST(CApi, BatchAndParameters) {
+  Ctx c;
+  Model m(c, kDit);
+  auto o = options(3, 7, 5);
+  o.batch = 2;
+  Job j(c, m, o);
+  int w = 0, h = 0, ch = 0, b = 0;
+  ASSERT_EQ(diffuse_job_image_size(j.p, &w, &h, &ch, &b), DIFFUSE_OK);
+  EXPECT_EQ(w, 16);
+  EXPECT_EQ(h, 16);
+  EXPECT_EQ(ch, 1);
+  EXPECT_EQ(b, 2);
+  ASSERT_EQ(diffuse_job_run(j.p), DIFFUSE_OK) << c.error();
+  std::vector<uint8_t> a(kRgba), bb(kRgba);
+  EXPECT_EQ(diffuse_job_result_rgba8(j.p, 0, a.data(), a.size()), DIFFUSE_OK);
+  EXPECT_EQ(diffuse_job_result_rgba8(j.p, 1, bb.data(), bb.size()), DIFFUSE_OK);
+  EXPECT_NE(a, bb);
+  EXPECT_EQ(diffuse_job_result_rgba8(j.p, 2, bb.data(), bb.size()), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("out of a batch of 2"), std::string::npos) << c.error();
+  const std::string p = diffuse_job_parameters(j.p, 1);
+  EXPECT_NE(p.find("class: 7"), std::string::npos) << p;
+  EXPECT_NE(p.find("Steps: 3"), std::string::npos) << p;
+  EXPECT_NE(p.find("Seed: 5"), std::string::npos) << p;
+  EXPECT_NE(p.find("Batch pos: 1"), std::string::npos) << p;
+  EXPECT_EQ(diffuse_job_parameters(j.p, 2), nullptr);
+}
+
+struct CancelProbe {
+  std::atomic<int> step{0};
+  std::atomic<int> calls{0};
+};
+
+void on_progress(void* user, diffuse_job*, int step, int) {
+  auto* p = static_cast<CancelProbe*>(user);
+  p->step.store(step);
+  p->calls.fetch_add(1);
+}
+
+// A cancel from another thread stops a whole run within one network forward; the context then
+// runs a new job correctly. Repeated at different moments to measure the latency.
+TEST(CApi, CancelFromAnotherThread) {
+  CancelProbe probe;
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.progress_callback = on_progress;
+  co.progress_user_data = &probe;
+  Ctx c(&co);
+  for (const std::string& path : {kUnet, kDit}) {
+    Model m(c, path);
+    std::vector<double> latencies;
+    for (int round = 0; round < 5; ++round) {
+      probe.step.store(0);
+      Job j(c, m, options(1000, 4, 1));  // far more steps than the test waits for
+      Clock::time_point cancelled_at;
+      std::thread canceller([&] {
+        while (probe.step.load() < 2) std::this_thread::yield();
+        // Land at different points of a step: 0, 0.3, 0.6, ... ms after the end of step 2.
+        std::this_thread::sleep_for(std::chrono::microseconds(300 * round));
+        cancelled_at = Clock::now();
+        EXPECT_EQ(diffuse_context_cancel(c.p), DIFFUSE_OK);
+      });
+      const diffuse_status st = diffuse_job_run(j.p);
+      const Clock::time_point returned = Clock::now();
+      canceller.join();
+      ASSERT_EQ(st, DIFFUSE_CANCELLED) << c.error();
+      EXPECT_NE(c.error().find("cancelled"), std::string::npos) << c.error();
+      latencies.push_back(std::chrono::duration<double, std::milli>(returned - cancelled_at).count());
+      int step = 0;
+      diffuse_job_progress(j.p, &step, nullptr);
+      EXPECT_LT(step, 1000);
+      // The cancelled job stays cancelled; its preview stays readable.
+      EXPECT_EQ(diffuse_job_step(j.p, nullptr), DIFFUSE_CANCELLED);
+      std::vector<uint8_t> px(kRgba);
+      EXPECT_EQ(diffuse_job_preview_rgba8(j.p, 0, px.data(), px.size()), DIFFUSE_OK);
+    }
+    // The time of one step (one batched CFG forward), for comparison.
+    Job timing(c, m, options(1000, 4, 1));
+    const auto t0 = Clock::now();
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(diffuse_job_step(timing.p, nullptr), DIFFUSE_OK);
+    const double step_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / 5;
+    std::sort(latencies.begin(), latencies.end());
+    std::printf("%s: cancel latency median %.3f ms, max %.3f ms (one step: %.3f ms)\n", path.c_str(),
+                latencies[latencies.size() / 2], latencies.back(), step_ms);
+    EXPECT_LT(latencies.back(), 2000.0);  // within one forward; generous for sanitizer builds
+
+    // The context works again: a new job gives the reference bits.
+    const auto o = options(4, 4, 9);
+    Job k(c, m, o);
+    ASSERT_EQ(diffuse_job_run(k.p), DIFFUSE_OK) << c.error();
+    EXPECT_TRUE(results(k.p) == reference(m, o));
+  }
+}
+
+// A cancel between frames of a step-wise job stops the next step; create clears the request.
+TEST(CApi, CancelBetweenSteps) {
+  Ctx c;
+  Model m(c, kDit);
+  const auto o = options(4, 2, 3);
+  Job j(c, m, o);
+  ASSERT_EQ(diffuse_job_step(j.p, nullptr), DIFFUSE_OK);
+  ASSERT_EQ(diffuse_context_cancel(c.p), DIFFUSE_OK);
+  EXPECT_EQ(diffuse_job_step(j.p, nullptr), DIFFUSE_CANCELLED);
+  EXPECT_NE(c.error().find("cancelled before step 2 of 4"), std::string::npos) << c.error();
+  int step = 0;
+  diffuse_job_progress(j.p, &step, nullptr);
+  EXPECT_EQ(step, 1);
+  Job k(c, m, o);  // clears the request
+  int done = 0;
+  while (!done) ASSERT_EQ(diffuse_job_step(k.p, &done), DIFFUSE_OK) << c.error();
+  EXPECT_TRUE(results(k.p) == reference(m, o));
+}
+
+// Two contexts on two threads share one model and give the sequential results.
+TEST(CApi, TwoContextsShareOneModel) {
+  Ctx loader;
+  Model unet(loader, kUnet), dit(loader, kDit);
+  struct Case {
+    const Model* m;
+    diffuse_job_options o;
+  };
+  const std::vector<Case> cases = {{&unet, options(4, 1, 11)}, {&unet, options(4, 8, 12)},
+                                   {&dit, options(4, 5, 13)},  {&dit, options(4, -1, 14)}};
+  std::vector<Images> sequential;
+  for (const auto& k : cases) sequential.push_back(reference(*k.m, k.o));
+
+  std::vector<Images> concurrent(cases.size());
+  auto worker = [&](std::size_t first) {
+    diffuse_context_options co;
+    diffuse_context_options_init(&co);
+    co.threads = 1;
+    Ctx c(&co);
+    for (int round = 0; round < 2; ++round)
+      for (std::size_t i = first; i < cases.size(); i += 2) {
+        Job j(c, *cases[i].m, cases[i].o);
+        int done = 0;
+        while (!done && diffuse_job_step(j.p, &done) == DIFFUSE_OK) {
+        }
+        concurrent[i] = results(j.p);
+      }
+  };
+  std::thread a(worker, 0), b(worker, 1);
+  a.join();
+  b.join();
+  for (std::size_t i = 0; i < cases.size(); ++i) EXPECT_TRUE(concurrent[i] == sequential[i]) << "case " << i;
+}
+
+// Jobs keep their model and context internals alive.
+TEST(CApi, JobOutlivesModelAndContext) {
+  diffuse_context* c = nullptr;
+  ASSERT_EQ(diffuse_context_create(nullptr, &c), DIFFUSE_OK);
+  diffuse_model* m = nullptr;
+  ASSERT_EQ(diffuse_model_load(c, kDit.c_str(), nullptr, &m), DIFFUSE_OK);
+  const auto o = options(3, 6, 2);
+  diffuse_job* j = nullptr;
+  ASSERT_EQ(diffuse_job_create(c, m, &o, &j), DIFFUSE_OK);
+  diffuse_model_free(m);
+  diffuse_context_destroy(c);
+  EXPECT_EQ(diffuse_job_run(j), DIFFUSE_OK);
+  const Images got = results(j);
+  diffuse_job_free(j);
+  Ctx c2;
+  Model m2(c2, kDit);
+  EXPECT_TRUE(got == reference(m2, o));
+}
+
+// The model loads from a file inside its folder and with converted weights.
+TEST(CApi, LoadOptions) {
+  Ctx c;
+  Model by_file(c, kUnet + "/diffusion_pytorch_model.safetensors");
+  Model by_folder(c, kUnet);
+  const auto o = options(3, 0, 4);
+  EXPECT_TRUE(reference(by_file, o) == reference(by_folder, o));
+  diffuse_model_options mo;
+  diffuse_model_options_init(&mo);
+  mo.weight_dtype = DIFFUSE_WEIGHTS_F32;
+  Model f32(c, kUnet, &mo);
+  const Images a = reference(f32, o), b = reference(by_folder, o);
+  ASSERT_EQ(a.f32.size(), b.f32.size());
+  for (std::size_t i = 0; i < a.f32.size(); ++i) EXPECT_NEAR(a.f32[i], b.f32[i], 0.05f) << i;
+  mo.weight_dtype = static_cast<diffuse_weight_dtype>(9);
+  diffuse_model* bad = nullptr;
+  EXPECT_EQ(diffuse_model_load(c.p, kUnet.c_str(), &mo, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(bad, nullptr);
+  EXPECT_NE(c.error().find("weight_dtype 9"), std::string::npos) << c.error();
+}
+
+struct LogSink {
+  std::vector<std::pair<diffuse_log_level, std::string>> lines;
+};
+void on_log(void* user, diffuse_log_level level, const char* msg) {
+  static_cast<LogSink*>(user)->lines.emplace_back(level, msg);
+}
+
+TEST(CApi, LogAndProgressCallbacks) {
+  LogSink log;
+  CancelProbe progress;
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.log_callback = on_log;
+  co.log_user_data = &log;
+  co.log_level = DIFFUSE_LOG_DEBUG;
+  co.progress_callback = on_progress;
+  co.progress_user_data = &progress;
+  Ctx c(&co);
+  Model m(c, kDit);
+  Job j(c, m, options(5, 1, 1));
+  ASSERT_EQ(diffuse_job_run(j.p), DIFFUSE_OK);
+  EXPECT_EQ(progress.calls.load(), 5);
+  EXPECT_EQ(progress.step.load(), 5);
+  auto has = [&](diffuse_log_level lv, const std::string& text) {
+    for (const auto& [l, s] : log.lines)
+      if (l == lv && s.find(text) != std::string::npos) return true;
+    return false;
+  };
+  EXPECT_TRUE(has(DIFFUSE_LOG_INFO, "loaded digits-dit"));
+  EXPECT_TRUE(has(DIFFUSE_LOG_DEBUG, "job created: class: 1, Steps: 5"));
+  EXPECT_TRUE(has(DIFFUSE_LOG_INFO, "job done: 5 steps"));
+  diffuse_job* bad = nullptr;
+  auto o = options(5, 1, 1);
+  o.sampler = "nope";
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &o, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_TRUE(has(DIFFUSE_LOG_ERROR, "unknown sampler 'nope'"));
+}
+
+// Every misuse returns its status, records a message where there is a context, and never crashes.
+TEST(CApi, InvalidHandlesAndArguments) {
+  Ctx c;
+  Model m(c, kDit);
+  diffuse_job* j = nullptr;
+  const auto good = options(2, 3, 1);
+
+  // NULL handles and outputs.
+  EXPECT_EQ(diffuse_context_create(nullptr, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_job_create(nullptr, m.p, &good, &j), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_job_create(c.p, nullptr, &good, &j), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(c.error(), "[diffuse_job_create] diffuse_model is NULL");
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &good, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(c.error(), "[diffuse_job_create] out is NULL");
+  EXPECT_EQ(diffuse_job_step(nullptr, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_job_run(nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_job_progress(nullptr, nullptr, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_context_cancel(nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_model_get_info(nullptr, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_model_load(c.p, nullptr, nullptr, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(c.error(), "[diffuse_model_load] out is NULL");
+  EXPECT_NE(std::string(diffuse_context_last_error(nullptr)).find("not a live"), std::string::npos);
+  diffuse_model_free(nullptr);
+  diffuse_job_free(nullptr);
+  diffuse_context_destroy(nullptr);
+
+  // Handles of the wrong type.
+  const auto* ctx_as_model = reinterpret_cast<const diffuse_model*>(c.p);
+  EXPECT_EQ(diffuse_job_create(c.p, ctx_as_model, &good, &j), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(c.error(), "[diffuse_job_create] a diffuse_context was passed where a diffuse_model is expected");
+  EXPECT_EQ(diffuse_job_run(reinterpret_cast<diffuse_job*>(m.p)), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_context_cancel(reinterpret_cast<diffuse_context*>(m.p)), DIFFUSE_INVALID_ARGUMENT);
+  diffuse_job_free(reinterpret_cast<diffuse_job*>(m.p));  // ignored: not a job
+  int on_stack = 0;
+  EXPECT_EQ(diffuse_job_step(reinterpret_cast<diffuse_job*>(&on_stack), nullptr), DIFFUSE_INVALID_ARGUMENT);
+
+  // A freed job.
+  ASSERT_EQ(diffuse_job_create(c.p, m.p, &good, &j), DIFFUSE_OK);
+  diffuse_job_free(j);
+  EXPECT_EQ(diffuse_job_step(j, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_job_run(j), DIFFUSE_INVALID_ARGUMENT);
+  diffuse_job_free(j);  // double free: ignored
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &good, &j), DIFFUSE_OK);  // a freed model, below, is the same check
+  diffuse_job_free(j);
+
+  // Bad options: each an invalid argument naming the option, and the context still works after.
+  struct Bad {
+    diffuse_job_options o;
+    const char* message;
+  };
+  std::vector<Bad> bad;
+  auto add = [&](auto edit, const char* msg) {
+    auto o = good;
+    edit(o);
+    bad.push_back({o, msg});
+  };
+  add([](auto& o) { o.sampler = "no_such_sampler"; }, "unknown sampler 'no_such_sampler'");
+  add([](auto& o) { o.schedule = "weekly"; }, "unknown schedule 'weekly'");
+  add([](auto& o) { o.steps = 0; }, "steps must be >= 1");
+  add([](auto& o) { o.steps = -5; }, "steps must be >= 1");
+  add([](auto& o) { o.class_label = 11; }, "class 11 is out of range");
+  add([](auto& o) { o.class_label = -2; }, "class -2 is out of range");
+  add([](auto& o) { o.batch = 0; }, "batch must be >= 1");
+  add([](auto& o) { o.width = 17; }, "width must be a multiple of");
+  add([](auto& o) { o.height = -1; }, "width and height must be >= 1");
+  add([](auto& o) { o.guidance_scale = INFINITY; }, "cfg_scale must be a finite number");
+  add([](auto& o) { o.struct_size = 0; }, "call diffuse_job_options_init first");
+  for (const auto& b : bad) {
+    j = reinterpret_cast<diffuse_job*>(&on_stack);
+    EXPECT_EQ(diffuse_job_create(c.p, m.p, &b.o, &j), DIFFUSE_INVALID_ARGUMENT) << b.message;
+    EXPECT_EQ(j, nullptr);
+    EXPECT_NE(c.error().find(b.message), std::string::npos) << "'" << b.message << "' not in: " << c.error();
+    EXPECT_EQ(c.error().rfind("[", 0), 0u) << c.error();
+  }
+  // The null class is a valid label.
+  {
+    auto o = good;
+    o.class_label = 10;
+    Job ok(c, m, o);
+    EXPECT_EQ(diffuse_job_run(ok.p), DIFFUSE_OK);
+    EXPECT_EQ(c.error(), "");
+  }
+
+  // Buffers too small, NULL buffers, bad indices.
+  {
+    Job ok(c, m, good);
+    ASSERT_EQ(diffuse_job_run(ok.p), DIFFUSE_OK);
+    std::vector<uint8_t> px(kRgba);
+    std::vector<float> f(kSide * kSide);
+    EXPECT_EQ(diffuse_job_result_rgba8(ok.p, 0, px.data(), kRgba - 1), DIFFUSE_INVALID_ARGUMENT);
+    EXPECT_NE(c.error().find("too small: 1023 bytes, need 1024"), std::string::npos) << c.error();
+    EXPECT_EQ(diffuse_job_result_f32(ok.p, 0, f.data(), f.size() - 1), DIFFUSE_INVALID_ARGUMENT);
+    EXPECT_NE(c.error().find("too small: 255 floats, need 256"), std::string::npos) << c.error();
+    EXPECT_EQ(diffuse_job_preview_rgba8(ok.p, 0, nullptr, kRgba), DIFFUSE_INVALID_ARGUMENT);
+    EXPECT_EQ(diffuse_job_result_rgba8(ok.p, -1, px.data(), kRgba), DIFFUSE_INVALID_ARGUMENT);
+    EXPECT_EQ(diffuse_job_result_rgba8(ok.p, 0, px.data(), kRgba), DIFFUSE_OK);
+  }
+
+  // Model loading errors.
+  diffuse_model* mm = nullptr;
+  EXPECT_EQ(diffuse_model_load(c.p, (kModels + "no-such-model").c_str(), nullptr, &mm), DIFFUSE_IO_ERROR);
+  EXPECT_NE(c.error().find("no such model folder"), std::string::npos) << c.error();
+  EXPECT_EQ(diffuse_model_load(c.p, (std::string(DIFFUSE_SOURCE_DIR) + "/tests").c_str(), nullptr, &mm),
+            DIFFUSE_IO_ERROR);
+  EXPECT_NE(c.error().find("config.json"), std::string::npos) << c.error();
+  diffuse_model_options mo;
+  diffuse_model_options_init(&mo);
+  mo.variant = "fp8";
+  EXPECT_EQ(diffuse_model_load(c.p, kDit.c_str(), &mo, &mm), DIFFUSE_IO_ERROR) << c.error();
+  EXPECT_EQ(mm, nullptr);
+
+  // A freed model.
+  {
+    diffuse_model* fm = nullptr;
+    ASSERT_EQ(diffuse_model_load(c.p, kDit.c_str(), nullptr, &fm), DIFFUSE_OK);
+    diffuse_model_free(fm);
+    EXPECT_EQ(diffuse_job_create(c.p, fm, &good, &j), DIFFUSE_INVALID_ARGUMENT);
+    EXPECT_NE(c.error().find("not a live handle"), std::string::npos) << c.error();
+    diffuse_model_info info;
+    diffuse_model_info_init(&info);
+    EXPECT_EQ(diffuse_model_get_info(fm, &info), DIFFUSE_INVALID_ARGUMENT);
+  }
+
+  // Context options.
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.threads = -1;
+  diffuse_context* cc = reinterpret_cast<diffuse_context*>(&on_stack);
+  EXPECT_EQ(diffuse_context_create(&co, &cc), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(cc, nullptr);
+
+  // PNG output.
+  const uint8_t px[4] = {1, 2, 3, 4};
+  EXPECT_EQ(diffuse_write_png(c.p, nullptr, px, 1, 1, 4, 1, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(diffuse_write_png(c.p, "x.png", px, 1, 1, 5, 1, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("channels must be 1..4"), std::string::npos) << c.error();
+  EXPECT_EQ(diffuse_write_png(c.p, "/nonexistent-dir/x.png", px, 1, 1, 4, 1, nullptr), DIFFUSE_IO_ERROR);
+  EXPECT_EQ(diffuse_write_png(nullptr, "/nonexistent-dir/x.png", px, 1, 1, 4, 1, nullptr), DIFFUSE_IO_ERROR);
+}
+
+/// A stand-in network whose output is NaN: what a broken model or overflowing weights produce.
+class NanNetwork final : public diffuse::models::Network {
+ public:
+  NanNetwork() {
+    info_.architecture = "NanNetwork";
+    info_.in_channels = info_.out_channels = 1;
+    info_.sample_size = 16;
+  }
+  const diffuse::models::NetworkInfo& info() const noexcept override { return info_; }
+  diffuse::Tensor forward(const diffuse::Tensor& x, std::span<const float>, std::span<const std::int64_t>,
+                          diffuse::kernels::Context&) const override {
+    diffuse::Tensor out(x.shape());
+    for (float& v : out.values()) v = std::numeric_limits<float>::quiet_NaN();
+    return out;
+  }
+
+ private:
+  diffuse::models::NetworkInfo info_;
+};
+
+// A step that produces NaN is a numeric error naming the step; the job then refuses to continue and
+// the context runs a new job.
+TEST(CApi, NumericError) {
+  Ctx c;
+  pl::Model nan_model(std::make_shared<NanNetwork>(),
+                      nlohmann::json{{"_class_name", "FlowMatchEulerDiscreteScheduler"}, {"num_train_timesteps", 1000}},
+                      "nan-model");
+  diffuse_model* m = diffuse_capi::wrap_model(nan_model);
+  diffuse_job_options o;
+  diffuse_job_options_init(&o);
+  o.steps = 3;
+  diffuse_job* j = nullptr;
+  ASSERT_EQ(diffuse_job_create(c.p, m, &o, &j), DIFFUSE_OK) << c.error();
+  const diffuse_status st = diffuse_job_run(j);
+  EXPECT_EQ(st, DIFFUSE_NUMERIC_ERROR) << diffuse_status_string(st) << ": " << c.error();
+  EXPECT_NE(c.error().find("step 1 of 3"), std::string::npos) << c.error();
+  EXPECT_EQ(diffuse_job_step(j, nullptr), DIFFUSE_WRONG_STATE);
+  EXPECT_NE(c.error().find("failed"), std::string::npos) << c.error();
+  uint8_t px[kRgba];
+  EXPECT_EQ(diffuse_job_result_rgba8(j, 0, px, sizeof px), DIFFUSE_WRONG_STATE);
+  diffuse_job_free(j);
+  diffuse_model_free(m);
+  Model good(c, kDit);
+  Job k(c, good, options(3, 3, 1));
+  EXPECT_EQ(diffuse_job_run(k.p), DIFFUSE_OK);
+}
+
+TEST(CApi, WritePng) {
+  Ctx c;
+  Model m(c, kDit);
+  Job j(c, m, options(3, 9, 1));
+  ASSERT_EQ(diffuse_job_run(j.p), DIFFUSE_OK);
+  std::vector<uint8_t> px(kRgba);
+  ASSERT_EQ(diffuse_job_result_rgba8(j.p, 0, px.data(), px.size()), DIFFUSE_OK);
+  const auto path = std::filesystem::temp_directory_path() / ("capi_test_" + std::to_string(::getpid()) + ".png");
+  ASSERT_EQ(diffuse_write_png(c.p, path.string().c_str(), px.data(), 16, 16, 4, 4, diffuse_job_parameters(j.p, 0)),
+            DIFFUSE_OK)
+      << c.error();
+  const auto img = diffuse::io::read_image(path);
+  EXPECT_EQ(img.width, 64);
+  EXPECT_EQ(img.height, 64);
+  const auto text = diffuse::io::read_png_text(path);
+  ASSERT_EQ(text.size(), 1u);
+  EXPECT_NE(text[0].second.find("class: 9"), std::string::npos) << text[0].second;
+  std::filesystem::remove(path);
+}
+
+}  // namespace
