@@ -28,7 +28,7 @@ class UsageError : public std::runtime_error {
 /// The options of `diffuse generate` as typed (unset numbers keep their "unset" marker).
 struct GenerateArgs {
   std::string model;
-  std::vector<std::string> classes;
+  std::string classes;  ///< "3", "0,1,2" or "all"
   std::string sampler, schedule;
   long long steps = 0;
   bool steps_set = false;

@@ -19,8 +19,14 @@ namespace {
 namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 
-/// "3", "0,1,2" (CLI11 splits at commas) or "all" (every class but the null one).
-std::vector<std::int64_t> parse_classes(const std::vector<std::string>& items, const pl::Model& model) {
+/// "3", "0,1,2" or "all" (every class but the null one).
+std::vector<std::int64_t> parse_classes(const std::string& text, const pl::Model& model) {
+  std::vector<std::string> items;
+  for (std::size_t at = 0; !text.empty() && at <= text.size();) {
+    const std::size_t comma = std::min(text.find(',', at), text.size());
+    items.push_back(text.substr(at, comma - at));
+    at = comma + 1;
+  }
   std::vector<std::int64_t> out;
   for (const auto& s : items) {
     if (s == "all") {

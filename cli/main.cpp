@@ -42,8 +42,10 @@ int main(int argc, char** argv) {
   GenerateArgs g;
   CLI::App* gen = app.add_subcommand("generate", "generate images with a model");
   gen->footer(kGenerateFooter);
+  // A repeated option takes its last value, so wrappers can put defaults before "$@".
+  gen->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   gen->add_option("-m,--model", g.model, "model folder (diffusers layout), e.g. models/digits-dit")->required();
-  gen->add_option("-c,--class", g.classes, "class label(s): N (all images), a list 0,1,2 (one per image, repeated to fill --batch) or 'all'")->delimiter(',');
+  gen->add_option("-c,--class", g.classes, "class label(s): N (all images), a list 0,1,2 (one per image, repeated to fill --batch) or 'all'");
   gen->add_option("--sampler", g.sampler, "sampler name (see `diffuse list`)");
   gen->add_option("--schedule", g.schedule, "noise schedule name (see `diffuse list`)");
   CLI::Option* steps = gen->add_option("--steps", g.steps, "sampling steps (>= 1)");
