@@ -32,3 +32,10 @@ foreach(mode package subdirectory)
   run(${CMAKE_COMMAND} --build ${build})
   run(${build}/consumer)
 endforeach()
+
+# The C ABI from a C program: examples/cmake_project against the same install, run on a shipped model.
+set(build ${WORK_DIR}/build-cmake_project)
+run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/cmake_project -B ${build} -G ${GENERATOR}
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${prefix})
+run(${CMAKE_COMMAND} --build ${build})
+run(${build}/diffuse_app ${SOURCE_DIR}/models/digits-dit 5 ${WORK_DIR}/diffuse_app.png)
