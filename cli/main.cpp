@@ -26,7 +26,8 @@ numbered files next to -o (out.png -> out-0.png, out-1.png, ...). Written paths 
 Each PNG carries the generation settings in a tEXt chunk "parameters".
 Progress: on a terminal, a bar with steps/s on stderr; when stderr is not a terminal (logs, pipes),
 only the final summary line. --quiet drops both.
-The same options give the same bytes on every run and at every --threads count.)";
+The same options give the same bytes on every run and at every --threads count.
+Exit codes: 0 success; 1 runtime error; 2 usage error (see diffuse --help).)";
 
 }  // namespace
 
