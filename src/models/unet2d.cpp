@@ -268,6 +268,9 @@ struct Block {
   std::vector<Attn> attentions;  ///< empty for DownBlock2D / UpBlock2D
   bool has_sampler = false;
   nn::Conv2d sampler;            ///< downsamplers.0.conv or upsamplers.0.conv
+  /// Upsamplers: nearest 2x then the 3x3 conv, as four 2x2 convs on the low-resolution input, one
+  /// per output phase (py, px) (see make_upsample_phases).
+  std::array<nn::Conv2d, 4> phases;
   std::vector<std::size_t> skip_channels;  ///< up blocks: channels of the skip each resnet takes
 };
 
@@ -305,7 +308,8 @@ class UNet2D final : public Network {
   void run_resnet(const Resnet& r, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
                   const float* temb, kernels::Context& ctx) const;
   void run_attention(const Attn& a, Dest x, std::size_t batch, std::size_t spatial, kernels::Context& ctx) const;
-  void run_upsample(const nn::Conv2d& c, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
+  void make_upsample_phases(Block& b);
+  void run_upsample(const Block& blk, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
                     kernels::Context& ctx) const;
 
   io::ModelDir dir_;  // the mapping f32 weights are used from
@@ -523,6 +527,7 @@ UNet2D::UNet2D(io::ModelDir dir, const nn::LoadOptions& options) : dir_(std::mov
     if (i + 1 < nb) {
       b.has_sampler = true;
       b.sampler = nn::Conv2d::bind(w, p + ".upsamplers.0.conv", out_ch, out_ch, 3, 1, 1);
+      make_upsample_phases(b);
     }
     up_.push_back(std::move(b));
   }
@@ -722,13 +727,64 @@ void UNet2D::run_attention(const Attn& a, Dest x, std::size_t batch, std::size_t
   arena.release(m);
 }
 
-void UNet2D::run_upsample(const nn::Conv2d& c, const float* x, std::size_t batch, std::size_t h, std::size_t w,
-                          Dest y, kernels::Context& ctx) const {
+// conv3x3(nearest2x(x)) without the 4x larger intermediate: output pixel (2i + py, 2j + px) reads
+// up[2i + py + d - 1] = x[i + floor((py + d - 1) / 2)] for taps d = 0, 1, 2, so rows of the kernel that
+// land on the same input row are summed: phase 0 uses x[i-1] (tap 0) and x[i] (taps 1 + 2), phase 1 uses
+// x[i] (taps 0 + 1) and x[i+1] (tap 2); likewise for columns. Each phase is a 2x2 conv with one-sided
+// padding on x: 4 instead of 9 multiply-adds per output (the same sums in another order).
+void UNet2D::make_upsample_phases(Block& b) {
+  const nn::Conv2d& c = b.sampler;
+  const std::size_t O = c.out, I = c.in;
+  static constexpr int kTaps[2][2][2] = {{{0, -1}, {1, 2}}, {{0, 1}, {2, -1}}};  // [phase][row of 2x2][taps]
+  for (std::size_t py = 0; py < 2; ++py)
+    for (std::size_t px = 0; px < 2; ++px) {
+      std::vector<float>& wp = owned_.emplace_back(O * I * 4);
+      for (std::size_t oi = 0; oi < O * I; ++oi) {
+        const float* k = c.weight + oi * 9;
+        for (int a = 0; a < 2; ++a)
+          for (int bb = 0; bb < 2; ++bb) {
+            float sum = 0.0f;
+            for (int dy : kTaps[py][a])
+              for (int dx : kTaps[px][bb])
+                if (dy >= 0 && dx >= 0) sum += k[dy * 3 + dx];
+            wp[oi * 4 + static_cast<std::size_t>(a * 2 + bb)] = sum;
+          }
+      }
+      nn::Conv2d& ph = b.phases[py * 2 + px];
+      ph = c;
+      ph.weight = wp.data();
+      ph.kh = ph.kw = 2;
+      ph.stride = 1;
+      ph.pad = {py == 0 ? 1u : 0u, px == 0 ? 1u : 0u, py == 0 ? 0u : 1u, px == 0 ? 0u : 1u};
+    }
+}
+
+void UNet2D::run_upsample(const Block& blk, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
+                          kernels::Context& ctx) const {
   kernels::Arena& arena = ctx.arena();
   const std::size_t m = arena.mark();
-  float* up = arena.alloc(batch * c.in * 4 * h * w);
-  kernels::upsample_nearest(x, batch * c.in, h, w, up, 2 * h, 2 * w, ctx);
-  run_conv(c, up, batch, 2 * h, 2 * w, y, ctx);
+  const std::size_t C = blk.sampler.out, plane = h * w;
+  float* ph = arena.alloc(4 * batch * C * plane);
+  for (std::size_t p = 0; p < 4; ++p) blk.phases[p](x, batch, h, w, ph + p * batch * C * plane, ctx);
+  // Interleave: y[b, o, 2i + py, 2j + px] = phase[py * 2 + px][b, o, i, j].
+  ctx.pool().parallel_for(batch * C, [&](std::size_t begin, std::size_t end, std::size_t) {
+    for (std::size_t item = begin; item < end; ++item) {
+      const std::size_t b = item / C, o = item % C;
+      float* yo = y.p + b * y.batch_stride + o * 4 * plane;
+      const float* src[4];
+      for (std::size_t p = 0; p < 4; ++p) src[p] = ph + p * batch * C * plane + item * plane;
+      for (std::size_t i = 0; i < h; ++i)
+        for (std::size_t py = 0; py < 2; ++py) {
+          float* row = yo + (2 * i + py) * 2 * w;
+          const float* s0 = src[py * 2] + i * w;
+          const float* s1 = src[py * 2 + 1] + i * w;
+          for (std::size_t j = 0; j < w; ++j) {
+            row[2 * j] = s0[j];
+            row[2 * j + 1] = s1[j];
+          }
+        }
+    }
+  });
   arena.release(m);
 }
 
@@ -909,7 +965,7 @@ Tensor UNet2D::forward(const Tensor& x, std::span<const float> timesteps, std::s
     if (blk.has_sampler) {
       const std::size_t ns = up_[i + 1].skip_channels.front();
       float* dst = ping[side];
-      run_upsample(blk.sampler, hcur, B, h, w, {dst, (cur_c + ns) * 4 * h * w}, ctx);
+      run_upsample(blk, hcur, B, h, w, {dst, (cur_c + ns) * 4 * h * w}, ctx);
       h *= 2;
       w *= 2;
       hcur = dst;
