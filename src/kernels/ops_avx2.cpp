@@ -24,6 +24,7 @@ struct Simd {
   static constexpr int kScoreKeys = 6;            // 6 keys x 2 ymm = 12 accumulators of 16 registers
   static constexpr int kOutRows = 3;              // P V micro-tile: 3 rows x up to 4 ymm
   static constexpr int kOutVectors = 4;
+  static constexpr int kOutRowsNarrow = 4;       // rows when d <= 2 W (at most 2 vectors per row)
 
   static M mask(std::size_t n) {
     const int k = n >= 8 ? 8 : static_cast<int>(n);

@@ -25,6 +25,7 @@ struct Simd {
   static constexpr int kScoreKeys = 8;            // S^T micro-tile: 8 keys x 2 zmm = 16 accumulators
   static constexpr int kOutRows = 4;              // P V micro-tile: 4 rows x up to 4 zmm
   static constexpr int kOutVectors = 4;
+  static constexpr int kOutRowsNarrow = 8;       // rows when d <= 2 W (at most 2 vectors per row)
 
   static M mask(std::size_t n) { return n >= 16 ? static_cast<M>(0xFFFF) : static_cast<M>((1u << n) - 1u); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }

@@ -194,6 +194,7 @@ void norm_channel(const float* x, float* y, size_t n, float mean, float scale, f
 constexpr size_t kQB = W * Simd::kQueryVectors;  // queries per block
 constexpr size_t kKB = kAttentionKvBlock;        // keys per block
 static_assert(kQB == attention_q_block, "ops.inc q_block must match the vector layout");
+static_assert(kQB % Simd::kOutRowsNarrow == 0, "narrow P V tiles must divide the query block");
 
 constexpr size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 constexpr size_t dpad(size_t d) { return (d + W - 1) / W * W; }
@@ -238,7 +239,13 @@ void pv_tile(const float* P, const float* v0, size_t v_stride, size_t nk, size_t
   for (size_t j = 0; j < nk; ++j) {
     const float* vr = v0 + j * v_stride + c0 * W;
     V vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = Tail && c == C - 1 ? Simd::loadm(vr + c * W, mk) : Simd::load(vr + c * W);
+    for (int c = 0; c < C; ++c) {
+      vv[c] = Tail && c == C - 1 ? Simd::loadm(vr + c * W, mk) : Simd::load(vr + c * W);
+      // Keep the row of V in a register: otherwise GCC folds the load into each of the RO
+      // FMAs, and RO x C vector loads per key make the loop load-bound on Zen 4 (one zmm load
+      // per cycle) instead of FMA-bound.
+      __asm__("" : "+v"(vv[c]));
+    }
     const float* pr = P + j * kQB + i0;
     for (int r = 0; r < RO; ++r) {
       const V p = Simd::set1(pr[r]);
@@ -286,8 +293,9 @@ void upsample_nearest_body(const float* x, size_t height, size_t width, float* y
     scalar::upsample_nearest_body(x, height, width, y, out_height, out_width, begin, end);
     return;
   }
-  // Width doubled: each source row is expanded once (lane duplication through a small buffer of
-  // pairs), then copied to every output row that maps to it.
+  // Width doubled (the UNet Upsample2D case): each source row is expanded once into its first
+  // output row (pairs of stores), and the other output rows that map to the same source row are
+  // vector copies of it.
   for (size_t p = begin; p < end; ++p) {
     const float* src = x + p * height * width;
     float* dst = y + p * out_height * out_width;
@@ -497,11 +505,17 @@ void attention_body(const AttentionArgs& a, size_t begin, size_t end, float* ws)
         m[v] = m_new;
         Simd::store(alpha + v * W, al);
       }
-      for (size_t i0 = 0; i0 < rows; i0 += RO) {
-        if (i0 + RO <= kQB)
-          pv_rows<RO>(P, v0 + j0 * a.v_row_stride, a.v_row_stride, nk, d, alpha, i0, O, ldo);
-        else  // kQB not a multiple of RO: the last rows one at a time
-          for (size_t i = i0; i < kQB; ++i) pv_rows<1>(P, v0 + j0 * a.v_row_stride, a.v_row_stride, nk, d, alpha, i, O, ldo);
+      const float* vb = v0 + j0 * a.v_row_stride;
+      if (d <= 2 * W) {  // narrow heads (d <= 32 / 16): more rows per tile to keep enough accumulators
+        constexpr int RN = Simd::kOutRowsNarrow;
+        for (size_t i0 = 0; i0 < nq; i0 += RN) pv_rows<RN>(P, vb, a.v_row_stride, nk, d, alpha, i0, O, ldo);
+      } else {
+        for (size_t i0 = 0; i0 < rows; i0 += RO) {
+          if (i0 + RO <= kQB)
+            pv_rows<RO>(P, vb, a.v_row_stride, nk, d, alpha, i0, O, ldo);
+          else  // kQB not a multiple of RO: the last rows one at a time
+            for (size_t i = i0; i < kQB; ++i) pv_rows<1>(P, vb, a.v_row_stride, nk, d, alpha, i, O, ldo);
+        }
       }
     }
     for (size_t v = 0; v < QV; ++v) Simd::store(lrow + v * W, Simd::div(Simd::set1(1.0f), l[v]));
