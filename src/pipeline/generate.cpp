@@ -104,6 +104,14 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
       raise<value_error>(where, std::string(name) + " must be a multiple of " + std::to_string(mult) + " for " +
                                     model.name() + ", got " + std::to_string(v));
   }
+  if (o.initial_noise) {
+    const Shape want{o.batch, ni.in_channels, *o.height, *o.width};
+    if (o.initial_noise->shape() != want)
+      raise<value_error>(where, "initial_noise has shape " + shape_string(o.initial_noise->shape()) + ", expected " +
+                                    shape_string(want));
+    for (float v : o.initial_noise->values())
+      if (!std::isfinite(v)) raise<value_error>(where, "initial_noise contains a non-finite value");
+  }
   return o;
 }
 
@@ -206,7 +214,9 @@ Generation::Generation(const Model& model, const GenerateOptions& options)
   s.denoiser = to_ve ? flow_to_ve(std::move(any)) : std::move(any);
 
   // Initial noise, torch.randn(batch, C, H, W) for the seed; per-step noise continues the stream.
+  // Given initial noise replaces the draw, which is still made so the per-step stream is unchanged.
   s.x = randn(s.gen, {o.batch, ni.in_channels, *o.height, *o.width});
+  if (o.initial_noise) s.x = *o.initial_noise;
   const float s0 = sigmas.front();
   float scale = 1.0f;
   if (to_ve) {

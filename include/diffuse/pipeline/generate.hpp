@@ -60,6 +60,10 @@ struct GenerateOptions {
   std::optional<std::size_t> width;   ///< default: the network's sample_size
   std::optional<std::size_t> height;  ///< default: the network's sample_size
   SamplerParams<float> sampler_params;  ///< eta, s_noise, order, ... (unset: the sampler's defaults)
+  /// The initial noise [batch, C, H, W] (unit-variance values, scaled like the seed's noise) in
+  /// place of torch.randn for `seed`, e.g. a slerp of two seeds' noise. The per-step noise of a
+  /// stochastic sampler still comes from `seed`'s stream, continued as if the seed had drawn it.
+  std::optional<Tensor> initial_noise;
 };
 
 /** `options` with every unset field filled from the model's defaults and every field checked.
