@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -90,15 +91,20 @@ def run_bench(binary, names):
     if not binary or not os.path.exists(binary):
         return None
     regex = "^(" + "|".join(n.replace("/", "\\/") for n in names) + ")$"
-    try:
-        res = subprocess.run([binary, "--benchmark_format=json", f"--benchmark_filter={regex}"], capture_output=True,
-                             text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        print(f"note: {binary} failed: {e}", file=sys.stderr)
-        return None
+    # The JSON goes to its own file: the benchmark program prints a machine header on stdout first.
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "bench.json")
+        try:
+            subprocess.run([binary, f"--benchmark_out={report}", "--benchmark_out_format=json",
+                            f"--benchmark_filter={regex}"], capture_output=True, text=True, check=True)
+            with open(report) as f:
+                data = json.load(f)
+        except (OSError, subprocess.CalledProcessError, json.JSONDecodeError) as e:
+            print(f"note: {binary} failed: {e}", file=sys.stderr)
+            return None
     scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
     out = {}
-    for b in json.loads(res.stdout).get("benchmarks", []):
+    for b in data.get("benchmarks", []):
         if b.get("run_type", "iteration") != "iteration":
             continue
         out[b.get("run_name", b["name"])] = b["real_time"] * scale[b.get("time_unit", "ns")]
