@@ -35,6 +35,9 @@ struct Simd {
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void storem(float* p, M m, V v) { _mm256_maskstore_ps(p, m, v); }  // slow on AMD: tails only
   static V zero_masked(V v, M m) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
+  /// (v0, v0, v1, v1, v2, v2, v3, v3) and (v4, v4, ..., v7, v7): lane doubling for upsampling.
+  static V dup_lo(V v) { return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)); }
+  static V dup_hi(V v) { return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V zero() { return _mm256_setzero_ps(); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }

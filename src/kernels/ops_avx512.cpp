@@ -33,6 +33,13 @@ struct Simd {
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void storem(float* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
   static V zero_masked(V v, M m) { return _mm512_maskz_mov_ps(m, v); }  // lanes outside m = 0
+  /// (v0, v0, v1, v1, ..., v7, v7) and (v8, v8, ..., v15, v15): lane doubling for upsampling.
+  static V dup_lo(V v) {
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), v);
+  }
+  static V dup_hi(V v) {
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), v);
+  }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V zero() { return _mm512_setzero_ps(); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }

@@ -293,30 +293,22 @@ void upsample_nearest_body(const float* x, size_t height, size_t width, float* y
     scalar::upsample_nearest_body(x, height, width, y, out_height, out_width, begin, end);
     return;
   }
-  // Width doubled (the UNet Upsample2D case): each source row is expanded once into its first
-  // output row (pairs of stores), and the other output rows that map to the same source row are
-  // vector copies of it.
+  // Width doubled (the UNet Upsample2D case): every output row is expanded from its source row
+  // with lane-doubling permutes. (Copying the previous output row instead was slower on AVX-512:
+  // reloading a just-stored, cache-line-splitting zmm defeats store forwarding.)
   for (size_t p = begin; p < end; ++p) {
     const float* src = x + p * height * width;
     float* dst = y + p * out_height * out_width;
-    size_t prev = ~size_t{0};
-    const float* prev_row = nullptr;
     for (size_t i = 0; i < out_height; ++i) {
-      const size_t si = i * height / out_height;
+      const float* row = src + (i * height / out_height) * width;
       float* out = dst + i * out_width;
-      if (si == prev) {
-        size_t j = 0;
-        for (; j + W <= out_width; j += W) Simd::store(out + j, Simd::load(prev_row + j));
-        if (j < out_width) {
-          const M m = Simd::mask(out_width - j);
-          Simd::storem(out + j, m, Simd::loadm(prev_row + j, m));
-        }
-      } else {
-        const float* row = src + si * width;
-        for (size_t j = 0; j < width; ++j) out[2 * j] = out[2 * j + 1] = row[j];
-        prev = si;
-        prev_row = out;
+      size_t j = 0;
+      for (; j + W <= width; j += W) {
+        const V v = Simd::load(row + j);
+        Simd::store(out + 2 * j, Simd::dup_lo(v));
+        Simd::store(out + 2 * j + W, Simd::dup_hi(v));
       }
+      for (; j < width; ++j) out[2 * j] = out[2 * j + 1] = row[j];  // < W values: plain copies
     }
   }
 }
