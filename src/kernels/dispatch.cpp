@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "diffuse/core/cpu.hpp"
@@ -17,17 +18,31 @@ namespace kernels {
 
 namespace {
 
-#define DIFFUSE_GEMM_KERNEL(symbol, isa, mr, nr, kc, nc) \
-  GemmKernel{#symbol, IsaLevel::isa, &isa::symbol, mr, nr, gemm_blocked_workspace(mr, nr, kc, nc)},
+#define DIFFUSE_GEMM_KERNEL(symbol, isa, mr, nr, kc, nc)                                              \
+  GemmKernel{#symbol, IsaLevel::isa, &isa::symbol, mr, nr, gemm_blocked_workspace(mr, nr, kc, nc), kc, \
+             &isa::symbol##_pack, false},
+#define DIFFUSE_GEMM_SMALL_M_KERNEL(symbol, isa, max_m)
 const GemmKernel kGemmTable[] = {
 #include "kernels.inc"
 };
 #undef DIFFUSE_GEMM_KERNEL
+#undef DIFFUSE_GEMM_SMALL_M_KERNEL
 
-const GemmKernel& pick_gemm() {
+// nr = 8: threads split N in groups of 8 rows of B (the column range never changes a result).
+#define DIFFUSE_GEMM_KERNEL(symbol, isa, mr, nr, kc, nc)
+#define DIFFUSE_GEMM_SMALL_M_KERNEL(symbol, isa, max_m) \
+  GemmKernel{#symbol, IsaLevel::isa, &isa::symbol, max_m, 8, 0, 0, nullptr, true},
+const GemmKernel kGemmSmallTable[] = {
+#include "kernels.inc"
+};
+#undef DIFFUSE_GEMM_KERNEL
+#undef DIFFUSE_GEMM_SMALL_M_KERNEL
+
+template <std::size_t Size>
+const GemmKernel& pick(const GemmKernel (&table)[Size]) {
   const IsaLevel level = isa_level();
-  const GemmKernel* best = &kGemmTable[0];
-  for (const GemmKernel& k : kGemmTable) {  // first supported row of the highest level allowed
+  const GemmKernel* best = &table[0];
+  for (const GemmKernel& k : table) {  // first supported row of the highest level allowed
     if (static_cast<int>(k.isa) > static_cast<int>(level) || !kernel_supported(k)) continue;
     if (static_cast<int>(k.isa) > static_cast<int>(best->isa)) best = &k;
   }
@@ -36,7 +51,7 @@ const GemmKernel& pick_gemm() {
 
 constexpr const char* kWhere = "kernels::gemm";
 
-void check(const GemmArgs& g) {
+void check(const GemmKernel& k, const GemmArgs& g) {
   using std::to_string;
   if (g.b_type != DType::F32 && g.b_type != DType::F16 && g.b_type != DType::BF16)
     raise<value_error>(kWhere, "B must be F32, F16 or BF16, got " + std::string(dtype_name(g.b_type)));
@@ -51,6 +66,19 @@ void check(const GemmArgs& g) {
   if (g.ldb < min_ldb)
     raise<shape_error>(kWhere, "ldb " + to_string(g.ldb) + " < " + (g.b_transposed ? "K " : "N ") +
                                    to_string(min_ldb) + (g.b_transposed ? " (B is [N, K])" : " (B is [K, N])"));
+  if (k.small_m) {
+    if (!g.b_transposed) raise<value_error>(kWhere, std::string(k.name) + " needs b_transposed");
+    if (g.M > k.mr)
+      raise<value_error>(kWhere, std::string(k.name) + " takes M <= " + to_string(k.mr) + ", got " + to_string(g.M));
+  } else if (g.packed_b != nullptr) {
+    const PackedMatrix& p = *g.packed_b;
+    if (p.kernel != &k)
+      raise<value_error>(kWhere, std::string("packed_b was packed for ") + (p.kernel ? p.kernel->name : "no kernel") +
+                                     ", the call runs " + k.name);
+    if (p.K != g.K || p.N != g.N)
+      raise<shape_error>(kWhere, "packed_b is K x N " + to_string(p.K) + " x " + to_string(p.N) + ", the call is " +
+                                     to_string(g.K) + " x " + to_string(g.N));
+  }
 }
 
 /// K == 0: the product is empty, C = beta * C + bias (beta == 0 does not read C).
@@ -65,7 +93,7 @@ void scale_only(const GemmArgs& g) {
 }
 
 void run(const GemmKernel& k, const GemmArgs& g, ThreadPool* pool, std::span<float> workspace) {
-  check(g);
+  check(k, g);
   if (g.M == 0 || g.N == 0) return;
   if (g.K == 0) {
     scale_only(g);
@@ -86,7 +114,7 @@ void run(const GemmKernel& k, const GemmArgs& g, ThreadPool* pool, std::span<flo
     k.fn(g, 0, g.M, 0, g.N, ws);
     return;
   }
-  if (m_tiles >= n_tiles) {
+  if (m_tiles >= n_tiles && !k.small_m) {  // small-M kernels split N only (their rows are one pass)
     pool->parallel_for(m_tiles, [&](std::size_t b, std::size_t e, std::size_t t) {
       k.fn(g, b * k.mr, std::min(e * k.mr, g.M), 0, g.N, ws + t * per_thread);
     });
@@ -112,9 +140,51 @@ bool kernel_supported(const GemmKernel& k) {
 }
 
 const GemmKernel& active_gemm_kernel() {
-  static const GemmKernel& k = pick_gemm();
+  static const GemmKernel& k = pick(kGemmTable);
   return k;
 }
+
+std::span<const GemmKernel> gemm_small_m_kernels() { return kGemmSmallTable; }
+
+const GemmKernel& active_gemm_small_m_kernel() {
+  static const GemmKernel& k = pick(kGemmSmallTable);
+  return k;
+}
+
+std::size_t packed_b_floats(const GemmKernel& k, std::size_t K, std::size_t N) {
+  return K * ((N + k.nr - 1) / k.nr * k.nr);
+}
+
+PackedMatrix pack_b(const GemmKernel& kernel, const void* B, std::size_t ldb, DType type, bool transposed,
+                    std::size_t K, std::size_t N) {
+  constexpr const char* where = "kernels::pack_b";
+  if (kernel.pack == nullptr || kernel.small_m)
+    raise<value_error>(where, std::string(kernel.name) + " reads B in place: nothing to pack");
+  if (!kernel_supported(kernel))
+    raise<value_error>(where, std::string(kernel.name) + " needs instructions this CPU does not have");
+  GemmArgs g;
+  g.M = 1, g.N = N, g.K = K;
+  g.A = nullptr, g.lda = K;
+  g.B = B, g.ldb = ldb, g.b_type = type, g.b_transposed = transposed;
+  if (g.b_type != DType::F32 && g.b_type != DType::F16 && g.b_type != DType::BF16)
+    raise<value_error>(where, "B must be F32, F16 or BF16, got " + std::string(dtype_name(type)));
+  const std::size_t min_ldb = transposed ? K : N;
+  if (ldb < min_ldb) raise<shape_error>(where, "ldb " + std::to_string(ldb) + " < " + std::to_string(min_ldb));
+  if (K != 0 && N != 0 && B == nullptr) raise<value_error>(where, "B is null");
+  PackedMatrix p;
+  p.kernel = &kernel;
+  p.K = K;
+  p.N = N;
+  const std::size_t n = packed_b_floats(kernel, K, N);
+  p.storage.resize(n + 16);  // + 16: room to align `data` to 64 bytes
+  float* d = p.storage.data();
+  while (reinterpret_cast<std::uintptr_t>(d) % 64 != 0) ++d;
+  if (n != 0) kernel.pack(g, d);
+  p.data = d;
+  return p;
+}
+
+
 
 std::size_t gemm_workspace_floats(const GemmKernel& k, std::size_t threads) {
   return k.workspace * std::max<std::size_t>(threads, 1);
@@ -126,12 +196,21 @@ void gemm(const GemmKernel& kernel, const GemmArgs& args, ThreadPool* pool, std:
   run(kernel, args, pool, workspace);
 }
 
+namespace {
+
+/// The variant gemm(args, ...) runs: depends on the shape only (never on the thread count).
+const GemmKernel& kernel_for(const GemmArgs& args) {
+  return args.b_transposed && args.M <= kGemmSmallM ? active_gemm_small_m_kernel() : active_gemm_kernel();
+}
+
+}  // namespace
+
 void gemm(const GemmArgs& args, ThreadPool* pool, std::span<float> workspace) {
-  run(active_gemm_kernel(), args, pool, workspace);
+  run(kernel_for(args), args, pool, workspace);
 }
 
 void gemm(const GemmArgs& args, Context& ctx) {
-  const GemmKernel& k = active_gemm_kernel();
+  const GemmKernel& k = kernel_for(args);
   run(k, args, &ctx.pool(), ctx.workspace(gemm_workspace_floats(k, ctx.threads())));
 }
 

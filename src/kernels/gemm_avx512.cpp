@@ -11,6 +11,9 @@
 //   jr: the NR panels of the block -> micro-kernel: MR x NR accumulators in registers, one FMA
 //       chain per element over the kc block, then C = alpha*acc + (beta*C + bias) on the first
 //       K block and C = alpha*acc + C on the next ones.
+// With GemmArgs::packed_b the pc/jc packing step is skipped: <symbol>_pack laid all of B out
+// beforehand, K block after K block, in the panels this loop would have packed.
+// Small M (b_transposed, M <= 8): small_m streams rows of B once, MB x NB dot products at a time.
 // Edges: packed panels are zero-padded to MR rows / NR columns and C is read and written with
 // masks, so edge tiles run the same instructions in the same order as interior ones: the result
 // of an element never depends on where the tile boundaries fall (bit-identical across threads).
@@ -188,16 +191,23 @@ __attribute__((always_inline)) inline void micro(size_t kc, const float* __restr
 template <int MR, int NV, size_t KC, size_t NC>
 void gemm(const GemmArgs& g, size_t m0, size_t m1, size_t n0, size_t n1, float* ws) {
   constexpr size_t NR = 16 * NV;
+  static_assert(NC % NR == 0, "blocks of N are whole panels (the packed layout relies on it)");
   float* bpack = ws;
   float* apack = ws + (KC * ((NC + NR - 1) / NR) * NR + 15) / 16 * 16;  // as gemm_blocked_workspace
-  for (size_t jc = n0; jc < n1; jc += NC) {
+  const size_t npad = (g.N + NR - 1) / NR * NR;  // columns of a K block of packed_b
+  for (size_t jc = n0; jc < n1; jc += NC) {  // n0 is a whole number of tiles, so jc % NR == 0
     const size_t nc = min_sz(NC, n1 - jc);
     for (size_t pc = 0; pc < g.K; pc += KC) {
       const size_t kc = min_sz(KC, g.K - pc);
-      switch (g.b_type) {
-        case DType::F16: pack_b<NV, DType::F16>(g, pc, kc, jc, nc, bpack); break;
-        case DType::BF16: pack_b<NV, DType::BF16>(g, pc, kc, jc, nc, bpack); break;
-        default: pack_b<NV, DType::F32>(g, pc, kc, jc, nc, bpack); break;
+      const float* bblock = bpack;
+      if (g.packed_b != nullptr) {  // packed once, in this very layout: panel jc / NR of K block pc
+        bblock = g.packed_b->data + pc * npad + jc * kc;
+      } else {
+        switch (g.b_type) {
+          case DType::F16: pack_b<NV, DType::F16>(g, pc, kc, jc, nc, bpack); break;
+          case DType::BF16: pack_b<NV, DType::BF16>(g, pc, kc, jc, nc, bpack); break;
+          default: pack_b<NV, DType::F32>(g, pc, kc, jc, nc, bpack); break;
+        }
       }
       const Store mode = pc != 0 ? Store::add : g.beta == 0.0f ? Store::first_overwrite : Store::first_scale;
       for (size_t ic = m0; ic < m1; ic += MR) {
@@ -208,11 +218,91 @@ void gemm(const GemmArgs& g, size_t m0, size_t m1, size_t n0, size_t n1, float* 
           __mmask16 m[NV];
           for (int v = 0; v < NV; ++v) m[v] = lanes(nr > 16u * v ? nr - 16u * v : 0);
           const float* bias = (g.bias && pc == 0) ? g.bias + jc + jr : nullptr;
-          micro<MR, NV>(kc, apack, bpack + jr * kc, g.C + ic * g.ldc + jc + jr, g.ldc, mr, m, mode, g.alpha,
+          micro<MR, NV>(kc, apack, bblock + jr * kc, g.C + ic * g.ldc + jc + jr, g.ldc, mr, m, mode, g.alpha,
                         g.beta, bias);
         }
       }
     }
+  }
+}
+
+/// All of op(B), K block after K block, each as the panels gemm() packs per call (GemmPackFn).
+template <int NV, size_t KC>
+void pack_all(const GemmArgs& g, float* dst) {
+  constexpr size_t NR = 16 * NV;
+  const size_t npad = (g.N + NR - 1) / NR * NR;
+  for (size_t pc = 0; pc < g.K; pc += KC) {
+    const size_t kc = min_sz(KC, g.K - pc);
+    switch (g.b_type) {
+      case DType::F16: pack_b<NV, DType::F16>(g, pc, kc, 0, g.N, dst + pc * npad); break;
+      case DType::BF16: pack_b<NV, DType::BF16>(g, pc, kc, 0, g.N, dst + pc * npad); break;
+      default: pack_b<NV, DType::F32>(g, pc, kc, 0, g.N, dst + pc * npad); break;
+    }
+  }
+}
+
+/// Sum of the 16 lanes in a fixed order (halves, then quarters, then pairs).
+inline float hsum(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  const __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
+}
+
+/// Small M, B [N, K]: rows [m0, m0 + MB) of C, columns [n0, n1), NB rows of B at a time. Each
+/// element: 16 lane partial sums over k (k = l mod 16, in k order, a masked tail last), then
+/// hsum, then alpha * s + (beta * C + bias). Neither NB, MB nor the column range change it.
+template <int MB, int NB, DType T>
+void small_m(const GemmArgs& g, size_t m0, size_t n0, size_t n1) {
+  const size_t K = g.K, kfull = K / 16 * 16;
+  const __mmask16 all = lanes(16), tail = lanes(K - kfull);
+  const float* a[MB];
+  for (int i = 0; i < MB; ++i) a[i] = g.A + (m0 + static_cast<size_t>(i)) * g.lda;
+  for (size_t j = n0; j < n1; j += NB) {
+    const size_t nb = min_sz(NB, n1 - j);
+    size_t row[NB];  // rows past nb repeat the last one (read, computed, not stored)
+    for (int v = 0; v < NB; ++v) row[v] = (j + min_sz(static_cast<size_t>(v), nb - 1)) * g.ldb;
+    __m512 acc[MB][NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i) {
+#pragma GCC unroll 8
+      for (int v = 0; v < NB; ++v) acc[i][v] = _mm512_setzero_ps();
+    }
+    auto step = [&](size_t k, __mmask16 m) __attribute__((always_inline)) {
+      __m512 b[NB];
+#pragma GCC unroll 8
+      for (int v = 0; v < NB; ++v) b[v] = load16<T>(g.B, row[v] + k, m);
+#pragma GCC unroll 8
+      for (int i = 0; i < MB; ++i) {
+        const __m512 x = _mm512_maskz_loadu_ps(m, a[i] + k);
+#pragma GCC unroll 8
+        for (int v = 0; v < NB; ++v) acc[i][v] = _mm512_fmadd_ps(x, b[v], acc[i][v]);
+      }
+    };
+    for (size_t k = 0; k < kfull; k += 16) step(k, all);
+    if (kfull < K) step(kfull, tail);
+    for (int i = 0; i < MB; ++i) {
+      float* c = g.C + (m0 + static_cast<size_t>(i)) * g.ldc;
+      for (size_t v = 0; v < nb; ++v) {
+        const float rest = (g.beta == 0.0f ? 0.0f : g.beta * c[j + v]) + (g.bias ? g.bias[j + v] : 0.0f);
+        c[j + v] = g.alpha * hsum(acc[i][v]) + rest;
+      }
+    }
+  }
+}
+
+template <DType T>
+void small_m_rows(const GemmArgs& g, size_t m0, size_t m1, size_t n0, size_t n1) {
+  // One pass over B for every M <= 8: MB x NB accumulators, NB + MB loads per MB * NB FMAs.
+  switch (m1 - m0) {
+    case 1: small_m<1, 8, T>(g, m0, n0, n1); break;
+    case 2: small_m<2, 8, T>(g, m0, n0, n1); break;
+    case 3: small_m<3, 4, T>(g, m0, n0, n1); break;
+    case 4: small_m<4, 4, T>(g, m0, n0, n1); break;
+    case 5: small_m<5, 2, T>(g, m0, n0, n1); break;
+    case 6: small_m<6, 2, T>(g, m0, n0, n1); break;
+    case 7: small_m<7, 2, T>(g, m0, n0, n1); break;
+    default: small_m<8, 2, T>(g, m0, n0, n1); break;
   }
 }
 
@@ -224,10 +314,24 @@ void gemm(const GemmArgs& g, size_t m0, size_t m1, size_t n0, size_t n1, float* 
   void symbol(const GemmArgs& args, size_t m_begin, size_t m_end, size_t n_begin, size_t n_end, float* ws) { \
     static_assert((nr) % 16 == 0, "AVX-512 tiles are whole zmm registers wide");                          \
     gemm<(mr), (nr) / 16, (kc), (nc)>(args, m_begin, m_end, n_begin, n_end, ws);                          \
+  }                                                                                                       \
+  void symbol##_pack(const GemmArgs& args, float* dst) { pack_all<(nr) / 16, (kc)>(args, dst); }
+#define DIFFUSE_GEMM_SMALL_DEFINE_scalar(symbol, max_m)
+#define DIFFUSE_GEMM_SMALL_DEFINE_avx2(symbol, max_m)
+#define DIFFUSE_GEMM_SMALL_DEFINE_avx512(symbol, max_m)                                                   \
+  void symbol(const GemmArgs& args, size_t m_begin, size_t m_end, size_t n_begin, size_t n_end, float*) {   \
+    static_assert((max_m) <= 8, "small_m_rows handles up to 8 rows in one pass");                         \
+    switch (args.b_type) {                                                                                \
+      case DType::F16: small_m_rows<DType::F16>(args, m_begin, m_end, n_begin, n_end); break;             \
+      case DType::BF16: small_m_rows<DType::BF16>(args, m_begin, m_end, n_begin, n_end); break;           \
+      default: small_m_rows<DType::F32>(args, m_begin, m_end, n_begin, n_end); break;                     \
+    }                                                                                                     \
   }
 #define DIFFUSE_GEMM_KERNEL(symbol, isa, mr, nr, kc, nc) DIFFUSE_GEMM_DEFINE_##isa(symbol, mr, nr, kc, nc)
+#define DIFFUSE_GEMM_SMALL_M_KERNEL(symbol, isa, max_m) DIFFUSE_GEMM_SMALL_DEFINE_##isa(symbol, max_m)
 #include "kernels.inc"
 #undef DIFFUSE_GEMM_KERNEL
+#undef DIFFUSE_GEMM_SMALL_M_KERNEL
 
 }  // namespace kernels::avx512
 DIFFUSE_END_NAMESPACE

@@ -25,9 +25,16 @@ namespace kernels {
   namespace isa {                                                                                      \
   DIFFUSE_API void symbol(const GemmArgs& args, std::size_t m_begin, std::size_t m_end, std::size_t n_begin, \
                           std::size_t n_end, float* workspace);                                        \
+  DIFFUSE_API void symbol##_pack(const GemmArgs& args, float* dst);                                    \
+  }
+#define DIFFUSE_GEMM_SMALL_M_KERNEL(symbol, isa, max_m)                                                \
+  namespace isa {                                                                                      \
+  DIFFUSE_API void symbol(const GemmArgs& args, std::size_t m_begin, std::size_t m_end, std::size_t n_begin, \
+                          std::size_t n_end, float* workspace);                                        \
   }
 #include "kernels.inc"
 #undef DIFFUSE_GEMM_KERNEL
+#undef DIFFUSE_GEMM_SMALL_M_KERNEL
 
 /// Floats of per-thread workspace of a blocked kernel: the packed B block and A panel, each
 /// rounded up to a whole number of 64-byte lines so that both start aligned. consteval: never

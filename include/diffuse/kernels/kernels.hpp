@@ -22,6 +22,23 @@
  *  order of the K reduction differs) within the documented tolerance: |C - C_exact| <= about
  *  K * 2^-24 * sum_k |A_ik B_kj|, i.e. below 1e-5 * K * max|A| * max|B| for K < 10^5.
  *
+ *  **Small M.** `gemm(args, ...)` sends calls with `b_transposed` and `M <= kGemmSmallM` (the
+ *  adaLN / timestep linears of a DiT: one row per sample) to a separate kernel of the same ISA
+ *  (`active_gemm_small_m_kernel()`): it streams each row of B once and takes vectorised dot
+ *  products over K, with no packing. Its K reduction order (16 or 8 lane partial sums in k order,
+ *  then a fixed tree) differs from the blocked kernel's, so a row computed with M = 2 may differ
+ *  in the last bits from the same row computed inside a larger M. The choice depends only on the
+ *  shape (M, b_transposed) and the ISA, never on the thread count (threads split N), so the
+ *  determinism above still holds: a given call gives the same bits on 1, 2 or N threads.
+ *
+ *  **Pre-packed B.** A constant B (a weight) can be packed once with `pack_b(kernel, ...)` into
+ *  exactly the f32 panels the blocked kernel's micro-kernel reads, and passed as
+ *  `GemmArgs::packed_b`: the kernel then skips its per-call packing of B. The result is
+ *  bit-identical to the unpacked call (same blocks, same reduction order). `B`, `ldb`, `b_type`
+ *  and `b_transposed` must still describe the original (the small-M kernel streams it, and the
+ *  checks use it). The packed copy is f32 with N rounded up to the kernel's nr:
+ *  `4 * K * round_up(N, nr)` bytes, twice the size of an f16/bf16 weight.
+ *
  *  **Workspace.** Packing needs `gemm_workspace_floats(kernel, threads)` floats of scratch: pass
  *  a span, or use the `Context` overload, whose arena grows once and is then reused.
  *
@@ -40,6 +57,7 @@
 #include <cstddef>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "diffuse/config.hpp"
 #include "diffuse/core/cpu.hpp"
@@ -48,6 +66,13 @@
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace kernels {
+
+struct GemmKernel;
+struct PackedMatrix;
+
+/// Largest M that `gemm(args, ...)` sends to the small-M kernel (when b_transposed). Measured:
+/// docs/kernels.md, "Small M and pre-packed weights".
+inline constexpr std::size_t kGemmSmallM = 8;
 
 /// Arguments of one GEMM call (see the file comment for the formula).
 struct GemmArgs {
@@ -63,6 +88,9 @@ struct GemmArgs {
   float alpha = 1.0f;
   float beta = 0.0f;
   const float* bias = nullptr;  ///< [N] or null
+  /// op(B) packed by pack_b for the kernel that runs the call (same K, N), or null. B, ldb,
+  /// b_type and b_transposed must still describe the original (see "Pre-packed B").
+  const PackedMatrix* packed_b = nullptr;
 };
 
 /// A kernel body: computes the rows `[m_begin, m_end)` and columns `[n_begin, n_end)` of C for
@@ -71,14 +99,67 @@ struct GemmArgs {
 using GemmFn = void (*)(const GemmArgs& args, std::size_t m_begin, std::size_t m_end, std::size_t n_begin,
                         std::size_t n_end, float* workspace);
 
-/// One entry of the GEMM table.
+/// Packs all of op(B) (K x N, from B, ldb, b_type, b_transposed, K, N of `args`) into `dst`
+/// (packed_b_floats floats, 64-byte aligned) in the layout the kernel's micro-kernel reads.
+using GemmPackFn = void (*)(const GemmArgs& args, float* dst);
+
+/// One entry of the GEMM tables.
 struct GemmKernel {
   const char* name;        ///< e.g. "gemm_f32__avx512_12x32"
   IsaLevel isa;            ///< instruction set it needs
   GemmFn fn;
   std::size_t mr, nr;      ///< register tile: threads split M in multiples of mr, N of nr
+                           ///< (small-M kernels: mr = the largest M they accept)
   std::size_t workspace;   ///< floats of scratch per thread
+  std::size_t kc = 0;      ///< K block of the packed B (0: all of K in one block)
+  GemmPackFn pack = nullptr;  ///< packs a constant B for this kernel (null: small-M kernels)
+  bool small_m = false;    ///< a small-M kernel: b_transposed and M <= mr only, reads B in place
 };
+
+/**
+ * op(B) packed once for one blocked kernel: for each K block of `kernel->kc` rows (all of K when
+ * 0), the panels of `kernel->nr` columns (the last one zero-padded), each kc x nr floats, in
+ * column order. Move-only.
+ */
+struct PackedMatrix {
+  const GemmKernel* kernel = nullptr;  ///< the variant it was packed for
+  std::size_t K = 0, N = 0;
+  const float* data = nullptr;  ///< 64-byte aligned into `storage`, packed_b_floats(*kernel, K, N) floats
+  std::vector<float> storage;   ///< owns `data` (a move keeps the buffer, so `data` stays valid)
+
+  PackedMatrix() = default;
+  PackedMatrix(PackedMatrix&&) noexcept = default;
+  PackedMatrix& operator=(PackedMatrix&&) noexcept = default;
+  PackedMatrix(const PackedMatrix&) = delete;
+  PackedMatrix& operator=(const PackedMatrix&) = delete;
+
+  /// Bytes of the packed copy.
+  std::size_t bytes() const noexcept { return storage.size() * sizeof(float); }
+};
+
+/// Floats of a B of K x N packed for `kernel`: K * round_up(N, nr).
+DIFFUSE_API std::size_t packed_b_floats(const GemmKernel& kernel, std::size_t K, std::size_t N);
+
+/**
+ * Packs op(B) (B [K, N] with row stride ldb, or [N, K] when `transposed`; F32, F16 or BF16) for
+ * the blocked `kernel` (value_error for a small-M kernel or one the CPU cannot run; shape_error
+ * for ldb too small). Pass the result as GemmArgs::packed_b to calls run by that kernel.
+ *
+ * **Example**
+ * @code
+ * const auto& k = diffuse::kernels::active_gemm_kernel();
+ * auto packed = diffuse::kernels::pack_b(k, w, in, diffuse::DType::BF16, true, in, out);
+ * g.packed_b = &packed;  // g as in the file comment
+ * @endcode
+ */
+DIFFUSE_API PackedMatrix pack_b(const GemmKernel& kernel, const void* B, std::size_t ldb, DType type,
+                                bool transposed, std::size_t K, std::size_t N);
+
+/// Every small-M variant compiled into this build (scalar first).
+DIFFUSE_API std::span<const GemmKernel> gemm_small_m_kernels();
+
+/// The small-M variant `gemm` uses for b_transposed calls with M <= kGemmSmallM.
+DIFFUSE_API const GemmKernel& active_gemm_small_m_kernel();
 
 /// Every GEMM variant compiled into this build, in table order (scalar first).
 DIFFUSE_API std::span<const GemmKernel> gemm_kernels();
@@ -92,16 +173,19 @@ DIFFUSE_API const GemmKernel& active_gemm_kernel();
 /// Floats of workspace a call with kernel `k` on `threads` threads needs.
 DIFFUSE_API std::size_t gemm_workspace_floats(const GemmKernel& k, std::size_t threads);
 
-/// Checks `args` (throws shape_error for inconsistent sizes or strides, value_error for null
-/// pointers or an unsupported b_type) and runs the active kernel on `pool` (null = inline).
+/// Checks `args` (throws shape_error for inconsistent sizes or strides or a packed_b of another
+/// K x N, value_error for null pointers, an unsupported b_type or a packed_b made for another
+/// kernel) and runs the active kernel on `pool` (null = inline): the small-M one for
+/// b_transposed and M <= kGemmSmallM (it ignores packed_b), the blocked one otherwise.
 /// `workspace` must hold gemm_workspace_floats(active_gemm_kernel(), pool threads) floats.
 DIFFUSE_API void gemm(const GemmArgs& args, ThreadPool* pool, std::span<float> workspace);
 
 /// As above, with the pool and scratch arena of `ctx`.
 DIFFUSE_API void gemm(const GemmArgs& args, Context& ctx);
 
-/// As above with an explicit variant (tests and benchmarks); throws value_error when the CPU
-/// cannot run it.
+/// As above with an explicit variant, blocked or small-M, used whatever M is (tests and
+/// benchmarks); throws value_error when the CPU cannot run it, or for a small-M variant when M >
+/// its mr or B is not transposed. A small-M variant ignores packed_b.
 DIFFUSE_API void gemm(const GemmKernel& kernel, const GemmArgs& args, ThreadPool* pool, std::span<float> workspace);
 
 }  // namespace kernels
