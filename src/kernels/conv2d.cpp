@@ -37,6 +37,7 @@
 
 #include "conv2d_im2col.hpp"
 #include "conv2d_impl.hpp"
+#include "conv2d_winograd.hpp"
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
@@ -146,6 +147,10 @@ void run(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t blo
   if (a.batch == 0) return;
   if (!kernel_supported(kernel))
     raise<value_error>(kWhere, std::string(kernel.name) + " needs instructions this CPU does not have");
+  if (conv2d_winograd_pays(a, g.h_out, g.w_out)) {
+    detail::conv2d_winograd_run(kernel, a, g.h_out, g.w_out, ctx, block_floats);
+    return;
+  }
   ThreadPool& pool = ctx.pool();
   const size_t M = a.out_channels, K = g.k_rows, N = g.pixels;
   const size_t in_image = a.in_channels * a.height * a.width, out_image = M * N;
@@ -215,6 +220,16 @@ void conv2d(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t 
 }
 
 void conv2d(const Conv2dArgs& a, Context& ctx) { run(active_gemm_kernel(), a, ctx, kConv2dBlockFloats); }
+
+void conv2d_winograd(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t block_floats) {
+  const Geometry g = check(a);
+  if (!conv2d_winograd_eligible(a)) raise<value_error>(kWhere, "not eligible for Winograd " + dims(a));
+  if (a.batch == 0) return;
+  if (a.winograd_weight == nullptr) raise<value_error>(kWhere, "winograd_weight is null " + dims(a));
+  if (!kernel_supported(kernel))
+    raise<value_error>(kWhere, std::string(kernel.name) + " needs instructions this CPU does not have");
+  detail::conv2d_winograd_run(kernel, a, g.h_out, g.w_out, ctx, block_floats);
+}
 
 void conv2d_reference(const Conv2dArgs& a) {
   const Geometry g = check(a);

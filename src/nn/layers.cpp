@@ -2,6 +2,9 @@
 // The shared torch.nn modules (see nn/layers.hpp).
 #include "diffuse/nn/layers.hpp"
 
+#include <memory>
+#include <utility>
+
 #include "diffuse/kernels/kernels.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -44,6 +47,15 @@ Conv2d Conv2d::bind(WeightStore& w, std::string_view prefix, std::size_t in, std
   c.pad = {padding, padding, padding, padding};
   c.weight = w.f32(join(prefix, "weight"), {out, in, k, k});
   if (bias) c.bias = w.f32(join(prefix, "bias"), {out});
+  kernels::Conv2dArgs a;
+  a.kh = a.kw = k;
+  a.stride = stride;
+  a.pad_top = a.pad_left = a.pad_bottom = a.pad_right = padding;
+  if (kernels::conv2d_winograd_eligible(a)) {  // transformed once here; the network stays immutable
+    std::shared_ptr<float[]> u(new float[kernels::conv2d_winograd_weight_floats(out, in)]);
+    kernels::conv2d_winograd_transform_weights(c.weight, out, in, u.get());
+    c.winograd = std::move(u);
+  }
   return c;
 }
 
@@ -67,6 +79,7 @@ void Conv2d::operator()(const float* x, std::size_t batch, std::size_t h, std::s
   a.pad_right = pad[3];
   a.residual = residual;
   a.y = y;
+  a.winograd_weight = winograd.get();
   kernels::conv2d(a, ctx);
 }
 

@@ -57,14 +57,31 @@ struct Conv2dArgs {
   std::size_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
   const float* residual = nullptr;  ///< [batch, out_channels, H_out, W_out] or null
   float* y = nullptr;               ///< [batch, out_channels, H_out, W_out]; must not overlap x
+  /// Optional: `weight` transformed by conv2d_winograd_transform_weights ([16, out, in]). With it,
+  /// an eligible conv (conv2d_winograd_eligible) on an image with enough 2x2 output tiles runs
+  /// as Winograd F(2x2, 3x3); without it conv2d always uses im2col + GEMM.
+  const float* winograd_weight = nullptr;
 };
 
 /// Output height and width of `a` (throws shape_error when the kernel does not fit).
 DIFFUSE_API std::size_t conv2d_out_height(const Conv2dArgs& a);
 DIFFUSE_API std::size_t conv2d_out_width(const Conv2dArgs& a);
 
-/// Runs the convolution (im2col or direct into the GEMM; scratch comes from `ctx`).
+/// Runs the convolution (im2col or direct into the GEMM, or Winograd; scratch comes from `ctx`).
 DIFFUSE_API void conv2d(const Conv2dArgs& a, Context& ctx);
+
+/** Winograd F(2x2, 3x3) (Lavin & Gray 2016): 16 instead of 36 multiply-adds per 2x2 output tile
+ *  and channel pair, as 16 GEMMs on transformed weights and inputs. Eligible: 3x3 kernel,
+ *  stride 1, every pad <= 1 (sizes only; the image size decides at call time). Transform the
+ *  weights once at load time and pass them as Conv2dArgs::winograd_weight. The result differs
+ *  from im2col by rounding only (bound in docs/kernels.md). */
+DIFFUSE_API bool conv2d_winograd_eligible(const Conv2dArgs& a);
+/// Floats of the transformed weights: 16 * out_channels * in_channels.
+DIFFUSE_API std::size_t conv2d_winograd_weight_floats(std::size_t out_channels, std::size_t in_channels);
+/// u[xi][o][c] = (G w[o, c] G^T)[xi / 4, xi % 4] for weights w [out, in, 3, 3] (computed in
+/// double, rounded once); u holds conv2d_winograd_weight_floats(out, in) floats.
+DIFFUSE_API void conv2d_winograd_transform_weights(const float* weight, std::size_t out_channels,
+                                                   std::size_t in_channels, float* u);
 
 /** Nearest-neighbour upsampling as F.interpolate(mode="nearest"): for each of `planes` = B*C
  *  planes, y[i, j] = x[floor(i * H / H_out), floor(j * W / W_out)] (exact integer form).

@@ -21,6 +21,7 @@
 
 #include <array>
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -54,6 +55,10 @@ struct DIFFUSE_API Conv2d {
   const float* bias = nullptr;
   std::size_t in = 0, out = 0, kh = 1, kw = 1, stride = 1;
   std::array<std::size_t, 4> pad{};
+  /// Winograd F(2x2, 3x3) weights (kernels::conv2d_winograd_transform_weights of `weight`),
+  /// computed by bind when the conv is eligible (3x3, stride 1, padding <= 1), shared by copies;
+  /// conv2d uses them on images large enough to pay. Null otherwise. Reset it when changing `weight`.
+  std::shared_ptr<const float[]> winograd;
 
   /// Square kernel `k`, symmetric `padding`.
   static Conv2d bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, std::size_t k,
