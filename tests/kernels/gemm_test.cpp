@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // GEMM: the scalar reference against a double-precision product, then every table entry the CPU
 // can run against the scalar reference, over awkward shapes, both layouts of B, alpha/beta/bias,
-// f16/bf16 weights, strided batches, and 1 vs 2 threads (which must agree bit for bit).
+// f16/bf16 weights, strided batches, and 1 vs 2 threads (which must agree bit for bit). Then the
+// small-M variants (same checks, M 1..8, B^T) and pre-packed B (bit-identical to unpacked).
 //
 // Tolerance. Recursive f32 summation of K products has a worst-case error of about
 // K * 2^-24 * sum_k |a_ik b_kj|; for the random data here (|a|, |b| <= 1) the observed error is far
@@ -313,6 +314,77 @@ TEST_P(GemmKernelTest, BetaZeroIgnoresNaNInC) {
   for (float x : C) ASSERT_FALSE(std::isnan(x));
 }
 
+// ---- pre-packed B ---------------------------------------------------------------------------------
+
+/// `k` on `p` with B packed once by pack_b.
+std::vector<float> run_packed(const dk::GemmKernel& k, const Problem& p, std::size_t threads) {
+  static dk::ThreadPool pool1(1), pool2(2);
+  static dk::Context scratch(1);
+  const void* B = p.type == DType::F32 ? static_cast<const void*>(p.Bf.data()) : p.B16.data();
+  const dk::PackedMatrix packed = dk::pack_b(k, B, p.ldb, p.type, p.trans, p.K, p.N);
+  EXPECT_EQ(packed.bytes() / sizeof(float) >= dk::packed_b_floats(k, p.K, p.N), true);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(packed.data) % 64, 0u);
+  std::vector<float> C = p.C0;
+  dk::GemmArgs g = p.args(C.data());
+  g.packed_b = &packed;
+  dk::gemm(k, g, threads == 1 ? &pool1 : &pool2, scratch.workspace(dk::gemm_workspace_floats(k, threads)));
+  return C;
+}
+
+TEST_P(GemmKernelTest, PackedBIsBitIdentical) {
+  std::vector<Problem> problems;
+  std::uint64_t seed = 900;
+  for (DType type : {DType::F32, DType::F16, DType::BF16})
+    for (bool trans : {false, true}) {
+      for (std::size_t m : {1, 9, 17, 40})
+        for (std::size_t n : {1, 15, 33, 100})
+          for (std::size_t k : {1, 17, 100}) {
+            problems.emplace_back(m, n, k, trans, type, seed, seed % 2 ? 3 : 0);
+            ++seed;
+            problems.back().use_bias = seed % 3 == 0;
+            problems.back().beta = seed % 4 == 0 ? 0.5f : 0.0f;
+          }
+      problems.emplace_back(13, 530, 800, trans, type, seed++, 3);  // several K and N blocks
+      problems.back().alpha = 0.5f, problems.back().beta = -1.0f, problems.back().use_bias = true;
+    }
+  for (const Problem& p : problems) {
+    const std::string what = std::string(kernel().name) + " " + shape_name(p);
+    const std::vector<float> plain = run(kernel(), p, 1);
+    for (std::size_t threads : {1, 2}) {
+      const std::vector<float> packed = run_packed(kernel(), p, threads);
+      EXPECT_EQ(std::memcmp(plain.data(), packed.data(), plain.size() * sizeof(float)), 0)
+          << what << ": packed differs on " << threads << " thread(s)";
+    }
+    if (HasFailure()) return;
+  }
+}
+
+TEST_P(GemmKernelTest, PackedBMustMatchKernelAndShape) {
+  Problem p(20, 33, 17, true, DType::F32, 5);
+  const dk::PackedMatrix packed = dk::pack_b(kernel(), p.Bf.data(), p.ldb, p.type, true, p.K, p.N);
+  EXPECT_EQ(packed.kernel, &kernel());
+  std::vector<float> C = p.C0;
+  std::vector<float> ws(dk::gemm_workspace_floats(kernel(), 1) + 16);
+  float* base = ws.data();
+  while (reinterpret_cast<std::uintptr_t>(base) % 64 != 0) ++base;
+  const std::span<float> w{base, ws.size() - 16};
+  Problem wrong_n(20, 32, 17, true, DType::F32, 5), wrong_k(20, 33, 16, true, DType::F32, 5);
+  for (Problem* q : {&wrong_n, &wrong_k}) {
+    dk::GemmArgs g = q->args(C.data());
+    g.packed_b = &packed;
+    EXPECT_THROW(dk::gemm(kernel(), g, nullptr, w), diffuse::shape_error) << shape_name(*q);
+  }
+  for (const dk::GemmKernel& other : dk::gemm_kernels()) {
+    if (&other == &kernel() || !dk::kernel_supported(other)) continue;
+    dk::GemmArgs g = p.args(C.data());
+    g.packed_b = &packed;
+    std::vector<float> ws2(dk::gemm_workspace_floats(other, 1));
+    EXPECT_THROW(dk::gemm(other, g, nullptr, ws2), diffuse::value_error) << other.name;
+  }
+  EXPECT_THROW(dk::pack_b(kernel(), p.Bf.data(), 16, DType::F32, true, 17, 33), diffuse::shape_error);
+  EXPECT_THROW(dk::pack_b(kernel(), p.Bf.data(), 17, DType::I8, true, 17, 33), diffuse::value_error);
+}
+
 std::string kernel_name(const ::testing::TestParamInfo<std::size_t>& info) {
   return dk::gemm_kernels()[info.param].name;
 }
@@ -324,6 +396,110 @@ std::vector<std::size_t> all_kernels() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Table, GemmKernelTest, ::testing::ValuesIn(all_kernels()), kernel_name);
+
+// ---- small M (B^T streamed, no packing) ---------------------------------------------------------
+
+/// Runs the small-M variant `k` like run() does a blocked one.
+std::vector<float> run_small(const dk::GemmKernel& k, const Problem& p, std::size_t threads) {
+  static dk::ThreadPool pool2(2);
+  std::vector<float> C = p.C0;
+  dk::gemm(k, p.args(C.data()), threads == 1 ? nullptr : &pool2, {});
+  return C;
+}
+
+class GemmSmallMTest : public ::testing::TestWithParam<std::size_t> {
+ protected:
+  const dk::GemmKernel& kernel() const { return dk::gemm_small_m_kernels()[GetParam()]; }
+  void SetUp() override {
+    if (!dk::kernel_supported(kernel())) GTEST_SKIP() << kernel().name << " needs instructions this CPU lacks";
+  }
+};
+
+TEST_P(GemmSmallMTest, AwkwardShapesAgainstReferenceAndDouble) {
+  ASSERT_TRUE(kernel().small_m);
+  ASSERT_GE(kernel().mr, dk::kGemmSmallM);
+  std::uint64_t seed = 500;
+  for (DType type : {DType::F32, DType::F16, DType::BF16})
+    for (std::size_t m = 1; m <= kernel().mr; ++m)
+      for (std::size_t n : {1, 7, 15, 17, 33, 100})
+        for (std::size_t k : {1, 5, 15, 16, 17, 100, 257}) {
+          Problem p(m, n, k, true, type, seed, (seed % 3 == 0) ? 5 : 0);
+          switch (seed++ % 4) {
+            case 0: break;
+            case 1: p.beta = 1.0f; break;
+            case 2: p.alpha = -0.75f, p.beta = 0.5f, p.use_bias = true; break;
+            default: p.alpha = 2.0f, p.use_bias = true; break;
+          }
+          const std::string what = std::string(kernel().name) + " " + shape_name(p);
+          const std::vector<float> c1 = run_small(kernel(), p, 1), c2 = run_small(kernel(), p, 2);
+          expect_close(p, c1, run(scalar_kernel(), p, 1), what + " vs scalar");
+          expect_close(p, c1, p.exact(), what + " vs double");
+          EXPECT_EQ(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)), 0) << what << ": 1 vs 2 threads";
+          if (HasFailure()) return;
+        }
+}
+
+TEST_P(GemmSmallMTest, IgnoresPackedBAndNaNInCWithBetaZero) {
+  Problem p(3, 45, 70, true, DType::BF16, 11);
+  const dk::PackedMatrix packed = dk::pack_b(dk::gemm_kernels()[0], p.B16.data(), p.ldb, p.type, true, p.K, p.N);
+  std::vector<float> C(p.C0.size(), std::numeric_limits<float>::quiet_NaN());
+  dk::GemmArgs g = p.args(C.data());
+  g.packed_b = &packed;  // made for another kernel: a small-M variant reads B in place
+  dk::gemm(kernel(), g, nullptr, {});
+  for (float x : C) ASSERT_FALSE(std::isnan(x));
+  EXPECT_EQ(C, run_small(kernel(), p, 1));
+}
+
+TEST_P(GemmSmallMTest, RejectsWhatItCannotRun) {
+  Problem big(kernel().mr + 1, 9, 8, true, DType::F32, 1), plain(2, 9, 8, false, DType::F32, 1);
+  std::vector<float> C(big.C0.size());
+  EXPECT_THROW(dk::gemm(kernel(), big.args(C.data()), nullptr, {}), diffuse::value_error);
+  EXPECT_THROW(dk::gemm(kernel(), plain.args(C.data()), nullptr, {}), diffuse::value_error);
+  EXPECT_THROW(dk::pack_b(kernel(), plain.Bf.data(), plain.ldb, DType::F32, false, 8, 9), diffuse::value_error);
+}
+
+std::string small_kernel_name(const ::testing::TestParamInfo<std::size_t>& info) {
+  return dk::gemm_small_m_kernels()[info.param].name;
+}
+
+std::vector<std::size_t> all_small_kernels() {
+  std::vector<std::size_t> v;
+  for (std::size_t i = 0; i < dk::gemm_small_m_kernels().size(); ++i) v.push_back(i);
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Table, GemmSmallMTest, ::testing::ValuesIn(all_small_kernels()), small_kernel_name);
+
+TEST(GemmSmallM, ScalarVariantMatchesScalarReferenceBitForBit) {  // same f32 chain per element
+  const dk::GemmKernel& k = dk::gemm_small_m_kernels()[0];
+  EXPECT_EQ(k.isa, diffuse::IsaLevel::scalar);
+  for (DType type : {DType::F32, DType::BF16}) {
+    Problem p(5, 37, 91, true, type, 21, 2);
+    p.beta = 0.25f, p.use_bias = true;
+    EXPECT_EQ(run_small(k, p, 1), run(scalar_kernel(), p, 1));
+  }
+}
+
+TEST(GemmSmallM, DispatcherChoosesByShapeOnly) {
+  dk::Context ctx1(1), ctx2(2);
+  for (std::size_t m : {std::size_t{1}, std::size_t{2}, dk::kGemmSmallM, dk::kGemmSmallM + 1}) {
+    Problem p(m, 70, 50, true, DType::F32, 9);
+    p.use_bias = true;
+    std::vector<float> c1 = p.C0, c2 = p.C0;
+    dk::gemm(p.args(c1.data()), ctx1);
+    dk::gemm(p.args(c2.data()), ctx2);
+    EXPECT_EQ(c1, c2) << "M=" << m << ": 1 vs 2 threads";
+    const std::vector<float> want = m <= dk::kGemmSmallM ? run_small(dk::active_gemm_small_m_kernel(), p, 1)
+                                                          : run(dk::active_gemm_kernel(), p, 1);
+    EXPECT_EQ(c1, want) << "M=" << m;
+  }
+  Problem p(2, 70, 50, false, DType::F32, 9);  // B not transposed: the blocked kernel
+  std::vector<float> c = p.C0;
+  dk::gemm(p.args(c.data()), ctx1);
+  EXPECT_EQ(c, run(dk::active_gemm_kernel(), p, 1));
+  EXPECT_EQ(dk::active_gemm_small_m_kernel().isa, dk::active_gemm_kernel().isa);
+}
+
 
 // ---- the public entry points --------------------------------------------------------------------
 
