@@ -3,6 +3,7 @@
 #include "diffuse/nn/layers.hpp"
 
 #include <memory>
+#include <mutex>
 #include <utility>
 
 #include "diffuse/kernels/kernels.hpp"
@@ -10,14 +11,26 @@
 DIFFUSE_BEGIN_NAMESPACE
 namespace nn {
 
+namespace detail {
+
+struct LinearPacked {
+  std::once_flag once;
+  kernels::PackedMatrix matrix;
+};
+
+}  // namespace detail
+
 Linear Linear::bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, bool bias) {
   Linear l;
   l.in = in;
   l.out = out;
   l.weight = w.matrix(join(prefix, "weight"), {out, in});
   if (bias) l.bias = w.f32(join(prefix, "bias"), {out});
+  if (w.options().prepack) l.packed = std::make_shared<detail::LinearPacked>();
   return l;
 }
+
+std::size_t Linear::packed_bytes() const { return packed ? packed->matrix.bytes() : 0; }
 
 void Linear::operator()(const float* x, std::size_t rows, float* y, kernels::Context& ctx, float beta) const {
   kernels::GemmArgs g;
@@ -34,6 +47,12 @@ void Linear::operator()(const float* x, std::size_t rows, float* y, kernels::Con
   g.ldc = out;
   g.beta = beta;
   g.bias = bias;
+  if (packed && rows > kernels::kGemmSmallM) {  // the blocked kernel runs: pack the weight once
+    std::call_once(packed->once, [&] {
+      packed->matrix = kernels::pack_b(kernels::active_gemm_kernel(), weight.data, in, weight.dtype, true, in, out);
+    });
+    g.packed_b = &packed->matrix;
+  }
   kernels::gemm(g, ctx);
 }
 

@@ -38,11 +38,23 @@ inline std::string join(std::string_view prefix, std::string_view name) {
   return prefix.empty() ? std::string(name) : std::string(prefix) + "." + std::string(name);
 }
 
+namespace detail {
+struct LinearPacked;  // the weight packed for the active GEMM kernel (src/nn/layers.cpp)
+}
+
 /// nn.Linear: y = x W^T + b over rows.
 struct DIFFUSE_API Linear {
   MatrixRef weight;  ///< [out, in]
   const float* bias = nullptr;
   std::size_t in = 0, out = 0;
+  /// Set by bind when LoadOptions::prepack: on the first call with more than kernels::kGemmSmallM
+  /// rows the weight is packed once for the active GEMM kernel (f32, 4 * in * out bytes, rounded
+  /// up to whole panels) and every later such call skips the per-call packing (bit-identical
+  /// results). Calls with few rows (the small-M kernel) never pack, so linears only used on one
+  /// row per sample (adaLN, timestep MLP) cost nothing. Shared by copies; thread-safe. Null: off.
+  std::shared_ptr<detail::LinearPacked> packed;
+  /// Bytes of the packed copy (0 until the first large call, or when pre-packing is off).
+  std::size_t packed_bytes() const;
 
   static Linear bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, bool bias = true);
   /// y[rows, out] = x[rows, in] W^T + b, or accumulated into y with `beta` = 1.

@@ -47,6 +47,9 @@ struct LoadOptions {
   std::optional<DType> matrix_dtype;
   /// Safetensors variant of the weights file ("fp16" -> *.fp16.safetensors); empty = default.
   std::string variant;
+  /// nn::Linear keeps an f32 copy of its weight packed for the GEMM kernel, made on its first
+  /// call with many rows (faster forwards; costs 4 bytes per weight of such linears).
+  bool prepack = true;
 };
 
 /// A GEMM B operand: the weight as stored (or converted), with its dtype.
@@ -86,6 +89,8 @@ class DIFFUSE_API WeightStore {
   /// The folder or file the weights came from.
   const io::ModelDir& dir() const noexcept { return *dir_; }
   const std::string& model() const noexcept { return model_; }
+  /// The options the store was made with.
+  const LoadOptions& options() const noexcept { return options_; }
 
  private:
   const io::TensorView& checked(std::string_view name, const Shape& shape);
