@@ -107,7 +107,9 @@ typedef enum diffuse_status {
    *  step on a job that failed. */
   DIFFUSE_WRONG_STATE = 8,
   /** A bug in diffuse: please report it with the message. */
-  DIFFUSE_INTERNAL_ERROR = 9
+  DIFFUSE_INTERNAL_ERROR = 9,
+  /** Not a status: makes the enum 32 bits wide and every int value in range, so the ABI is fixed. */
+  DIFFUSE_STATUS_MAX_ENUM = 0x7fffffff
 } diffuse_status;
 
 /** A short static description of `status` ("invalid argument"); "unknown status" for other values. */
@@ -134,7 +136,8 @@ typedef enum diffuse_log_level {
   DIFFUSE_LOG_DEBUG = 0,
   DIFFUSE_LOG_INFO = 1,
   DIFFUSE_LOG_WARNING = 2,
-  DIFFUSE_LOG_ERROR = 3
+  DIFFUSE_LOG_ERROR = 3,
+  DIFFUSE_LOG_MAX_ENUM = 0x7fffffff /**< not a level (see DIFFUSE_STATUS_MAX_ENUM) */
 } diffuse_log_level;
 
 /** Receives the context's log lines (no trailing newline). `message` is valid during the call. */
@@ -192,7 +195,8 @@ typedef enum diffuse_weight_dtype {
   DIFFUSE_WEIGHTS_AS_STORED = 0, /**< f32/f16/bf16 used in place from the file (default) */
   DIFFUSE_WEIGHTS_F32 = 1,       /**< converted to f32 at load */
   DIFFUSE_WEIGHTS_F16 = 2,       /**< converted to f16 at load */
-  DIFFUSE_WEIGHTS_BF16 = 3       /**< converted to bf16 at load */
+  DIFFUSE_WEIGHTS_BF16 = 3,      /**< converted to bf16 at load */
+  DIFFUSE_WEIGHTS_MAX_ENUM = 0x7fffffff /**< not a dtype (see DIFFUSE_STATUS_MAX_ENUM) */
 } diffuse_weight_dtype;
 
 /** Options of `diffuse_model_load`. Call `diffuse_model_options_init` first. */

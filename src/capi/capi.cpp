@@ -263,6 +263,16 @@ T read_options(const T* in, void (*init)(T*), const char* where, const char* typ
 
 std::string null_arg(const char* name) { return std::string(name) + " is NULL"; }
 
+/// An enum field a C caller filled, as the int it is: a C program may store any int there, which
+/// is out of the C++ enum's range (undefined behaviour to load as the enum) when negative.
+template <class E>
+int enum_value(const E& field) {
+  static_assert(sizeof(E) == sizeof(int));
+  int v;
+  std::memcpy(&v, &field, sizeof v);
+  return v;
+}
+
 // ---- the network seen by a job: the model's, with the cancel check ----
 
 class CancellableNetwork final : public diffuse::models::Network {
@@ -382,6 +392,7 @@ const char* diffuse_status_string(diffuse_status status) {
     case DIFFUSE_OUT_OF_MEMORY: return "out of memory";
     case DIFFUSE_WRONG_STATE: return "wrong state";
     case DIFFUSE_INTERNAL_ERROR: return "internal error";
+    case DIFFUSE_STATUS_MAX_ENUM: break;
   }
   return "unknown status";
 }
@@ -419,8 +430,9 @@ diffuse_status diffuse_context_create(const diffuse_context_options* options, di
     const auto o = read_options(options, diffuse_context_options_init, where, "diffuse_context_options");
     if (o.threads < 0 || o.threads > 1024)
       api_fail(DIFFUSE_INVALID_ARGUMENT, where, "threads must be in 0..1024, got " + std::to_string(o.threads));
-    if (o.log_level < DIFFUSE_LOG_DEBUG || o.log_level > DIFFUSE_LOG_ERROR)
-      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "log_level " + std::to_string(o.log_level) + " is not a diffuse_log_level");
+    const int level = enum_value(o.log_level);
+    if (level < DIFFUSE_LOG_DEBUG || level > DIFFUSE_LOG_ERROR)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "log_level " + std::to_string(level) + " is not a diffuse_log_level");
     auto c = std::make_unique<diffuse_context>();
     c->s = std::make_shared<ContextState>(static_cast<std::size_t>(o.threads));
     ContextState& s = *c->s;
@@ -480,14 +492,13 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
     if (!path || !*path) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "path is NULL or empty");
     const auto o = read_options(options, diffuse_model_options_init, where, "diffuse_model_options");
     diffuse::nn::LoadOptions lo;
-    switch (o.weight_dtype) {
+    switch (const int dtype = enum_value(o.weight_dtype)) {
       case DIFFUSE_WEIGHTS_AS_STORED: break;
       case DIFFUSE_WEIGHTS_F32: lo.matrix_dtype = diffuse::DType::F32; break;
       case DIFFUSE_WEIGHTS_F16: lo.matrix_dtype = diffuse::DType::F16; break;
       case DIFFUSE_WEIGHTS_BF16: lo.matrix_dtype = diffuse::DType::BF16; break;
       default:
-        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
-                 "weight_dtype " + std::to_string(static_cast<int>(o.weight_dtype)) + " is not a diffuse_weight_dtype");
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where, "weight_dtype " + std::to_string(dtype) + " is not a diffuse_weight_dtype");
     }
     if (o.variant) lo.variant = o.variant;
 
