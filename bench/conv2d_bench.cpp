@@ -8,6 +8,10 @@
 //    i.e. conv2d minus im2col and the bias pass: the gap between 1 and 2 is what the convolution
 //    adds on top of the GEMM (the GEMM's own A packing is inside both).
 // 3. blocks/<shape>/<floats>: conv2d with other im2col block budgets (1 thread).
+// 4. winograd/<shape>/threads:<t>: the Winograd F(2x2, 3x3) path forced (conv2d_winograd, any
+//    image size) on the eligible shapes (3x3 stride 1), weights transformed once outside the loop;
+//    GFLOPS counts the direct convolution's flops, so it compares with conv2d/ as a speed-up.
+//    winograd_blocks/<shape>/<floats>: its tile-block budget (1 thread).
 // One thread: timed in the caller's CPU time (robust on a shared machine); two threads: wall
 // clock (UseRealTime). Pin with taskset and use --benchmark_repetitions on a shared machine.
 #include <benchmark/benchmark.h>
@@ -26,6 +30,7 @@
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
 #include "kernels/conv2d_impl.hpp"
+#include "kernels/conv2d_winograd.hpp"
 
 namespace {
 
@@ -129,6 +134,21 @@ void bm_blocks(benchmark::State& state, Shape s, std::size_t block_floats) {
   counters(state, su.flops, 1);
 }
 
+void bm_winograd(benchmark::State& state, Shape s, std::size_t threads, std::size_t block_floats) {
+  Setup su(s);
+  std::vector<float> u(dk::conv2d_winograd_weight_floats(s.cout, s.cin));
+  dk::conv2d_winograd_transform_weights(su.w.data(), s.cout, s.cin, u.data());
+  su.a.winograd_weight = u.data();
+  dk::Context ctx(threads);
+  const dk::GemmKernel& k = dk::active_gemm_kernel();
+  dk::conv2d_winograd(k, su.a, ctx, block_floats);
+  for (auto _ : state) {
+    dk::conv2d_winograd(k, su.a, ctx, block_floats);
+    benchmark::ClobberMemory();
+  }
+  counters(state, su.flops, threads);
+}
+
 void bm_gemm_only(benchmark::State& state, Shape s) {
   Setup su(s);
   const std::size_t K = s.cin * s.k * s.k, N = su.y.size() / (s.batch * s.cout);
@@ -172,6 +192,29 @@ bool register_all() {
     benchmark::RegisterBenchmark((std::string("gemm_only/") + s.name + "/threads:1").c_str(), bm_gemm_only, s)
         ->Unit(benchmark::kMicrosecond);
   }
+  for (const Shape& s : shapes) {
+    if (s.k != 3 || s.stride != 1) continue;
+    for (std::size_t threads : {1u, 2u}) {
+      const std::string name = std::string("winograd/") + s.name + "/threads:" + std::to_string(threads);
+      auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_winograd, s, threads, dk::kConv2dBlockFloats)
+                    ->Unit(benchmark::kMicrosecond);
+      if (threads > 1) b->UseRealTime();
+    }
+  }
+  const Shape batched[] = {{"unet32_3x3_256_8x8_batch2", 2, 256, 8, 8, 256, 3, 1, 1, 1, 1, 1},
+                           {"unet32_3x3_256_4x4_batch2", 2, 256, 4, 4, 256, 3, 1, 1, 1, 1, 1}};
+  for (const Shape& s : batched) {
+    benchmark::RegisterBenchmark((std::string("conv2d/") + s.name + "/threads:1").c_str(), bm_conv, s, 1)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("winograd/") + s.name + "/threads:1").c_str(), bm_winograd, s, 1,
+                                 dk::kConv2dBlockFloats)
+        ->Unit(benchmark::kMicrosecond);
+  }
+  for (std::size_t floats : {std::size_t{1} << 18, std::size_t{1} << 19, std::size_t{1} << 20, std::size_t{1} << 22})
+    for (const Shape& s : {shapes[0], shapes[1]}) {
+      const std::string name = std::string("winograd_blocks/") + s.name + "/" + std::to_string(floats);
+      benchmark::RegisterBenchmark(name.c_str(), bm_winograd, s, 1, floats)->Unit(benchmark::kMicrosecond);
+    }
   const Shape big = {"sd_3x3_320_64x64", 1, 320, 64, 64, 320, 3, 1, 1, 1, 1, 1};  // a Stable Diffusion level
   for (std::size_t floats : {std::size_t{1} << 18, std::size_t{1} << 20, std::size_t{1} << 22, std::size_t{1} << 24}) {
     for (const Shape& s : {shapes[0], big}) {

@@ -192,8 +192,8 @@ void conv2d_winograd_transform_weights(const float* weight, size_t out_channels,
 }
 
 bool conv2d_winograd_pays(const Conv2dArgs& a, size_t h_out, size_t w_out) {
-  return a.winograd_weight != nullptr && conv2d_winograd_eligible(a) &&
-         a.batch * ((h_out + 1) / 2) * ((w_out + 1) / 2) >= kWinogradMinTiles;
+  return a.winograd_weight != nullptr && conv2d_winograd_eligible(a) && a.in_channels >= kWinogradMinChannels &&
+         a.out_channels >= kWinogradMinChannels && a.batch * ((h_out + 1) / 2) * ((w_out + 1) / 2) >= kWinogradMinTiles;
 }
 
 size_t conv2d_winograd_block_tiles(size_t in_channels, size_t out_channels, size_t tiles, size_t block_floats) {

@@ -15,9 +15,11 @@
 DIFFUSE_BEGIN_NAMESPACE
 namespace kernels {
 
-/// conv2d takes the Winograd path when a.winograd_weight is set, the conv is eligible and the
-/// batch holds at least this many 2x2 output tiles (measured crossover, docs/kernels.md).
-inline constexpr std::size_t kWinogradMinTiles = 16;
+/// conv2d takes the Winograd path when a.winograd_weight is set, the conv is eligible, the batch
+/// holds at least kWinogradMinTiles 2x2 output tiles and both channel counts are at least
+/// kWinogradMinChannels (measured crossovers, docs/kernels.md: 16 tiles and 32-64 channels lose).
+inline constexpr std::size_t kWinogradMinTiles = 32;
+inline constexpr std::size_t kWinogradMinChannels = 128;
 
 /// Whether the public conv2d runs `a` (eligible, with winograd_weight) through Winograd.
 DIFFUSE_API bool conv2d_winograd_pays(const Conv2dArgs& a, std::size_t h_out, std::size_t w_out);

@@ -33,7 +33,7 @@ namespace {
 namespace dk = diffuse::kernels;
 using diffuse_test::expect_error;
 
-constexpr double kWinogradFactor = 0.5;  // measured worst case ~0.05 (see Accuracy test output)
+constexpr double kWinogradFactor = 0.5;  // measured worst case 0.19 (printed by EveryVariantMatchesReference)
 
 struct Rng {
   std::uint64_t s;
@@ -152,6 +152,7 @@ std::vector<Case> cases() {
       {3, 3, 5, 7, 33, 1, 0, 0, 1, true, R::in_place},
       {1, 128, 32, 32, 128, 1, 1, 1, 1, true, R::in_place},
       {1, 128, 8, 8, 128, 1, 1, 1, 1, true, R::none},
+      {3, 128, 9, 9, 128, 1, 1, 1, 1, false, R::in_place},
       {3, 128, 4, 4, 33, 1, 1, 1, 1, true, R::separate},
       {1, 1, 32, 32, 3, 1, 1, 1, 1, false, R::none},
   };
@@ -255,7 +256,9 @@ TEST(Conv2dWinograd, PublicDispatch) {
     const dk::Conv2dArgs a = p.args(y.data());
     dk::conv2d(a, ctx);
     const bool wino = dk::conv2d_winograd_pays(a, p.ho, p.wo);
-    EXPECT_EQ(wino, p.c.batch * ((p.ho + 1) / 2) * ((p.wo + 1) / 2) >= dk::kWinogradMinTiles) << describe(p.c);
+    EXPECT_EQ(wino, p.c.batch * ((p.ho + 1) / 2) * ((p.wo + 1) / 2) >= dk::kWinogradMinTiles &&
+                        p.c.cin >= dk::kWinogradMinChannels && p.c.cout >= dk::kWinogradMinChannels)
+        << describe(p.c);
     std::vector<float> expect = p.fresh();
     dk::Conv2dArgs e = p.args(expect.data());
     if (wino) {
