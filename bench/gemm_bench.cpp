@@ -10,6 +10,11 @@
 //    One thread: timed in the caller's CPU time (robust when the machine is shared, and equal to
 //    wall-clock time on an idle machine). Two threads: wall-clock time (UseRealTime), since the
 //    worker's CPU time is not the caller's; on a busy machine this undercounts.
+// 3. gemm/<small-M variant>/<shape>/threads:<t>: the small-M kernels on adaLN-like shapes (M 1..8,
+//    B^T), next to the blocked variants on the same shapes; extra counter B_GBps = bytes of B
+//    (in its stored dtype) per second, since these calls stream B once and are memory-bound.
+// 4. .../<shape>_packed/...: B packed once by pack_b (GemmArgs::packed_b), next to the unpacked
+//    shape: the difference is the per-call packing of B.
 // On a shared machine: pin with taskset, use --benchmark_repetitions and read the best.
 #include <benchmark/benchmark.h>
 
@@ -112,6 +117,7 @@ struct Shape {
   std::size_t M, N, K;
   bool trans;  // B stored [N, K] (nn.Linear / conv weights)
   diffuse::DType type;
+  bool packed = false;  // B packed once with pack_b before timing
 };
 
 void bm_gemm(benchmark::State& state, const dk::GemmKernel* k, Shape s, std::size_t threads) {
@@ -138,12 +144,19 @@ void bm_gemm(benchmark::State& state, const dk::GemmKernel* k, Shape s, std::siz
   g.A = A.data(), g.lda = s.K;
   g.B = B.data(), g.ldb = s.trans ? s.K : s.N, g.b_type = s.type, g.b_transposed = s.trans;
   g.C = C.data(), g.ldc = s.N, g.bias = bias.data();
+  dk::PackedMatrix packed;
+  if (s.packed) {
+    packed = dk::pack_b(*k, g.B, g.ldb, g.b_type, g.b_transposed, g.K, g.N);
+    g.packed_b = &packed;
+  }
   for (auto _ : state) {
     dk::gemm(*k, g, &pool, {base, ws.size() - 16});
     benchmark::ClobberMemory();
   }
   const double flops = 2.0 * static_cast<double>(s.M) * static_cast<double>(s.N) * static_cast<double>(s.K);
   state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  const double b_bytes = static_cast<double>(s.N * s.K) * (s.type == diffuse::DType::F32 ? 4.0 : 2.0);
+  state.counters["B_GBps"] = benchmark::Counter(b_bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   const double peak = g_peak[static_cast<int>(k->isa)];
   if (peak > 0)
     state.counters["of_peak"] =
@@ -169,9 +182,43 @@ bool register_all() {
       {"dit_mlp_1024x4608x1152_Bt", 1024, 4608, 1152, true, diffuse::DType::F32},
       {"conv_4096x128x1152_Bt", 4096, 128, 1152, true, diffuse::DType::F32},
       {"conv_4096x128x1152", 4096, 128, 1152, false, diffuse::DType::F32},
+      {"dit_linear_1024x1152x1152_Bt_packed", 1024, 1152, 1152, true, diffuse::DType::F32, true},
+      {"dit_linear_1024x1152x1152_Bt_bf16_packed", 1024, 1152, 1152, true, diffuse::DType::BF16, true},
+      {"dit_mlp_1024x4608x1152_Bt_packed", 1024, 4608, 1152, true, diffuse::DType::F32, true},
+      {"ditb_qkv_512x768x768_Bt", 512, 768, 768, true, diffuse::DType::F32},
+      {"ditb_qkv_512x768x768_Bt_packed", 512, 768, 768, true, diffuse::DType::F32, true},
+      {"ditb_ff2_512x768x3072_Bt", 512, 768, 3072, true, diffuse::DType::F32},
+      {"ditb_ff2_512x768x3072_Bt_packed", 512, 768, 3072, true, diffuse::DType::F32, true},
   };
+  // adaLN-like: M = batch rows, N = 6 D, K = D (DiT-B/2: D = 768), B^T; M 16 for the threshold.
+  const Shape small_shapes[] = {
+      {"ada_1x4608x768_Bt", 1, 4608, 768, true, diffuse::DType::F32},
+      {"ada_2x4608x768_Bt", 2, 4608, 768, true, diffuse::DType::F32},
+      {"ada_2x4608x768_Bt_bf16", 2, 4608, 768, true, diffuse::DType::BF16},
+      {"ada_2x4608x768_Bt_f16", 2, 4608, 768, true, diffuse::DType::F16},
+      {"ada_4x4608x768_Bt", 4, 4608, 768, true, diffuse::DType::F32},
+      {"ada_8x4608x768_Bt", 8, 4608, 768, true, diffuse::DType::F32},
+      {"ada_2x2304x384_Bt", 2, 2304, 384, true, diffuse::DType::F32},
+      {"ada_16x4608x768_Bt", 16, 4608, 768, true, diffuse::DType::F32},
+  };
+  for (const dk::GemmKernel& k : dk::gemm_small_m_kernels()) {
+    if (!dk::kernel_supported(k)) continue;
+    for (const Shape& s : small_shapes) {
+      if (s.M > k.mr) continue;
+      for (std::size_t threads : {1u, 2u}) {
+        const std::string name = std::string("gemm/") + k.name + "/" + s.name + "/threads:" + std::to_string(threads);
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_gemm, &k, s, threads)->Unit(benchmark::kMicrosecond);
+        if (threads > 1) b->UseRealTime();
+      }
+    }
+  }
   for (const dk::GemmKernel& k : dk::gemm_kernels()) {
     if (!dk::kernel_supported(k)) continue;
+    for (const Shape& s : small_shapes) {  // the blocked variant on the same shapes (packing B each call)
+      if (k.isa == diffuse::IsaLevel::scalar) continue;
+      const std::string name = std::string("gemm/") + k.name + "/" + s.name + "/threads:1";
+      benchmark::RegisterBenchmark(name.c_str(), bm_gemm, &k, s, std::size_t{1})->Unit(benchmark::kMicrosecond);
+    }
     for (const Shape& s : shapes) {
       if (k.isa == diffuse::IsaLevel::scalar && s.M * s.N * s.K > (1u << 24)) continue;  // minutes per call
       for (std::size_t threads : {1u, 2u}) {

@@ -233,17 +233,26 @@ void small_m(const GemmArgs& g, size_t m0, size_t n0, size_t n1) {
     }
     if (rem != 0) {
       __m256 b[NB];
+#pragma GCC unroll 8
       for (int v = 0; v < NB; ++v) b[v] = load8<T>(g.B, row[v] + kfull, rem);
+#pragma GCC unroll 8
       for (int i = 0; i < MB; ++i) {
         const __m256 x = _mm256_maskload_ps(a[i] + kfull, tail);
+#pragma GCC unroll 8
         for (int v = 0; v < NB; ++v) acc[i][v] = _mm256_fmadd_ps(x, b[v], acc[i][v]);
       }
+    }
+    float sum[MB][NB];  // reduced with constant indices only, so that acc stays in registers
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i) {
+#pragma GCC unroll 8
+      for (int v = 0; v < NB; ++v) sum[i][v] = hsum(acc[i][v]);
     }
     for (int i = 0; i < MB; ++i) {
       float* c = g.C + (m0 + static_cast<size_t>(i)) * g.ldc;
       for (size_t v = 0; v < nb; ++v) {
         const float rest = (g.beta == 0.0f ? 0.0f : g.beta * c[j + v]) + (g.bias ? g.bias[j + v] : 0.0f);
-        c[j + v] = g.alpha * hsum(acc[i][v]) + rest;
+        c[j + v] = g.alpha * sum[i][v] + rest;
       }
     }
   }

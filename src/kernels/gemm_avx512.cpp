@@ -268,24 +268,39 @@ void small_m(const GemmArgs& g, size_t m0, size_t n0, size_t n1) {
 #pragma GCC unroll 8
       for (int v = 0; v < NB; ++v) acc[i][v] = _mm512_setzero_ps();
     }
-    auto step = [&](size_t k, __mmask16 m) __attribute__((always_inline)) {
+    for (size_t k = 0; k < kfull; k += 16) {
       __m512 b[NB];
 #pragma GCC unroll 8
-      for (int v = 0; v < NB; ++v) b[v] = load16<T>(g.B, row[v] + k, m);
+      for (int v = 0; v < NB; ++v) b[v] = load16<T>(g.B, row[v] + k, all);
 #pragma GCC unroll 8
       for (int i = 0; i < MB; ++i) {
-        const __m512 x = _mm512_maskz_loadu_ps(m, a[i] + k);
+        const __m512 x = _mm512_loadu_ps(a[i] + k);
 #pragma GCC unroll 8
         for (int v = 0; v < NB; ++v) acc[i][v] = _mm512_fmadd_ps(x, b[v], acc[i][v]);
       }
-    };
-    for (size_t k = 0; k < kfull; k += 16) step(k, all);
-    if (kfull < K) step(kfull, tail);
+    }
+    if (kfull < K) {  // the same FMA per lane, on zeros past K
+      __m512 b[NB];
+#pragma GCC unroll 8
+      for (int v = 0; v < NB; ++v) b[v] = load16<T>(g.B, row[v] + kfull, tail);
+#pragma GCC unroll 8
+      for (int i = 0; i < MB; ++i) {
+        const __m512 x = _mm512_maskz_loadu_ps(tail, a[i] + kfull);
+#pragma GCC unroll 8
+        for (int v = 0; v < NB; ++v) acc[i][v] = _mm512_fmadd_ps(x, b[v], acc[i][v]);
+      }
+    }
+    float sum[MB][NB];  // reduced with constant indices only, so that acc stays in registers
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i) {
+#pragma GCC unroll 8
+      for (int v = 0; v < NB; ++v) sum[i][v] = hsum(acc[i][v]);
+    }
     for (int i = 0; i < MB; ++i) {
       float* c = g.C + (m0 + static_cast<size_t>(i)) * g.ldc;
       for (size_t v = 0; v < nb; ++v) {
         const float rest = (g.beta == 0.0f ? 0.0f : g.beta * c[j + v]) + (g.bias ? g.bias[j + v] : 0.0f);
-        c[j + v] = g.alpha * hsum(acc[i][v]) + rest;
+        c[j + v] = g.alpha * sum[i][v] + rest;
       }
     }
   }

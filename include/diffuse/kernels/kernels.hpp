@@ -72,7 +72,7 @@ struct PackedMatrix;
 
 /// Largest M that `gemm(args, ...)` sends to the small-M kernel (when b_transposed). Measured:
 /// docs/kernels.md, "Small M and pre-packed weights".
-inline constexpr std::size_t kGemmSmallM = 8;
+inline constexpr std::size_t kGemmSmallM = 4;
 
 /// Arguments of one GEMM call (see the file comment for the formula).
 struct GemmArgs {
