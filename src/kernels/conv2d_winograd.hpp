@@ -19,7 +19,6 @@ namespace kernels {
 /// holds at least kWinogradMinTiles 2x2 output tiles and both channel counts are at least
 /// kWinogradMinChannels (measured crossovers, docs/kernels.md: 16 tiles and 32-64 channels lose).
 inline constexpr std::size_t kWinogradMinTiles = 32;
-inline constexpr std::size_t kWinogradMinChannels = 128;
 
 /// Whether the public conv2d runs `a` (eligible, with winograd_weight) through Winograd.
 DIFFUSE_API bool conv2d_winograd_pays(const Conv2dArgs& a, std::size_t h_out, std::size_t w_out);

@@ -756,7 +756,9 @@ void UNet2D::make_upsample_phases(Block& b) {
       ph.kh = ph.kw = 2;
       ph.stride = 1;
       ph.pad = {py == 0 ? 1u : 0u, px == 0 ? 1u : 0u, py == 0 ? 0u : 1u, px == 0 ? 0u : 1u};
+      ph.winograd.reset();  // 2x2 phases never run Winograd
     }
+  b.sampler.winograd.reset();  // the 3x3 conv itself only runs as its four phases
 }
 
 void UNet2D::run_upsample(const Block& blk, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,

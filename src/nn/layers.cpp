@@ -70,7 +70,8 @@ Conv2d Conv2d::bind(WeightStore& w, std::string_view prefix, std::size_t in, std
   a.kh = a.kw = k;
   a.stride = stride;
   a.pad_top = a.pad_left = a.pad_bottom = a.pad_right = padding;
-  if (kernels::conv2d_winograd_eligible(a)) {  // transformed once here; the network stays immutable
+  if (w.options().winograd && kernels::conv2d_winograd_eligible(a) && in >= kernels::kWinogradMinChannels &&
+      out >= kernels::kWinogradMinChannels) {  // transformed once here; the network stays immutable
     std::shared_ptr<float[]> u(new float[kernels::conv2d_winograd_weight_floats(out, in)]);
     kernels::conv2d_winograd_transform_weights(c.weight, out, in, u.get());
     c.winograd = std::move(u);

@@ -76,6 +76,9 @@ DIFFUSE_API void conv2d(const Conv2dArgs& a, Context& ctx);
  *  weights once at load time and pass them as Conv2dArgs::winograd_weight. The result differs
  *  from im2col by rounding only (bound in docs/kernels.md). */
 DIFFUSE_API bool conv2d_winograd_eligible(const Conv2dArgs& a);
+/// conv2d runs Winograd only when both channel counts reach this (measured crossover, docs/kernels.md),
+/// so layers with fewer channels need no transformed weights.
+inline constexpr std::size_t kWinogradMinChannels = 128;
 /// Floats of the transformed weights: 16 * out_channels * in_channels.
 DIFFUSE_API std::size_t conv2d_winograd_weight_floats(std::size_t out_channels, std::size_t in_channels);
 /// u[xi][o][c] = (G w[o, c] G^T)[xi / 4, xi % 4] for weights w [out, in, 3, 3] (computed in
