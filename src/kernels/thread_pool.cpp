@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
-// The thread pool behind diffuse/kernels/parallel.hpp. Workers sleep on a condition variable and
-// wake once per parallel_for (a generation counter tells them a new job arrived); the caller
-// runs chunk 0 itself and then waits for the others. No work stealing: chunk t always goes to
-// worker t, so the split never depends on timing.
+// The thread pool behind diffuse/kernels/parallel.hpp. A network forward issues hundreds of short
+// parallel_for calls back to back, so waking a sleeping thread each time (tens of microseconds)
+// would cost more than the work: workers first spin on an atomic generation counter for a short
+// while (kSpin) and only then sleep on a condition variable; the caller likewise spins before it
+// sleeps waiting for the others. The caller runs chunk 0 itself. No work stealing: chunk t always
+// goes to worker t, so the split never depends on timing.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -11,33 +15,62 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include "diffuse/kernels/parallel.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace kernels {
 
-struct ThreadPool::State {
-  std::mutex mutex;
-  std::condition_variable wake;  // workers wait here for a new generation (or stop)
-  std::condition_variable done;  // the caller waits here for pending == 0
-  std::uint64_t generation = 0;
-  bool stop = false;
-  // The current job; written under the mutex before the generation is bumped.
-  Trampoline call = nullptr;
-  void* ctx = nullptr;
-  std::size_t n_items = 0;
-  std::size_t n_chunks = 0;
-  std::size_t pending = 0;
-  std::exception_ptr error;
-  std::vector<std::thread> workers;
-};
-
 namespace {
+
+/// How long a thread spins for the next event before it goes to sleep.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+/// Spins until `ready()` or kSpin has passed; true when ready.
+template <class F>
+bool spin_until(F&& ready) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  for (unsigned i = 1;; ++i) {
+    if (ready()) return true;
+    cpu_relax();
+    if (i % 256 == 0 && std::chrono::steady_clock::now() > deadline) return ready();
+  }
+}
+
 std::size_t resolve_threads(std::size_t n) {
   if (n != 0) return n;
   return std::max<std::size_t>(1, std::thread::hardware_concurrency());
 }
+
 }  // namespace
+
+struct ThreadPool::State {
+  std::mutex mutex;
+  std::condition_variable wake;  // sleeping workers wait here for a new generation (or stop)
+  std::condition_variable done;  // a sleeping caller waits here for pending == 0
+  std::atomic<std::uint64_t> generation{0};
+  std::atomic<bool> stop{false};
+  // The current job: written before `generation` is bumped (release), read after it is seen
+  // (acquire); not rewritten before every worker has counted itself out of `pending`.
+  Trampoline call = nullptr;
+  void* ctx = nullptr;
+  std::size_t n_items = 0;
+  std::size_t n_chunks = 0;
+  std::atomic<std::size_t> pending{0};  // workers (all of them) not yet done with this job
+  std::exception_ptr error;             // under mutex
+  std::vector<std::thread> workers;
+};
 
 ThreadPool::ThreadPool(std::size_t n_threads) : n_threads_(resolve_threads(n_threads)) {
   if (n_threads_ == 1) return;
@@ -48,30 +81,35 @@ ThreadPool::ThreadPool(std::size_t n_threads) : n_threads_(resolve_threads(n_thr
     s->workers.emplace_back([s, w] {
       std::uint64_t seen = 0;
       for (;;) {
-        Trampoline call;
-        void* ctx;
-        std::size_t n_items, n_chunks;
-        {
+        const auto fresh = [&] {
+          return s->stop.load(std::memory_order_acquire) || s->generation.load(std::memory_order_acquire) != seen;
+        };
+        if (!spin_until(fresh)) {
           std::unique_lock lock(s->mutex);
-          s->wake.wait(lock, [&] { return s->stop || s->generation != seen; });
-          if (s->stop) return;
-          seen = s->generation;
-          call = s->call;
-          ctx = s->ctx;
-          n_items = s->n_items;
-          n_chunks = s->n_chunks;
+          s->wake.wait(lock, fresh);
         }
-        if (w >= n_chunks) continue;  // fewer items than threads: this worker sits this one out
-        std::exception_ptr err;
-        const auto [b, e] = chunk(n_items, n_chunks, w);
-        try {
-          call(ctx, b, e, w);
-        } catch (...) {
-          err = std::current_exception();
+        if (s->stop.load(std::memory_order_acquire)) return;
+        seen = s->generation.load(std::memory_order_acquire);
+        const Trampoline call = s->call;
+        void* const ctx = s->ctx;
+        const std::size_t n_items = s->n_items, n_chunks = s->n_chunks;
+        if (w < n_chunks) {  // with fewer items than threads, the last workers sit this one out
+          std::exception_ptr err;
+          const auto [b, e] = chunk(n_items, n_chunks, w);
+          try {
+            call(ctx, b, e, w);
+          } catch (...) {
+            err = std::current_exception();
+          }
+          if (err) {
+            std::lock_guard lock(s->mutex);
+            if (!s->error) s->error = err;
+          }
         }
-        std::lock_guard lock(s->mutex);
-        if (err && !s->error) s->error = err;
-        if (--s->pending == 0) s->done.notify_one();
+        if (s->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          std::lock_guard lock(s->mutex);  // pairs with the caller's predicate check
+          s->done.notify_one();
+        }
       }
     });
   }
@@ -81,7 +119,7 @@ ThreadPool::~ThreadPool() {
   if (!state_) return;
   {
     std::lock_guard lock(state_->mutex);
-    state_->stop = true;
+    state_->stop.store(true, std::memory_order_release);
   }
   state_->wake.notify_all();
   for (auto& t : state_->workers) t.join();
@@ -95,15 +133,15 @@ void ThreadPool::run(std::size_t n_items, Trampoline call, void* ctx) {
     return;
   }
   State* s = state_.get();
+  s->call = call;
+  s->ctx = ctx;
+  s->n_items = n_items;
+  s->n_chunks = n_chunks;
+  s->error = nullptr;  // no worker touches it between jobs
+  s->pending.store(n_threads_ - 1, std::memory_order_relaxed);
   {
-    std::lock_guard lock(s->mutex);
-    s->call = call;
-    s->ctx = ctx;
-    s->n_items = n_items;
-    s->n_chunks = n_chunks;
-    s->pending = n_chunks - 1;
-    s->error = nullptr;
-    ++s->generation;
+    std::lock_guard lock(s->mutex);  // a worker about to sleep sees the new generation
+    s->generation.fetch_add(1, std::memory_order_release);
   }
   s->wake.notify_all();
   std::exception_ptr err;
@@ -113,11 +151,16 @@ void ThreadPool::run(std::size_t n_items, Trampoline call, void* ctx) {
   } catch (...) {
     err = std::current_exception();
   }
-  std::unique_lock lock(s->mutex);
-  s->done.wait(lock, [&] { return s->pending == 0; });
-  if (!err) err = s->error;
-  s->error = nullptr;
-  lock.unlock();
+  const auto all_done = [&] { return s->pending.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(all_done)) {
+    std::unique_lock lock(s->mutex);
+    s->done.wait(lock, all_done);
+  }
+  {
+    std::lock_guard lock(s->mutex);
+    if (!err) err = s->error;
+    s->error = nullptr;
+  }
   if (err) std::rethrow_exception(err);
 }
 
