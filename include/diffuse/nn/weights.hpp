@@ -48,8 +48,9 @@ struct LoadOptions {
   /// Safetensors variant of the weights file ("fp16" -> *.fp16.safetensors); empty = default.
   std::string variant;
   /// nn::Linear keeps an f32 copy of its weight packed for the GEMM kernel, made on its first
-  /// call with many rows (faster forwards; costs 4 bytes per weight of such linears).
-  bool prepack = true;
+  /// call with many rows (costs 4 bytes per weight of such linears). Off by default: measured
+  /// 1-2 % faster DiT-S/2 and DiT-B/2 forwards for +65 % weight memory (docs/kernels.md).
+  bool prepack = false;
   /// nn::Conv2d keeps Winograd-transformed weights of its stride-1 3x3 convs with at least
   /// kernels::kWinogradMinChannels channels in and out (16/9 of those weights in extra memory,
   /// e.g. +250 MB for ddpm-cifar10-32; about 1.2x faster forwards). Off: im2col only.
