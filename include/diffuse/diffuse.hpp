@@ -35,3 +35,6 @@
 #include "diffuse/sample/registry.hpp"
 #include "diffuse/sample/sampler.hpp"
 #include "diffuse/sample/torch_noise.hpp"
+#include "diffuse/kernels/parallel.hpp"
+#include "diffuse/models/network.hpp"
+#include "diffuse/pipeline/pipeline.hpp"
