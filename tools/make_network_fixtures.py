@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """Writes tests/data/models/<case>/: small UNet2DModel and DiTTransformer2DModel networks with seeded random
 weights and diffusers' forward output on a fixed input, for the C++ parity tests (tests/models/), plus weight
-*recipes* for the full-size google/ddpm-cifar10-32, DiT-S/2 and DiT-B/2 shapes (too large to commit).
+*recipes* for the full-size google/ddpm-cifar10-32, ddpm-256 (cat / celebahq), DiT-S/2 and DiT-B/2 shapes (too
+large to commit).
 
 Run with the reference venv (torch is never needed at test time):
 
@@ -133,13 +134,20 @@ DIT_CASES = {
                "token grid with base_size 4 (grid coordinates arange(8) / (8/4) = 0, 0.5, 1, ...)"),
 }
 
-# Full-size recipes: config + manifest (weights regenerated from the seed), io at batch 2.
+# Full-size recipes: config + manifest (weights regenerated from the seed), io at batch 2
+# (ddpm_256_recipe: batch 1).
 CIFAR10_CONFIG = dict(
     sample_size=32, in_channels=3, out_channels=3, center_input_sample=False, time_embedding_type="positional",
     freq_shift=1, flip_sin_to_cos=False, down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], block_out_channels=[128, 256, 256, 256],
     layers_per_block=2, mid_block_scale_factor=1, downsample_padding=0, act_fn="silu", attention_head_dim=None,
     norm_num_groups=32, norm_eps=1e-6)
+# google/ddpm-cat-256 (and, per models.md section 2, believed ddpm-celebahq-256): six levels, attention at 16x16 only.
+DDPM_256_CONFIG = dict(
+    CIFAR10_CONFIG, sample_size=256, block_out_channels=[128, 128, 256, 256, 512, 512],
+    down_block_types=["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4)
+REFERENCE_KEYS = "/work/shared/reference/keys"  # key lists (name<TAB>shape), outside the repository
 
 
 def dit_config(hidden, layers, heads):
@@ -152,6 +160,12 @@ RECIPES = {
     "ddpm_cifar10_recipe": dict(kind="unet", config=CIFAR10_CONFIG, size=(32, 32), timesteps=[999.0, 261.5],
                                 labels=None, seed=20240601,
                                 covers="google/ddpm-cifar10-32 configuration (35,746,307 parameters)"),
+    # Batch 1 at 64x64 (not 256x256) to keep the forward cheap: the network is fully convolutional and 64 is a
+    # multiple of its size multiple 32 (five downsamples); the attention level then runs at 4x4.
+    "ddpm_256_recipe": dict(kind="unet", config=DDPM_256_CONFIG, size=(64, 64), timesteps=[617.5], labels=None,
+                            seed=20240604, keys="ddpm_256_unet2d.txt",
+                            covers="google/ddpm-cat-256 / ddpm-celebahq-256 configuration (113,673,219 parameters), "
+                                   "batch 1 at 64x64"),
     "dit_s2_recipe": dict(kind="dit", config=dit_config(384, 12, 6), size=32, timesteps=[999.0, 261.5],
                           labels=[207, 1000], seed=20240602,
                           covers="DiT-S/2 shape: hidden 384, 12 layers, 6 heads, patch 2, 32x32x4 latents, learned sigma"),
@@ -400,12 +414,39 @@ def write_variants_of_unet_basic(model, sample, t, y, out, summary):
                    f"(differs from unet2d_basic's by max {rel:.1e} relative)")
 
 
+def check_reference_keys(model, keys_file):
+    """Asserts the model's state_dict holds exactly the tensors of the reference key list (names and shapes; the
+    list is not in state_dict order) and its parameter count, when the reference file is available (it is not
+    part of the repository)."""
+    path = os.path.join(REFERENCE_KEYS, keys_file)
+    if not os.path.exists(path):
+        print(f"note: {path} not found, state_dict not checked against it")
+        return
+    want, total = {}, None
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("# tensors="):  # trailer: "# tensors=450 params=113673219"
+            total = int(line.split("params=")[1])
+        if not line or line.startswith("#"):
+            continue
+        key, shape = line.split("\t")
+        assert key not in want, key
+        want[key] = json.loads(shape)
+    have = {k: list(v.shape) for k, v in model.state_dict().items()}
+    diff = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+    assert not diff, (keys_file, [(k, have.get(k), want.get(k)) for k in diff[:10]])
+    assert total is None or sum(int(np.prod(s)) for s in have.values()) == total, keys_file
+    print(f"{keys_file}: {len(have)} tensors match (names and shapes)")
+
+
 def write_recipe(name, spec, summary):
     kind = spec["kind"]
     folder = os.path.join(OUT, name)
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     model = make_model(kind, spec["config"])
+    if spec.get("keys"):
+        check_reference_keys(model, spec["keys"])
     plist = param_list(model)
     weights = generate(plist, spec["seed"])
     load_weights(model, weights)

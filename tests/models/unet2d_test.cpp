@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // UNet2DModel against diffusers: the shipped digits-unet, every unet2d_* fixture of tests/data/models
 // (legacy names, f16/bf16 storage, scale_shift, fourier/learned time, timestep classes, no mid block) and
-// the ddpm-cifar10-32 recipe. Parity bound everywhere: max |out - ref| <= 1e-4 * max |ref| (f32 compute in
+// the ddpm-cifar10-32 and ddpm-256 (cat / celebahq) recipes. Parity bound everywhere: max |out - ref| <= 1e-4 * max |ref| (f32 compute in
 // a different summation order). Also: thread-count and repeat determinism, no arena growth after the first
 // forward, batch vs per-item, and the errors (parameters, config, forward arguments).
 #include <gtest/gtest.h>
@@ -159,6 +159,32 @@ TEST(UNet2D, Cifar10RecipeMatchesDiffusers) {
   const Tensor out = net->forward(io.sample, io.timestep, io.class_labels, ctx);
   const double err = rel_error(out, io.output);
   std::printf("[parity] ddpm_cifar10_recipe: max|out-ref|/max|ref| = %.3g\n", err);
+  EXPECT_LE(err, kRelBound);
+}
+
+TEST(UNet2D, Ddpm256RecipeMatchesDiffusers) {
+  // google/ddpm-cat-256 / ddpm-celebahq-256 (models.md section 2, keys/ddpm_256_unet2d.txt): six levels
+  // (128,128,256,256,512,512), attention in the fifth. The fixture runs batch 1 at 64x64 (fully convolutional,
+  // 64 is a multiple of 32) to keep the forward cheap. The materialised weights are ~455 MB of f32 in a
+  // per-process temp folder, removed at the end of the test.
+  const fs::path fixture = models_data_dir() / "ddpm_256_recipe";
+  const TempDir tmp("ddpm_256_recipe");
+  const fs::path dir = diffuse_test::materialize_recipe(fixture, tmp.path);
+  auto net = diffuse::models::load_network(dir);
+  const auto& info = net->info();
+  EXPECT_EQ(info.architecture, "UNet2DModel");
+  EXPECT_EQ(info.parameters, 113'673'219u);  // models.md section 2 / keys/ddpm_256_unet2d.txt (450 tensors)
+  EXPECT_EQ(info.size_multiple, 32u);        // five stride-2 downsamples
+  EXPECT_EQ(info.sample_size, 256u);
+  EXPECT_EQ(info.in_channels, 3u);
+  EXPECT_EQ(info.out_channels, 3u);
+  EXPECT_EQ(info.num_classes, 0u);
+  const auto io = diffuse_test::read_io(fixture);
+  ASSERT_EQ(io.sample.shape(), (diffuse::Shape{1, 3, 64, 64}));
+  diffuse::kernels::Context ctx(2);
+  const Tensor out = net->forward(io.sample, io.timestep, io.class_labels, ctx);
+  const double err = rel_error(out, io.output);
+  std::printf("[parity] ddpm_256_recipe: max|out-ref|/max|ref| = %.3g\n", err);
   EXPECT_LE(err, kRelBound);
 }
 
