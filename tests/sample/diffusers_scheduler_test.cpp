@@ -303,6 +303,15 @@ TEST(DiffusersSchedulerConfig, UnknownValues) {
   expect_error<diffuse::value_error>({{"_class_name", "DDPMScheduler"}, {"beta_schedule", "cubic"}}, "beta_schedule");
   expect_error<diffuse::value_error>({{"_class_name", "UniPCMultistepScheduler"}, {"solver_type", "bh3"}},
                                      "solver_type");
+  // DPM-Solver ignores a variance_type other than learned / learned_range, as diffusers does (a DDPM
+  // config's "fixed_small" reused for DPM-Solver must not change the schedule or the step).
+  {
+    DiffusersScheduler<float> with(json{{"_class_name", "DPMSolverMultistepScheduler"}, {"variance_type", "fixed_small"}});
+    DiffusersScheduler<float> without(json{{"_class_name", "DPMSolverMultistepScheduler"}});
+    with.set_timesteps(10);
+    without.set_timesteps(10);
+    EXPECT_EQ(with.sigmas(), without.sigmas());
+  }
   // The class given explicitly wins over _class_name.
   EXPECT_NO_THROW(DiffusersScheduler<float>(json{{"_class_name", "Nope"}}, "DDIMScheduler"));
 }

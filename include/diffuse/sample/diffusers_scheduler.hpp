@@ -191,10 +191,10 @@ inline DiffusersStepConfig DiffusersStepConfig::from_json(const nlohmann::json& 
                              "fixed_small, fixed_small_log, fixed_large, learned, learned_range", "fixed_small",
                              "fixed_small_log", "fixed_large", "learned", "learned_range");
   } else if (cls == C::dpm_multistep || cls == C::dpm_singlestep) {
+    // Only learned / learned_range mean something here; diffusers stores and ignores any other value
+    // (e.g. a DDPM config's "fixed_small" reused for DPM-Solver), and so do we.
     dfs_read(j, "variance_type", c.variance_type);
-    if (!c.variance_type.empty())
-      detail::dfs_check_one_of("variance_type", c.variance_type, "null, learned, learned_range", "learned",
-                               "learned_range");
+    if (c.variance_type != "learned" && c.variance_type != "learned_range") c.variance_type.clear();
   }
   if (cls == C::dpm_multistep || cls == C::dpm_singlestep || cls == C::unipc || cls == C::deis) {
     dfs_read(j, "solver_order", c.solver_order);
