@@ -507,22 +507,7 @@ Tensor DiT::forward(const Tensor& x, std::span<const float> timesteps, std::span
         blk.qkv(norm, rows, qkv, ctx);
       } else {
         const nn::Linear* parts[3] = {&blk.q, &blk.k, &blk.v};
-        for (std::size_t s = 0; s < 3; ++s) {
-          kernels::GemmArgs g;
-          g.M = rows;
-          g.N = d;
-          g.K = d;
-          g.A = norm;
-          g.lda = d;
-          g.B = parts[s]->weight.data;
-          g.ldb = d;
-          g.b_type = parts[s]->weight.dtype;
-          g.b_transposed = true;
-          g.C = qkv + s * d;
-          g.ldc = 3 * d;
-          g.bias = parts[s]->bias;
-          kernels::gemm(g, ctx);
-        }
+        for (std::size_t s = 0; s < 3; ++s) (*parts[s])(norm, rows, qkv + s * d, ctx, 0.0f, 3 * d);
       }
       kernels::AttentionArgs a;
       a.q = qkv;

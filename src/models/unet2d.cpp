@@ -256,8 +256,7 @@ struct Resnet {
 struct Attn {
   bool has_norm = false;
   nn::GroupNorm norm;
-  nn::MatrixRef qkv;              ///< [3 * inner, channels]
-  const float* qkv_bias = nullptr;  ///< [3 * inner]
+  nn::Linear qkv;  ///< to_q | to_k | to_v fused at load: [3 * inner, channels] and bias [3 * inner]
   nn::Linear to_out;              ///< inner -> channels
   std::size_t channels = 0, heads = 1, head_dim = 0, inner = 0;
   float rescale_output_factor = 1.0f;
@@ -405,10 +404,12 @@ Attn UNet2D::bind_attention(const std::string& p, std::size_t channels, std::siz
     else
       to_f32(m[i].dtype, m[i].data, reinterpret_cast<float*>(dst + i * bytes), n);
   }
-  a.qkv = nn::MatrixRef{fused.data(), dt, 3 * a.inner, channels};
   std::vector<float>& bias = owned_.emplace_back(3 * a.inner);
   for (int i = 0; i < 3; ++i) std::memcpy(bias.data() + i * a.inner, b[i], a.inner * sizeof(float));
-  a.qkv_bias = bias.data();
+  a.qkv.weight = nn::MatrixRef{fused.data(), dt, 3 * a.inner, channels};
+  a.qkv.bias = bias.data();
+  a.qkv.in = channels;
+  a.qkv.out = 3 * a.inner;
   const std::string out = w.contains(p + ".to_out.0.weight") || !w.contains(p + ".proj_attn.weight")
                               ? p + ".to_out.0"
                               : p + ".proj_attn";
@@ -666,22 +667,7 @@ void UNet2D::run_attention(const Attn& a, Dest x, std::size_t batch, std::size_t
   }
   // q | k | v in one GEMM: [B*HW, 3*inner].
   float* qkv = arena.alloc(batch * hw * 3 * inner);
-  {
-    kernels::GemmArgs g;
-    g.M = batch * hw;
-    g.N = 3 * inner;
-    g.K = C;
-    g.A = tok;
-    g.lda = C;
-    g.B = a.qkv.data;
-    g.ldb = C;
-    g.b_type = a.qkv.dtype;
-    g.b_transposed = true;
-    g.C = qkv;
-    g.ldc = 3 * inner;
-    g.bias = a.qkv_bias;
-    kernels::gemm(g, ctx);
-  }
+  a.qkv(tok, batch * hw, qkv, ctx);
   float* o = arena.alloc(batch * hw * inner);
   {
     kernels::AttentionArgs at;

@@ -32,7 +32,8 @@ Linear Linear::bind(WeightStore& w, std::string_view prefix, std::size_t in, std
 
 std::size_t Linear::packed_bytes() const { return packed ? packed->matrix.bytes() : 0; }
 
-void Linear::operator()(const float* x, std::size_t rows, float* y, kernels::Context& ctx, float beta) const {
+void Linear::operator()(const float* x, std::size_t rows, float* y, kernels::Context& ctx, float beta,
+                        std::size_t ldy) const {
   kernels::GemmArgs g;
   g.M = rows;
   g.N = out;
@@ -44,7 +45,7 @@ void Linear::operator()(const float* x, std::size_t rows, float* y, kernels::Con
   g.b_type = weight.dtype;
   g.b_transposed = true;
   g.C = y;
-  g.ldc = out;
+  g.ldc = ldy ? ldy : out;
   g.beta = beta;
   g.bias = bias;
   if (packed && rows > kernels::kGemmSmallM) {  // the blocked kernel runs: pack the weight once

@@ -57,8 +57,10 @@ struct DIFFUSE_API Linear {
   std::size_t packed_bytes() const;
 
   static Linear bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, bool bias = true);
-  /// y[rows, out] = x[rows, in] W^T + b, or accumulated into y with `beta` = 1.
-  void operator()(const float* x, std::size_t rows, float* y, kernels::Context& ctx, float beta = 0.0f) const;
+  /// y[rows, out] = x[rows, in] W^T + b, or accumulated into y with `beta` = 1. `ldy` is the row
+  /// stride of y (0 = out), e.g. to write q, k and v side by side into one [rows, 3 * out] buffer.
+  void operator()(const float* x, std::size_t rows, float* y, kernels::Context& ctx, float beta = 0.0f,
+                  std::size_t ldy = 0) const;
 };
 
 /// nn.Conv2d with zero padding (pad[0..3] = top, left, bottom, right).
