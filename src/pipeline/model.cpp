@@ -2,14 +2,15 @@
 // pipeline::Model: loading a model folder with its scheduler config, and the schedules by name.
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 #include <utility>
 #include <vector>
 
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/json.hpp"
 #include "diffuse/io/model_dir.hpp"
 #include "diffuse/pipeline/model.hpp"
 #include "diffuse/schedule/sigmas.hpp"
@@ -19,18 +20,6 @@ namespace pipeline {
 namespace {
 
 namespace fs = std::filesystem;
-
-nlohmann::json read_json(const fs::path& file, std::string_view where) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) raise<io_error>(where, "cannot open " + file.string());
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {
-    raise<format_error>(where, file.string() + ": not valid JSON (" + e.what() + ")");
-  }
-}
 
 bool is_flow_class(SchedulerClass c) {
   return c == SchedulerClass::flow_match_euler || c == SchedulerClass::flow_match_heun;
@@ -77,7 +66,7 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   if (!fs::exists(sched_file, ec))
     raise<io_error>(where, path.string() + ": no scheduler config (looked for " + (path / "scheduler_config.json").string() +
                                " and " + sched_file.string() + ")");
-  const nlohmann::json sched = read_json(sched_file, where);
+  const nlohmann::json sched = read_json_file(sched_file, where, "scheduler config");
 
   Model m;
   m.network_ = models::load_network(net_dir, options);
