@@ -17,6 +17,7 @@
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
+#include "diffuse/nn/config.hpp"
 #include "diffuse/nn/layers.hpp"
 #include "registry.hpp"
 
@@ -28,33 +29,25 @@ namespace {
 constexpr const char* kModel = "DiTTransformer2DModel";
 constexpr std::size_t kTimeProjDim = 256;  // Timesteps(num_channels=256) in CombinedTimestepLabelEmbeddings
 
-std::size_t json_size(const nlohmann::json& j, const char* key, std::size_t fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number_integer() || it->get<std::int64_t>() < 0)
-    raise<format_error>(where, std::string("\"") + key + "\" must be a non-negative integer, got " + it->dump());
-  return it->get<std::size_t>();
-}
-
-bool json_bool(const nlohmann::json& j, const char* key, bool fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) raise<format_error>(where, std::string("\"") + key + "\" must be a boolean, got " + it->dump());
-  return it->get<bool>();
-}
-
-double json_number(const nlohmann::json& j, const char* key, double fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number()) raise<format_error>(where, std::string("\"") + key + "\" must be a number, got " + it->dump());
-  return it->get<double>();
-}
-
-std::string json_string(const nlohmann::json& j, const char* key, std::string fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_string()) raise<format_error>(where, std::string("\"") + key + "\" must be a string, got " + it->dump());
-  return it->get<std::string>();
+/// The bounds of nn/config.hpp on a config however it was obtained (config.json or inferred from
+/// the shapes), and the products the network sizes buffers with.
+void check_bounds(const DiTConfig& c, std::string_view where) {
+  namespace L = nn::limits;
+  const nlohmann::json none = nlohmann::json::object();
+  const nn::ConfigReader r(none, std::string(where));
+  r.check("num_attention_heads", c.num_attention_heads, {1, L::kMaxHeads});
+  r.check("attention_head_dim", c.attention_head_dim, {1, L::kMaxChannels});
+  r.check("in_channels", c.in_channels, {1, L::kMaxChannels});
+  if (c.out_channels) r.check("out_channels", *c.out_channels, {1, L::kMaxChannels});
+  r.check("num_layers", c.num_layers, {1, L::kMaxLayers});
+  r.check("sample_size", c.sample_size, {1, L::kMaxSampleSize});
+  r.check("patch_size", c.patch_size, {1, L::kMaxPatchSize});
+  if (c.num_embeds_ada_norm) r.check("num_embeds_ada_norm", *c.num_embeds_ada_norm, {1, L::kMaxClasses});
+  const std::size_t d = r.product("num_attention_heads * attention_head_dim", {c.num_attention_heads, c.attention_head_dim});
+  if (d > L::kMaxChannels)
+    r.fail("num_attention_heads", "* \"attention_head_dim\" = " + std::to_string(c.num_attention_heads) + " * " +
+                                      std::to_string(c.attention_head_dim) + " = " + std::to_string(d) +
+                                      ", more than the inner width limit of " + std::to_string(L::kMaxChannels));
 }
 
 /// diffusers FeedForward's activation_fn -> the element-wise activation after net.0.proj.
@@ -82,30 +75,25 @@ std::string block_name(bool original, std::size_t i, std::string_view rest) {
 // Config
 
 DiTConfig DiTConfig::from_json(const nlohmann::json& j, std::string_view where) {
-  if (!j.is_object()) raise<format_error>(where, "config must be a JSON object");
+  namespace L = nn::limits;
+  const nn::ConfigReader r(j, std::string(where));
   DiTConfig c;
-  c.num_attention_heads = json_size(j, "num_attention_heads", c.num_attention_heads, where);
-  c.attention_head_dim = json_size(j, "attention_head_dim", c.attention_head_dim, where);
-  c.in_channels = json_size(j, "in_channels", c.in_channels, where);
-  if (j.contains("out_channels") && !j["out_channels"].is_null())
-    c.out_channels = json_size(j, "out_channels", 0, where);
-  c.num_layers = json_size(j, "num_layers", c.num_layers, where);
-  c.dropout = json_number(j, "dropout", c.dropout, where);
-  c.norm_num_groups = json_size(j, "norm_num_groups", c.norm_num_groups, where);
-  c.attention_bias = json_bool(j, "attention_bias", c.attention_bias, where);
-  c.sample_size = json_size(j, "sample_size", c.sample_size, where);
-  c.patch_size = json_size(j, "patch_size", c.patch_size, where);
-  c.activation_fn = json_string(j, "activation_fn", c.activation_fn, where);
-  if (j.contains("num_embeds_ada_norm")) {
-    if (j["num_embeds_ada_norm"].is_null())
-      c.num_embeds_ada_norm.reset();
-    else
-      c.num_embeds_ada_norm = json_size(j, "num_embeds_ada_norm", 0, where);
-  }
-  c.upcast_attention = json_bool(j, "upcast_attention", c.upcast_attention, where);
-  c.norm_type = json_string(j, "norm_type", c.norm_type, where);
-  c.norm_elementwise_affine = json_bool(j, "norm_elementwise_affine", c.norm_elementwise_affine, where);
-  c.norm_eps = json_number(j, "norm_eps", c.norm_eps, where);
+  c.num_attention_heads = r.size("num_attention_heads", c.num_attention_heads, {1, L::kMaxHeads});
+  c.attention_head_dim = r.size("attention_head_dim", c.attention_head_dim, {1, L::kMaxChannels});
+  c.in_channels = r.size("in_channels", c.in_channels, {1, L::kMaxChannels});
+  if (r.find("out_channels")) c.out_channels = r.size("out_channels", 0, {1, L::kMaxChannels});
+  c.num_layers = r.size("num_layers", c.num_layers, {1, L::kMaxLayers});
+  c.dropout = r.number("dropout", c.dropout);
+  c.norm_num_groups = r.size("norm_num_groups", c.norm_num_groups, {0, L::kMaxChannels});
+  c.attention_bias = r.boolean("attention_bias", c.attention_bias);
+  c.sample_size = r.size("sample_size", c.sample_size, {1, L::kMaxSampleSize});
+  c.patch_size = r.size("patch_size", c.patch_size, {1, L::kMaxPatchSize});
+  c.activation_fn = r.string("activation_fn", c.activation_fn);
+  c.num_embeds_ada_norm = r.optional_size("num_embeds_ada_norm", c.num_embeds_ada_norm, {1, L::kMaxClasses});
+  c.upcast_attention = r.boolean("upcast_attention", c.upcast_attention);
+  c.norm_type = r.string("norm_type", c.norm_type);
+  c.norm_elementwise_affine = r.boolean("norm_elementwise_affine", c.norm_elementwise_affine);
+  c.norm_eps = r.number("norm_eps", c.norm_eps);
 
   if (c.norm_type != "ada_norm_zero")
     raise<format_error>(where, "norm_type \"" + c.norm_type + "\" is not supported (DiT needs \"ada_norm_zero\")");
@@ -120,6 +108,7 @@ DiTConfig DiTConfig::from_json(const nlohmann::json& j, std::string_view where) 
   if (c.out_channels && *c.out_channels == 0) raise<format_error>(where, "\"out_channels\" must be positive");
   if (!(c.norm_eps > 0)) raise<format_error>(where, "\"norm_eps\" must be positive");
   ff_activation(c.activation_fn, where);
+  check_bounds(c, where);
   return c;
 }
 
@@ -139,6 +128,12 @@ DiTConfig DiTConfig::infer(const io::ModelDir& dir) {
   const std::size_t d = xe.shape[0];
   c.in_channels = xe.shape[1];
   c.patch_size = xe.shape[2];
+  if (d == 0 || d > nn::limits::kMaxChannels || c.in_channels == 0 || c.in_channels > nn::limits::kMaxChannels ||
+      c.patch_size > nn::limits::kMaxPatchSize)
+    raise<format_error>(where, path + ": 'x_embedder.proj.weight' has shape " + shape_string(xe.shape) +
+                                   ", outside the bounds of a DiT (width and channels 1.." +
+                                   std::to_string(nn::limits::kMaxChannels) + ", patch 1.." +
+                                   std::to_string(nn::limits::kMaxPatchSize) + ")");
   std::size_t layers = 0;
   while (dir.contains("blocks." + std::to_string(layers) + ".attn.qkv.weight")) ++layers;
   if (layers == 0) raise<format_error>(where, path + ": no 'blocks.0.attn.qkv.weight'");
@@ -173,6 +168,7 @@ DiTConfig DiTConfig::infer(const io::ModelDir& dir) {
   c.num_attention_heads = heads;
   c.attention_head_dim = d / heads;
   c.attention_bias = dir.contains("blocks.0.attn.qkv.bias");
+  check_bounds(c, where + " " + path);
   return c;
 }
 

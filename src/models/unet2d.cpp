@@ -26,6 +26,7 @@
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
+#include "diffuse/nn/config.hpp"
 #include "diffuse/nn/layers.hpp"
 #include "registry.hpp"
 
@@ -43,73 +44,6 @@ using nlohmann::json;
   raise<format_error>(where, std::string("config.json \"") + name + "\": " + what);
 }
 
-const json* field(const json& cfg, const char* name) {
-  const auto it = cfg.find(name);
-  return it == cfg.end() ? nullptr : &*it;
-}
-
-std::size_t to_size(const json& v, std::string_view where, const char* name) {
-  if (v.is_number_unsigned()) return v.get<std::size_t>();
-  if (v.is_number_integer() && v.get<std::int64_t>() >= 0) return static_cast<std::size_t>(v.get<std::int64_t>());
-  if (v.is_number_float()) {
-    const double d = v.get<double>();
-    if (d >= 0 && d == std::floor(d) && d < 1e15) return static_cast<std::size_t>(d);
-  }
-  bad_field(where, name, "expected a non-negative integer, got " + v.dump());
-}
-
-void read(const json& cfg, const char* name, std::size_t& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) out = to_size(*v, where, name);
-}
-void read(const json& cfg, const char* name, std::optional<std::size_t>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) out = v->is_null() ? std::nullopt : std::optional(to_size(*v, where, name));
-}
-void read(const json& cfg, const char* name, double& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_number()) bad_field(where, name, "expected a number, got " + v->dump());
-    out = v->get<double>();
-  }
-}
-void read(const json& cfg, const char* name, bool& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_boolean()) bad_field(where, name, "expected true or false, got " + v->dump());
-    out = v->get<bool>();
-  }
-}
-void read(const json& cfg, const char* name, std::string& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_string()) bad_field(where, name, "expected a string, got " + v->dump());
-    out = v->get<std::string>();
-  }
-}
-void read(const json& cfg, const char* name, std::optional<std::string>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (v->is_null()) {
-      out.reset();
-      return;
-    }
-    if (!v->is_string()) bad_field(where, name, "expected a string or null, got " + v->dump());
-    out = v->get<std::string>();
-  }
-}
-void read(const json& cfg, const char* name, std::vector<std::string>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_array()) bad_field(where, name, "expected a list of strings, got " + v->dump());
-    out.clear();
-    for (const json& e : *v) {
-      if (!e.is_string()) bad_field(where, name, "expected a list of strings, got " + v->dump());
-      out.push_back(e.get<std::string>());
-    }
-  }
-}
-void read(const json& cfg, const char* name, std::vector<std::size_t>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_array()) bad_field(where, name, "expected a list of integers, got " + v->dump());
-    out.clear();
-    for (const json& e : *v) out.push_back(to_size(e, where, name));
-  }
-}
-
 std::string join_names(std::initializer_list<const char*> names) {
   std::string s;
   for (const char* n : names) s += (s.empty() ? "" : ", ") + std::string(n);
@@ -123,45 +57,50 @@ std::string strip_unetres(const std::string& t) { return t.rfind("UNetRes", 0) =
 
 UNet2DConfig UNet2DConfig::from_json(const json& cfg, std::string_view where) {
   if (!cfg.is_object()) raise<format_error>(where, "config.json is not a JSON object");
+  namespace L = nn::limits;
+  const nn::ConfigReader r(cfg, std::string(where));
+  constexpr nn::SizeRange channels{0, L::kMaxChannels};
   UNet2DConfig c;
-  if (const json* v = field(cfg, "sample_size"); v && !v->is_null()) {
+  if (const json* v = r.find("sample_size")) {
     if (v->is_array()) {
-      if (v->size() != 2) bad_field(where, "sample_size", "expected an integer or [height, width], got " + v->dump());
-      c.sample_height = to_size((*v)[0], where, "sample_size");
-      c.sample_width = to_size((*v)[1], where, "sample_size");
+      if (v->size() != 2) bad_field(where, "sample_size", "expected an integer or [height, width], got " + nn::short_json(*v));
+      const nlohmann::json hw = {{"sample_size", *v}};
+      const std::vector<std::size_t> s = nn::ConfigReader(hw, std::string(where)).sizes("sample_size", {}, {1, L::kMaxSampleSize}, 2);
+      c.sample_height = s[0];
+      c.sample_width = s[1];
     } else {
-      c.sample_height = c.sample_width = to_size(*v, where, "sample_size");
+      c.sample_height = c.sample_width = r.size("sample_size", 0, {1, L::kMaxSampleSize});
     }
   }
-  read(cfg, "in_channels", c.in_channels, where);
-  read(cfg, "out_channels", c.out_channels, where);
-  read(cfg, "center_input_sample", c.center_input_sample, where);
-  read(cfg, "time_embedding_type", c.time_embedding_type, where);
-  read(cfg, "time_embedding_dim", c.time_embedding_dim, where);
-  read(cfg, "freq_shift", c.freq_shift, where);
-  read(cfg, "flip_sin_to_cos", c.flip_sin_to_cos, where);
-  read(cfg, "down_block_types", c.down_block_types, where);
-  read(cfg, "mid_block_type", c.mid_block_type, where);
-  read(cfg, "up_block_types", c.up_block_types, where);
-  read(cfg, "block_out_channels", c.block_out_channels, where);
-  read(cfg, "layers_per_block", c.layers_per_block, where);
-  read(cfg, "mid_block_scale_factor", c.mid_block_scale_factor, where);
-  read(cfg, "downsample_padding", c.downsample_padding, where);
-  read(cfg, "downsample_type", c.downsample_type, where);
-  read(cfg, "upsample_type", c.upsample_type, where);
-  read(cfg, "dropout", c.dropout, where);
-  read(cfg, "act_fn", c.act_fn, where);
-  read(cfg, "attention_head_dim", c.attention_head_dim, where);
-  read(cfg, "norm_num_groups", c.norm_num_groups, where);
-  read(cfg, "attn_norm_num_groups", c.attn_norm_num_groups, where);
-  read(cfg, "norm_eps", c.norm_eps, where);
-  read(cfg, "resnet_time_scale_shift", c.resnet_time_scale_shift, where);
-  read(cfg, "add_attention", c.add_attention, where);
-  read(cfg, "class_embed_type", c.class_embed_type, where);
-  read(cfg, "num_class_embeds", c.num_class_embeds, where);
-  read(cfg, "num_train_timesteps", c.num_train_timesteps, where);
-  if (const json* v = field(cfg, "null_class_label"); v && !v->is_null()) {
-    if (!v->is_number_integer()) bad_field(where, "null_class_label", "expected an integer, got " + v->dump());
+  c.in_channels = r.size("in_channels", c.in_channels, channels);
+  c.out_channels = r.size("out_channels", c.out_channels, channels);
+  c.center_input_sample = r.boolean("center_input_sample", c.center_input_sample);
+  c.time_embedding_type = r.string("time_embedding_type", c.time_embedding_type);
+  c.time_embedding_dim = r.optional_size("time_embedding_dim", c.time_embedding_dim, {0, L::kMaxEmbedDim});
+  c.freq_shift = r.number("freq_shift", c.freq_shift);
+  c.flip_sin_to_cos = r.boolean("flip_sin_to_cos", c.flip_sin_to_cos);
+  c.down_block_types = r.strings("down_block_types", c.down_block_types, L::kMaxBlocks);
+  c.mid_block_type = r.optional_string("mid_block_type", c.mid_block_type);
+  c.up_block_types = r.strings("up_block_types", c.up_block_types, L::kMaxBlocks);
+  c.block_out_channels = r.sizes("block_out_channels", c.block_out_channels, channels, L::kMaxBlocks);
+  c.layers_per_block = r.size("layers_per_block", c.layers_per_block, {0, L::kMaxLayersPerBlock});
+  c.mid_block_scale_factor = r.number("mid_block_scale_factor", c.mid_block_scale_factor);
+  c.downsample_padding = r.size("downsample_padding", c.downsample_padding, {0, L::kMaxPadding});
+  c.downsample_type = r.string("downsample_type", c.downsample_type);
+  c.upsample_type = r.string("upsample_type", c.upsample_type);
+  c.dropout = r.number("dropout", c.dropout);
+  c.act_fn = r.string("act_fn", c.act_fn);
+  c.attention_head_dim = r.optional_size("attention_head_dim", c.attention_head_dim, channels);
+  c.norm_num_groups = r.optional_size("norm_num_groups", c.norm_num_groups, channels);
+  c.attn_norm_num_groups = r.optional_size("attn_norm_num_groups", c.attn_norm_num_groups, channels);
+  c.norm_eps = r.number("norm_eps", c.norm_eps);
+  c.resnet_time_scale_shift = r.string("resnet_time_scale_shift", c.resnet_time_scale_shift);
+  c.add_attention = r.boolean("add_attention", c.add_attention);
+  c.class_embed_type = r.optional_string("class_embed_type", c.class_embed_type);
+  c.num_class_embeds = r.optional_size("num_class_embeds", c.num_class_embeds, {0, L::kMaxClasses});
+  c.num_train_timesteps = r.optional_size("num_train_timesteps", c.num_train_timesteps, {0, L::kMaxTrainTimesteps});
+  if (const json* v = r.find("null_class_label")) {
+    if (!v->is_number_integer()) bad_field(where, "null_class_label", "expected an integer, got " + nn::short_json(*v));
     c.null_class_label = v->get<std::int64_t>();
   }
 

@@ -517,6 +517,43 @@ TEST(DiT, ConfigErrors) {
   EXPECT_EQ(defaults.out_channels_or_in(), 4u);
 }
 
+// Issue 10, 2.1: sizes from config.json whose products wrapped around 64 bits. Before the bounds,
+// sample_size 2^58-2 wrote past the position table on load (SIGSEGV), 2^57+1 heads x 128 and
+// out_channels 2^62+1 read out of bounds in forward, and 2^62+32 heads x 4 (heads * head_dim
+// wrapping to the file's 128) loaded and ran a wrong network. Each is now a format_error naming
+// config.json and the key, raised while reading the config (nothing is allocated).
+TEST(DiT, HostileConfigSizesAreFormatErrors) {
+  const fs::path src = kModels / "digits-dit";
+  struct Case {
+    const char* tag;
+    nlohmann::json edit;
+    const char* key;
+  };
+  const Case cases[] = {
+      {"pos", {{"sample_size", (std::uint64_t{1} << 58) - 2}}, "sample_size"},
+      {"heads128", {{"num_attention_heads", (std::uint64_t{1} << 57) + 1}, {"attention_head_dim", 128}}, "num_attention_heads"},
+      {"outch", {{"out_channels", (std::uint64_t{1} << 62) + 1}}, "out_channels"},
+      {"heads4", {{"num_attention_heads", (std::uint64_t{1} << 62) + 32}, {"attention_head_dim", 4}}, "num_attention_heads"},
+      {"width", {{"num_attention_heads", 1024}, {"attention_head_dim", 1024}}, "num_attention_heads"},  // 2^20 wide
+      {"patch", {{"patch_size", std::uint64_t{1} << 32}}, "patch_size"},
+      {"layers", {{"num_layers", std::uint64_t{1} << 40}}, "num_layers"},
+      {"classes", {{"num_embeds_ada_norm", std::uint64_t{1} << 62}}, "num_embeds_ada_norm"},
+      {"inch", {{"in_channels", std::uint64_t{1} << 63}}, "in_channels"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.tag);
+    TempDir d(c.tag);
+    copy_model(src, d.path(), [](auto&) {}, [&](auto& cfg) { cfg.update(c.edit); });
+    expect_error<diffuse::format_error>([&] { diffuse::models::load_network(d.path()); },
+                                        {(d.path() / "config.json").string(), std::string("\"") + c.key + "\""});
+  }
+  // The bounds themselves: the largest accepted value passes the config check.
+  nlohmann::json ok = {{"sample_size", 16384}, {"patch_size", 64}, {"num_attention_heads", 1024}, {"attention_head_dim", 64}};
+  EXPECT_NO_THROW(diffuse::models::DiTConfig::from_json(ok));
+  ok["sample_size"] = 16385;
+  expect_error<diffuse::format_error>([&] { diffuse::models::DiTConfig::from_json(ok); }, {"\"sample_size\"", "16385", "1..16384"});
+}
+
 TEST(DiT, ForwardArgumentErrors) {
   auto net = diffuse::models::load_network(kModels / "digits-dit");
   diffuse::kernels::Context ctx(1);

@@ -306,6 +306,49 @@ TEST(UNet2D, ConfigErrorsNameTheField) {
                                       {"num_train_timesteps"});
 }
 
+// Issue 10, 2.1: every size from config.json is bounded (nn/config.hpp), so no product the network
+// computes from them can wrap: block_out_channels 2^62 + 8 made time_embed_dim = 4 * 2^62 + 32
+// wrap to 32 and was accepted before. Each is a format_error naming the where string and the key.
+TEST(UNet2D, HostileConfigSizesAreFormatErrors) {
+  using C = diffuse::models::UNet2DConfig;
+  auto parse = [](const nlohmann::json& j) { return C::from_json(j, "some/config.json"); };
+  const nlohmann::json blocks = {{"down_block_types", {"DownBlock2D"}}, {"up_block_types", {"UpBlock2D"}}};
+  struct Case {
+    nlohmann::json edit;
+    const char* key;
+  };
+  const Case cases[] = {
+      {{{"block_out_channels", {(std::uint64_t{1} << 62) + 8}}}, "block_out_channels"},
+      {{{"block_out_channels", {65537}}}, "block_out_channels"},
+      {{{"block_out_channels", {32}}, {"time_embedding_dim", std::uint64_t{1} << 63}}, "time_embedding_dim"},
+      {{{"block_out_channels", {32}}, {"in_channels", std::uint64_t{1} << 40}}, "in_channels"},
+      {{{"block_out_channels", {32}}, {"out_channels", 1e15}}, "out_channels"},
+      {{{"block_out_channels", {32}}, {"sample_size", std::uint64_t{1} << 60}}, "sample_size"},
+      {{{"block_out_channels", {32}}, {"sample_size", {16, std::uint64_t{1} << 60}}}, "sample_size"},
+      {{{"block_out_channels", {32}}, {"layers_per_block", std::uint64_t{1} << 40}}, "layers_per_block"},
+      {{{"block_out_channels", {32}}, {"downsample_padding", std::uint64_t{1} << 62}}, "downsample_padding"},
+      {{{"block_out_channels", {32}}, {"num_class_embeds", std::uint64_t{1} << 62}}, "num_class_embeds"},
+      {{{"block_out_channels", {32}}, {"norm_num_groups", std::uint64_t{1} << 62}}, "norm_num_groups"},
+      {{{"block_out_channels", {32}}, {"attention_head_dim", std::uint64_t{1} << 62}}, "attention_head_dim"},
+      {{{"block_out_channels", {32}}, {"time_embedding_type", "learned"}, {"num_train_timesteps", 1e12}},
+       "num_train_timesteps"},
+      {{{"block_out_channels", std::vector<int>(17, 32)},
+        {"down_block_types", std::vector<std::string>(17, "DownBlock2D")},
+        {"up_block_types", std::vector<std::string>(17, "UpBlock2D")}},
+       "down_block_types"},
+  };
+  for (const Case& c : cases) {
+    nlohmann::json j = blocks;
+    j.update(c.edit);
+    SCOPED_TRACE(j.dump());
+    expect_error<diffuse::format_error>([&] { parse(j); }, {"some/config.json", std::string("\"") + c.key + "\""});
+  }
+  // The largest accepted values pass.
+  nlohmann::json ok = blocks;
+  ok.update({{"block_out_channels", {65536}}, {"sample_size", 16384}, {"layers_per_block", 64}, {"norm_num_groups", 1}});
+  EXPECT_NO_THROW(parse(ok));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Loading errors, on edited copies of the unet2d_basic fixture
 
