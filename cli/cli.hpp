@@ -39,6 +39,7 @@ struct GenerateArgs {
   long long width = 0, height = 0;
   long long threads = 0;
   long long scale = 0;  ///< 0: automatic (images at least 128 pixels on their larger side)
+  std::string memory_limit;  ///< "4G", "512M"; empty: 3/4 of the physical memory
   std::string output = "diffuse.png";
   bool grid = false;
   bool quiet = false;

@@ -9,6 +9,7 @@
 
 #include "cli.hpp"
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/memory.hpp"
 #include "diffuse/io/image.hpp"
 #include "diffuse/kernels/parallel.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
@@ -74,7 +75,17 @@ int run_generate(const GenerateArgs& a) {
   if (a.scale < 0 || a.scale > 64) throw UsageError("--scale must be in 1..64 (0 = automatic)");
   if (a.output.empty()) throw UsageError("-o needs a file name");
 
-  const pl::Model model = pl::Model::load(a.model);
+  std::uint64_t memory_limit = 0;  // 0: the library's default
+  if (!a.memory_limit.empty()) {
+    try {
+      memory_limit = diffuse::parse_memory_size(a.memory_limit);
+    } catch (const diffuse::value_error& e) {
+      throw UsageError(std::string("--memory-limit: ") + e.what());
+    }
+  }
+  diffuse::nn::LoadOptions load;
+  load.memory_limit = memory_limit;
+  const pl::Model model = pl::Model::load(a.model, load);
 
   pl::GenerateOptions o;
   o.labels = parse_classes(a.classes, model);
@@ -83,6 +94,7 @@ int run_generate(const GenerateArgs& a) {
   if (a.steps_set) o.steps = static_cast<int>(std::min<long long>(a.steps, 1 << 30));
   if (a.cfg_set) o.cfg_scale = static_cast<float>(a.cfg_scale);
   o.seed = a.seed;
+  o.memory_limit = memory_limit;
   o.batch = a.batch > 0 ? static_cast<std::size_t>(a.batch) : std::max<std::size_t>(o.labels.size(), 1);
   // A class list repeats to fill a batch that is a multiple of it ("--class all --batch 30").
   if (o.labels.size() > 1 && o.batch > o.labels.size() && o.batch % o.labels.size() == 0) {

@@ -8,6 +8,8 @@
 
 #include <cstdio>
 #include <exception>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 #include "cli.hpp"
@@ -58,6 +60,8 @@ int main(int argc, char** argv) {
   gen->add_option("-t,--threads", g.threads, "threads (0 = all cores)")->capture_default_str();
   gen->add_option("--scale", g.scale, "upscale the saved images K times, nearest (0 = to at least 128 px)")->capture_default_str();
   gen->add_option("-o,--output", g.output, "output PNG file")->capture_default_str();
+  gen->add_option("--memory-limit", g.memory_limit,
+                  "memory the load and the generation may use, e.g. 4G or 512M (default: 3/4 of the physical memory)");
   gen->add_flag("--grid", g.grid, "write a batch as one grid image");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
@@ -82,6 +86,12 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "diffuse: error: %s\nRun with --help for more information.\n", e.what());
     return kUsage;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "diffuse: error: out of memory (an allocation failed; see --memory-limit)\n");
+    return kRuntime;
+  } catch (const std::length_error&) {
+    std::fprintf(stderr, "diffuse: error: out of memory (a size too large to allocate; see --memory-limit)\n");
+    return kRuntime;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "diffuse: error: %s\n", e.what());
     return kRuntime;

@@ -81,7 +81,7 @@ extern "C" {
 /** The version of this C interface. It grows by one when a function or an enum value is added;
  *  structs grow at their end only (see `struct_size`), so older callers keep working. Compare with
  *  `diffuse_abi_version()` at run time to check the library loaded is at least this new. */
-#define DIFFUSE_ABI_VERSION 1
+#define DIFFUSE_ABI_VERSION 2
 
 /* ---- status codes ---- */
 
@@ -101,7 +101,7 @@ typedef enum diffuse_status {
   DIFFUSE_CANCELLED = 5,
   /** The network or the sampler produced a non-finite value (NaN or infinity). */
   DIFFUSE_NUMERIC_ERROR = 6,
-  /** An allocation failed. */
+  /** An allocation failed, or a load or job would need more memory than its `memory_limit`. */
   DIFFUSE_OUT_OF_MEMORY = 7,
   /** The call does not fit the object's state: a step after the last one, a result before it, a
    *  step on a job that failed. */
@@ -206,6 +206,10 @@ typedef struct diffuse_model_options {
   diffuse_weight_dtype weight_dtype;
   /** Weights variant: "fp16" loads `*.fp16.safetensors`. NULL or "" (default): the plain file. */
   const char* variant;
+  /** (ABI 2) Bytes the load may allocate (converted weights, tables built from the config; the
+   *  weights file's mapping is not counted). 0 (default): 3/4 of the physical memory. A load
+   *  that would need more returns DIFFUSE_OUT_OF_MEMORY, with the amount in the error message. */
+  uint64_t memory_limit;
 } diffuse_model_options;
 
 DIFFUSE_API void diffuse_model_options_init(diffuse_model_options* options);
@@ -271,6 +275,10 @@ typedef struct diffuse_job_options {
   int height;
   /** Images generated together, >= 1 (default 1). */
   int batch;
+  /** (ABI 2) Bytes the job may use (its estimated activations and sampler state, checked when it
+   *  is created; each step caps the context's activation memory at it). 0 (default): 3/4 of the
+   *  physical memory. Too much is DIFFUSE_OUT_OF_MEMORY, with the amount in the error message. */
+  uint64_t memory_limit;
 } diffuse_job_options;
 
 DIFFUSE_API void diffuse_job_options_init(diffuse_job_options* options);

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -191,6 +192,12 @@ diffuse_status guarded(ContextState* s, const char* where, diffuse_status value_
     } catch (const std::bad_alloc&) {
       st = DIFFUSE_OUT_OF_MEMORY;
       msg = diffuse::detail::message(where, "out of memory");
+    } catch (const std::length_error&) {  // a container asked for more than it can hold
+      st = DIFFUSE_OUT_OF_MEMORY;
+      msg = diffuse::detail::message(where, "out of memory (a size too large to allocate)");
+    } catch (const diffuse::memory_error& e) {
+      st = DIFFUSE_OUT_OF_MEMORY;
+      msg = e.what();
     } catch (const diffuse::io_error& e) {
       st = DIFFUSE_IO_ERROR;
       msg = e.what();
@@ -245,21 +252,28 @@ diffuse_context* context_of(const diffuse_context* c) { return lookup<diffuse_co
 diffuse_model* model_of(const diffuse_model* m) { return lookup<diffuse_model>(m, Kind::model); }
 diffuse_job* job_of(const diffuse_job* j) { return lookup<diffuse_job>(j, Kind::job); }
 
-/** A caller's options struct, read up to its struct_size on top of the defaults. A struct_size
- *  smaller than the version-1 struct means the init function was not called. */
+/** A caller's options struct, read up to its struct_size on top of the defaults. `v1_size` is the
+ *  size of the struct in ABI version 1: a caller built against it passes that struct_size and its
+ *  later fields keep their defaults. A struct_size smaller than that means the init function was
+ *  not called. */
 template <class T>
-T read_options(const T* in, void (*init)(T*), const char* where, const char* type) {
+T read_options(const T* in, void (*init)(T*), const char* where, const char* type, std::size_t v1_size = sizeof(T)) {
   T out;
   init(&out);
   if (!in) return out;
-  if (in->struct_size < sizeof(T))
+  if (in->struct_size < v1_size)
     api_fail(DIFFUSE_INVALID_ARGUMENT, where,
              std::string(type) + ".struct_size is " + std::to_string(in->struct_size) + ", expected " +
                  std::to_string(sizeof(T)) + ": call " + type + "_init first");
-  std::memcpy(&out, in, sizeof(T));  // a newer caller's extra fields are ignored
+  // Fields past the caller's struct_size keep their defaults; a newer caller's extra ones are ignored.
+  std::memcpy(static_cast<void*>(&out), in, std::min(in->struct_size, sizeof(T)));
   out.struct_size = sizeof(T);
   return out;
 }
+
+/// Sizes of the option structs in ABI version 1 (before memory_limit).
+constexpr std::size_t kModelOptionsV1 = offsetof(diffuse_model_options, memory_limit);
+constexpr std::size_t kJobOptionsV1 = offsetof(diffuse_job_options, memory_limit);
 
 std::string null_arg(const char* name) { return std::string(name) + " is NULL"; }
 
@@ -284,6 +298,9 @@ class CancellableNetwork final : public diffuse::models::Network {
                           std::span<const std::int64_t> labels, diffuse::kernels::Context& ctx) const override {
     if (cancel_->load(std::memory_order_acquire)) throw Cancelled{};
     return base_->forward(x, timesteps, labels, ctx);
+  }
+  std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override {
+    return base_->forward_bytes(batch, height, width);
   }
 
  private:
@@ -490,7 +507,7 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
   return guarded(s, where, DIFFUSE_FORMAT_ERROR, [&] {
     if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
     if (!path || !*path) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "path is NULL or empty");
-    const auto o = read_options(options, diffuse_model_options_init, where, "diffuse_model_options");
+    const auto o = read_options(options, diffuse_model_options_init, where, "diffuse_model_options", kModelOptionsV1);
     diffuse::nn::LoadOptions lo;
     switch (const int dtype = enum_value(o.weight_dtype)) {
       case DIFFUSE_WEIGHTS_AS_STORED: break;
@@ -501,6 +518,7 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
         api_fail(DIFFUSE_INVALID_ARGUMENT, where, "weight_dtype " + std::to_string(dtype) + " is not a diffuse_weight_dtype");
     }
     if (o.variant) lo.variant = o.variant;
+    lo.memory_limit = o.memory_limit;
 
     // A file inside a model folder stands for the folder; name.VARIANT.safetensors picks the variant.
     namespace fs = std::filesystem;
@@ -598,7 +616,7 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
     if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
     const diffuse_model* m = model_of(model);
     if (!m) api_fail(DIFFUSE_INVALID_ARGUMENT, where, describe_bad_handle(model, Kind::model));
-    const auto o = read_options(options, diffuse_job_options_init, where, "diffuse_job_options");
+    const auto o = read_options(options, diffuse_job_options_init, where, "diffuse_job_options", kJobOptionsV1);
     const dp::Model& base = m->model;
 
     dp::GenerateOptions g;
@@ -609,6 +627,7 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
       g.steps = o.steps;
     }
     g.seed = o.seed;
+    g.memory_limit = o.memory_limit;
     if (!std::isnan(o.guidance_scale)) g.cfg_scale = o.guidance_scale;
     if (o.batch < 1) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "batch must be >= 1, got " + std::to_string(o.batch));
     g.batch = static_cast<std::size_t>(o.batch);

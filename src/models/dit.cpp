@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -202,6 +203,7 @@ class DiT final : public Network {
   const NetworkInfo& info() const noexcept override { return info_; }
   Tensor forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,
                  kernels::Context& ctx) const override;
+  std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override;
 
  private:
   void bind(nn::WeightStore& w, bool original);
@@ -263,7 +265,12 @@ DiT::DiT(io::ModelDir dir, const nn::LoadOptions& options) : dir_(std::move(dir)
   // The position table at the native size (diffusers: base_size = sample_size / p, scale 1).
   pos_grid_ = cfg_.sample_size / cfg_.patch_size;
   if (pos_grid_ > 0) {
-    pos_table_.resize(pos_grid_ * pos_grid_ * dim_);
+    const std::size_t floats =
+        nn::checked_product({pos_grid_, pos_grid_, dim_}, cfg_where, "the position table (sample_size / patch_size)^2 * width");
+    w.reserve(nn::checked_product({floats, sizeof(float)}, cfg_where, "the position table's bytes"),
+              "the position table (" + std::to_string(pos_grid_) + " x " + std::to_string(pos_grid_) + " tokens x " +
+                  std::to_string(dim_) + " floats, from sample_size " + std::to_string(cfg_.sample_size) + ")");
+    pos_table_.resize(floats);
     kernels::sincos_pos_embed_2d(dim_, pos_grid_, pos_grid_, pos_table_.data(), static_cast<double>(pos_grid_));
   }
 }
@@ -368,6 +375,30 @@ void DiT::bind(nn::WeightStore& w, bool original) {
     proj_out_1_ = nn::Linear::bind(w, "proj_out_1", d, 2 * d);
     proj_out_2_ = nn::Linear::bind(w, "proj_out_2", d, out_features);
   }
+}
+
+/// Bytes (saturating) of `floats` floats computed in double: exact far beyond any real size.
+std::uint64_t float_bytes(double floats) {
+  const double b = floats * sizeof(float);
+  return b >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(b);
+}
+
+// The arena allocations of forward() at their peak (the buffers below mirror it), plus the output.
+std::uint64_t DiT::forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const {
+  const double p = static_cast<double>(cfg_.patch_size), d = static_cast<double>(dim_), b = static_cast<double>(batch);
+  const double gh = std::floor(static_cast<double>(height) / p), gw = std::floor(static_cast<double>(width) / p);
+  const double tokens = gh * gw, rows = b * tokens;
+  const double n_emb = static_cast<double>(embedders_.size());
+  const double feat = p * p * static_cast<double>(out_channels_);
+  const double cpp = static_cast<double>(cfg_.in_channels) * p * p;
+  const bool native = gh == static_cast<double>(pos_grid_) && gw == static_cast<double>(pos_grid_);
+  const double base = b * (kTimeProjDim + 1) + 2 * n_emb * b * d + rows * d;        // tproj, t, cond, h
+  const double embed = rows * cpp + (native ? 0.0 : tokens * d);                     // patches, position table
+  const double blocks = b * 6 * d + 2 * rows * d + rows * 4 * d;                     // mod, norm, branch, ff (> qkv)
+  const double out = b * 6 * d + 2 * rows * d + b * 2 * d + rows * feat;             // ... mod_out, o
+  const double result = b * static_cast<double>(returned_channels_) * static_cast<double>(height * width);
+  constexpr double kRounding = 16.0 * 16;  // each of the ~16 buffers rounded up to 64 bytes
+  return float_bytes(base + std::max({embed, blocks, out}) + result + kRounding);
 }
 
 Tensor DiT::forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,

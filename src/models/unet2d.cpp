@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <numbers>
 #include <string>
@@ -233,6 +234,7 @@ class UNet2D final : public Network {
   const NetworkInfo& info() const noexcept override { return info_; }
   Tensor forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,
                  kernels::Context& ctx) const override;
+  std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override;
 
  private:
   Resnet bind_resnet(const std::string& prefix, std::size_t in, std::size_t out, float scale);
@@ -335,6 +337,7 @@ Attn UNet2D::bind_attention(const std::string& p, std::size_t channels, std::siz
   const bool same = m[0].dtype == m[1].dtype && m[1].dtype == m[2].dtype;
   const DType dt = same ? m[0].dtype : DType::F32;
   const std::size_t bytes = dtype_bits(dt) / 8 * n;
+  w.reserve(3 * bytes + 3 * a.inner * sizeof(float), "the fused q/k/v weights of '" + p + "'");
   std::vector<float>& fused = owned_.emplace_back((3 * bytes + sizeof(float) - 1) / sizeof(float));
   auto* dst = reinterpret_cast<std::byte*>(fused.data());
   for (int i = 0; i < 3; ++i) {
@@ -713,6 +716,56 @@ void UNet2D::run_upsample(const Block& blk, const float* x, std::size_t batch, s
     }
   });
   arena.release(m);
+}
+
+// The arena allocations of forward() at their peak: the kept skips, the two ping-pong buffers,
+// the largest temporary of one resnet / attention / upsampler, plus the output. In double
+// (exact far beyond any real size), saturating.
+std::uint64_t UNet2D::forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const {
+  const UNet2DConfig& c = cfg_;
+  const double B = static_cast<double>(batch), T = static_cast<double>(temb_dim_);
+  double h = static_cast<double>(height), w = static_cast<double>(width);
+  double temp = 0;  // the largest temporary
+  auto resnet_temp = [&](const Resnet& r, double hw) {
+    const double tp = c.resnet_time_scale_shift == "scale_shift" ? 2.0 * static_cast<double>(r.out) : static_cast<double>(r.out);
+    temp = std::max(temp, B * hw * (static_cast<double>(std::max(r.in, r.has_shortcut ? r.out : 0)) + static_cast<double>(r.out)) + B * tp);
+  };
+  auto attn_temp = [&](const Attn& a, double hw) {
+    temp = std::max(temp, B * hw * (static_cast<double>(a.channels) + 4.0 * static_cast<double>(a.inner)));
+  };
+  double floats = B * static_cast<double>(c.in_channels) * h * w * (c.center_input_sample ? 1 : 0) + B +
+                  B * static_cast<double>(time_in_) * 2 + 3 * B * T;
+  floats += B * static_cast<double>(c.block_out_channels[0]) * h * w;  // conv_in
+  for (const Block& blk : down_) {
+    for (std::size_t j = 0; j < blk.resnets.size(); ++j) {
+      resnet_temp(blk.resnets[j], h * w);
+      if (!blk.attentions.empty()) attn_temp(blk.attentions[j], h * w);
+      floats += B * static_cast<double>(blk.resnets[j].out) * h * w;
+    }
+    if (blk.has_sampler) {
+      h = std::floor((h + static_cast<double>(blk.sampler.pad[0] + blk.sampler.pad[2]) - 3) / 2) + 1;
+      w = std::floor((w + static_cast<double>(blk.sampler.pad[1] + blk.sampler.pad[3]) - 3) / 2) + 1;
+      floats += B * static_cast<double>(blk.sampler.out) * h * w;
+    }
+  }
+  for (const Resnet& r : mid_.resnets) resnet_temp(r, h * w);
+  for (const Attn& a : mid_.attentions) attn_temp(a, h * w);
+  double pp = 0;
+  for (const Block& blk : up_) {
+    for (std::size_t j = 0; j < blk.resnets.size(); ++j) {
+      pp = std::max(pp, B * static_cast<double>(blk.resnets[j].in) * h * w);
+      resnet_temp(blk.resnets[j], h * w);
+      if (!blk.attentions.empty()) attn_temp(blk.attentions[j], h * w);
+    }
+    if (blk.has_sampler) {
+      temp = std::max(temp, 4 * B * static_cast<double>(blk.sampler.out) * h * w);
+      h *= 2;
+      w *= 2;
+    }
+  }
+  floats += 2 * pp + temp + B * static_cast<double>(c.out_channels) * static_cast<double>(height) * static_cast<double>(width);
+  const double bytes = floats * sizeof(float);
+  return bytes >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(bytes);
 }
 
 Tensor UNet2D::forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,

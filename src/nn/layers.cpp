@@ -73,7 +73,9 @@ Conv2d Conv2d::bind(WeightStore& w, std::string_view prefix, std::size_t in, std
   a.pad_top = a.pad_left = a.pad_bottom = a.pad_right = padding;
   if (w.options().winograd && kernels::conv2d_winograd_eligible(a) && in >= kernels::kWinogradMinChannels &&
       out >= kernels::kWinogradMinChannels) {  // transformed once here; the network stays immutable
-    std::shared_ptr<float[]> u(new float[kernels::conv2d_winograd_weight_floats(out, in)]);
+    const std::size_t floats = kernels::conv2d_winograd_weight_floats(out, in);
+    w.reserve(std::uint64_t{floats} * sizeof(float), "the Winograd weights of '" + std::string(prefix) + "'");
+    std::shared_ptr<float[]> u(new float[floats]);
     kernels::conv2d_winograd_transform_weights(c.weight, out, in, u.get());
     c.winograd = std::move(u);
   }

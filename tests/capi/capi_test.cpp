@@ -375,6 +375,40 @@ TEST(CApi, LoadOptions) {
   EXPECT_NE(c.error().find("weight_dtype 9"), std::string::npos) << c.error();
 }
 
+// Issue 10, 2.5: memory limits in the options (ABI 2); a caller built against ABI 1 (smaller
+// struct_size) still loads and creates jobs, with the default limit.
+TEST(CApi, MemoryLimits) {
+  Ctx c;
+  diffuse_model_options mo;
+  diffuse_model_options_init(&mo);
+  EXPECT_EQ(mo.memory_limit, 0u);
+  mo.memory_limit = 1000;  // less than its converted weights
+  diffuse_model* m = nullptr;
+  EXPECT_EQ(diffuse_model_load(c.p, kDit.c_str(), &mo, &m), DIFFUSE_OUT_OF_MEMORY);
+  EXPECT_EQ(m, nullptr);
+  EXPECT_NE(c.error().find("needs more than 1000 bytes"), std::string::npos) << c.error();
+  EXPECT_NE(c.error().find("memory limit is 1000 bytes"), std::string::npos) << c.error();
+  mo.memory_limit = 0;
+  mo.struct_size = offsetof(diffuse_model_options, memory_limit);  // an ABI 1 caller
+  Model dit(c, kDit, &mo);
+  ASSERT_NE(dit.p, nullptr);
+
+  diffuse_job_options o = options(2, 3, 1);
+  o.width = o.height = 4096;
+  o.memory_limit = std::uint64_t{1} << 30;
+  diffuse_job* j = nullptr;
+  EXPECT_EQ(diffuse_job_create(c.p, dit.p, &o, &j), DIFFUSE_OUT_OF_MEMORY);
+  EXPECT_EQ(j, nullptr);
+  EXPECT_NE(c.error().find("4096x4096"), std::string::npos) << c.error();
+  EXPECT_NE(c.error().find("memory limit is 1.0 GiB"), std::string::npos) << c.error();
+  o = options(2, 3, 1);
+  o.struct_size = offsetof(diffuse_job_options, memory_limit);  // an ABI 1 caller
+  Job ok(c, dit, o);
+  EXPECT_EQ(diffuse_job_run(ok.p), DIFFUSE_OK) << c.error();
+  o.struct_size = offsetof(diffuse_job_options, memory_limit) - 1;
+  EXPECT_EQ(diffuse_job_create(c.p, dit.p, &o, &j), DIFFUSE_INVALID_ARGUMENT);
+}
+
 struct LogSink {
   std::vector<std::pair<diffuse_log_level, std::string>> lines;
 };

@@ -8,6 +8,8 @@
  *  | `format_error` | a malformed file or config: bad safetensors header, unknown dtype, key  |
  *  | `shape_error`  | a tensor whose shape is not the one required                            |
  *  | `value_error`  | an argument out of its domain: unknown sampler name, steps < 1, NaN     |
+ *  | `memory_error` | a load or generation that needs more memory than its limit, or an       |
+ *  |                | allocation that failed (std::bad_alloc turned into a typed error)       |
  *
  *  All derive from `diffuse::error`, itself a `std::runtime_error`. Messages start with the
  *  function that raised them in brackets and name the file, tensor or key involved:
@@ -49,6 +51,13 @@ class shape_error : public error {
 
 /// An argument is outside its domain (unknown name, non-positive count, NaN in an output).
 class value_error : public error {
+ public:
+  using error::error;
+};
+
+/// A load or a generation needs more memory than its memory limit allows (the message says how
+/// much and what for), or an allocation failed.
+class memory_error : public error {
  public:
   using error::error;
 };

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <type_traits>
@@ -98,6 +99,11 @@ class DIFFUSE_API Arena {
   std::size_t peak_bytes() const noexcept { return peak_ * sizeof(float); }
   /// Bytes currently reserved.
   std::size_t capacity_bytes() const noexcept;
+  /// Caps the bytes the arena may reserve (0: no cap): an alloc() that would need a new chunk
+  /// beyond it raises memory_error, before allocating. The pipeline sets it for each step from
+  /// GenerateOptions::memory_limit.
+  void set_limit(std::uint64_t bytes) noexcept { limit_ = bytes; }
+  std::uint64_t limit() const noexcept { return limit_; }
 
  private:
   struct Chunk {
@@ -108,6 +114,7 @@ class DIFFUSE_API Arena {
   std::vector<Chunk> chunks_;
   std::size_t used_ = 0;  // floats, stack offset of the top
   std::size_t peak_ = 0;
+  std::uint64_t limit_ = 0;
 };
 
 /// What a sequence of kernel calls shares: the thread pool, a scratch arena for packing, and the
