@@ -134,6 +134,13 @@ TEST(StrictJson, SchedulerConfigOfAModelFolder) {
   expect_error<diffuse::format_error>([&] { diffuse::pipeline::Model::load(dir); }, {"scheduler_config.json", "FIFO"});
   fs::remove_all(dir);
 
+  // A float key beyond the float range (an undefined double-to-float conversion before).
+  dir = model_with_scheduler(d, "digits-dit", [](const fs::path& p) {
+    write(p, R"({"_class_name": "FlowMatchEulerDiscreteScheduler", "clip_sample_range": 1e300})");
+  });
+  expect_error<diffuse::format_error>([&] { diffuse::pipeline::Model::load(dir); }, {"clip_sample_range", "range of a float"});
+  fs::remove_all(dir);
+
   // config.json goes through the same reader.
   dir = model_with_scheduler(d, "digits-unet", [](const fs::path& p) { fs::copy_file(kModels / "digits-unet" / "scheduler_config.json", p); });
   fs::remove(dir / "config.json");
