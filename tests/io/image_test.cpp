@@ -3,9 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <vector>
 
 namespace {
 
@@ -37,6 +39,21 @@ TEST(Image, PngRoundTripKeepsPixelsAndText) {
 TEST(Image, EncodingIsDeterministic) {
   const io::Image im = gradient(16, 16, 4);
   EXPECT_EQ(io::encode_png(im, {{"parameters", "x"}}), io::encode_png(im, {{"parameters", "x"}}));
+}
+
+// The tEXt chunks' bytes against PNG's layout, with CRCs from zlib.crc32 (Python) rather than the
+// library's own crc32: length, "tEXt", key, NUL, value, CRC over type and data; an empty value too.
+TEST(Image, TextChunkBytesKnownAnswer) {
+  const io::Image im = gradient(1, 1, 1);
+  const auto plain = io::encode_png(im);
+  const auto png = io::encode_png(im, {{"a", "b"}, {"key", ""}});
+  const std::vector<std::uint8_t> chunks{0, 0, 0, 3, 't', 'E', 'X', 't', 'a', 0, 'b', 0xDC, 0x49, 0xA2, 0x3B,
+                                         0, 0, 0, 4, 't', 'E', 'X', 't', 'k', 'e', 'y', 0, 0xEB, 0x42, 0x6D, 0x3E};
+  ASSERT_EQ(png.size(), plain.size() + chunks.size());
+  constexpr std::size_t kAfterHeader = 8 + 25;  // signature, IHDR
+  EXPECT_TRUE(std::equal(plain.begin(), plain.begin() + kAfterHeader, png.begin()));
+  EXPECT_EQ(std::vector<std::uint8_t>(png.begin() + kAfterHeader, png.begin() + kAfterHeader + 31), chunks);
+  EXPECT_TRUE(std::equal(plain.begin() + kAfterHeader, plain.end(), png.begin() + kAfterHeader + 31));
 }
 
 TEST(Image, TensorConversionRoundTrip) {
