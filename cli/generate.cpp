@@ -109,6 +109,8 @@ int run_generate(const GenerateArgs& a) {
     throw UsageError(e.what());
   }
 
+  for (const auto& w : pl::option_warnings(model, o)) std::fprintf(stderr, "diffuse: warning: %s\n", w.c_str());
+
   const fs::path out = a.output;
   check_writable_dir(out);
   const std::size_t side = std::max(*o.width, *o.height);

@@ -57,8 +57,12 @@ std::string thousands(std::size_t v) {
 
 int run_list() {
   std::printf("samplers (--sampler):\n");
-  for (const auto& name : diffuse::list_samplers())
-    std::printf("  %-14s %s\n", name.c_str(), std::string(sampler_description(name)).c_str());
+  for (const auto& name : diffuse::list_samplers()) {
+    std::string text(sampler_description(name));
+    if (const std::size_t n = diffuse::min_sensible_steps(name); n > 1)
+      text += "; noise below " + std::to_string(n) + " steps";
+    std::printf("  %-14s %s\n", name.c_str(), text.c_str());
+  }
   std::printf("\nschedules (--schedule):\n");
   for (const auto& s : pl::list_schedules()) std::printf("  %-14s %s\n", s.name.c_str(), s.description.c_str());
   return kOk;

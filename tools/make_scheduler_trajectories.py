@@ -11,6 +11,9 @@ where t is the timestep diffusers passes to the model (as float64), `x` is the s
 is a fixed tensor stored in the fixture. Stochastic steps get a CPU torch.Generator seeded with `seed`, so
 the fixture also pins down the noise stream. Everything stored is float32 (as Python floats, which round-trip).
 
+The `i2i_*` cases (index "img2img") start part-way, as img2img does: set_begin_index(k), add_noise at
+timesteps[k] (scale_noise for FlowMatch), then the steps from there; see run_img2img_case.
+
 Run:  .venv-ref/bin/python tools/make_scheduler_trajectories.py  (writes tests/data/trajectories/*.json)
 Needs torch and diffusers (only here, never at test time).
 """
@@ -79,6 +82,81 @@ def run_case(name, cls_name, config, steps, seed=0, step_kwargs=None, set_kwargs
     return case
 
 
+def run_img2img_case(name, cls_name, config, steps, begin, seed=0, use_begin_index=True):
+    """img2img-style run: set_timesteps, optionally set_begin_index(begin), x = add_noise(x0, noise,
+    timesteps[begin]) (scale_noise for the FlowMatch classes), then the steps from timesteps[begin].
+    After the first step, `add_noise` at the next timestep is recorded too (the inpainting call,
+    which uses the step index). Without `use_begin_index` the scheduler finds the start itself
+    (index_for_timestep), as pipelines that do not call set_begin_index do."""
+    cls = getattr(diffusers, cls_name)
+    sched = cls(**config)
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(4321)
+    x_orig = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    noise = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    e = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    if use_begin_index:
+        sched.set_begin_index(begin)
+    t0 = sched.timesteps[begin:begin + 1]
+    flow = cls_name.startswith("FlowMatch")
+    x = sched.scale_noise(x_orig, t0, noise) if flow else sched.add_noise(x_orig, noise, t0)
+    noised = f32_list(x)
+    gen = torch.Generator().manual_seed(seed)
+    traj = []
+    inpaint = None
+    for k, t in enumerate(sched.timesteps[begin:]):
+        inp = sched.scale_model_input(x, t) if hasattr(type(sched), "scale_model_input") else x
+        out = dummy_model(inp, t, e)
+        kwargs = {}
+        if "generator" in inspect.signature(sched.step).parameters:
+            kwargs["generator"] = gen
+        x = sched.step(out, t, x, **kwargs).prev_sample
+        traj.append(f32_list(x))
+        if k == 0 and begin + 1 < len(sched.timesteps) and not flow:
+            inpaint = f32_list(sched.add_noise(x_orig, noise, sched.timesteps[begin + 1:begin + 2]))
+    return {
+        "name": name,
+        "class": cls_name,
+        "config": {k: v for k, v in dict(sched.config).items() if not k.startswith("_")},
+        "num_inference_steps": steps,
+        "begin_index": begin,
+        "use_begin_index": use_begin_index,
+        "seed": seed,
+        "shape": list(SHAPE),
+        "timesteps": [float(t) for t in sched.timesteps.tolist()],
+        "x_orig": f32_list(x_orig),
+        "noise": f32_list(noise),
+        "e": f32_list(e),
+        "noised": noised,
+        "inpaint_noised": inpaint,
+        "trajectory": traj,
+    }
+
+
+def img2img_cases():
+    sd = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    yield run_img2img_case("i2i_lms", "LMSDiscreteScheduler", dict(sd), 10, 4)
+    yield run_img2img_case("i2i_lms_no_begin", "LMSDiscreteScheduler", dict(sd), 10, 3, use_begin_index=False)
+    yield run_img2img_case("i2i_euler", "EulerDiscreteScheduler", dict(sd, steps_offset=1), 10, 4)
+    yield run_img2img_case("i2i_euler_a", "EulerAncestralDiscreteScheduler", dict(sd), 10, 4, seed=21)
+    yield run_img2img_case("i2i_heun", "HeunDiscreteScheduler", dict(sd), 6, 4)
+    yield run_img2img_case("i2i_ddpm", "DDPMScheduler", dict(sd), 10, 4, seed=22, use_begin_index=False)
+    yield run_img2img_case("i2i_ddim", "DDIMScheduler", dict(sd, steps_offset=1, set_alpha_to_one=False), 10, 4,
+                           use_begin_index=False)
+    yield run_img2img_case("i2i_dpmpp_2m", "DPMSolverMultistepScheduler", dict(sd), 10, 4)
+    yield run_img2img_case("i2i_dpmpp_3m_sde_karras", "DPMSolverMultistepScheduler",
+                           dict(sd, solver_order=3, algorithm_type="sde-dpmsolver++", use_karras_sigmas=True), 10, 3,
+                           seed=23)
+    yield run_img2img_case("i2i_dpm_singlestep", "DPMSolverSinglestepScheduler", dict(sd), 10, 3)
+    yield run_img2img_case("i2i_unipc", "UniPCMultistepScheduler", dict(sd, solver_order=3), 10, 4)
+    yield run_img2img_case("i2i_deis", "DEISMultistepScheduler", dict(sd, solver_order=3), 16, 5)
+    yield run_img2img_case("i2i_lcm", "LCMScheduler", dict(sd), 4, 1, seed=24)
+    yield run_img2img_case("i2i_flow_euler", "FlowMatchEulerDiscreteScheduler",
+                           dict(num_train_timesteps=1000, shift=3.0), 10, 4)
+    yield run_img2img_case("i2i_flow_heun", "FlowMatchHeunDiscreteScheduler",
+                           dict(num_train_timesteps=1000, shift=1.0), 6, 4)
+
+
 def cases():
     sd = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     lin = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
@@ -135,6 +213,13 @@ def cases():
     yield run_case("unipc_bh1_3_sigma_min", "UniPCMultistepScheduler",
                    dict(sd, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"), 12)
     yield run_case("deis_3", "DEISMultistepScheduler", dict(sd, solver_order=3), 12)
+    # Karras sigmas with final_sigmas_type sigma_min: the last step has zero length (sigma repeated);
+    # UniPC still applies its corrector there, DEIS' and DPM-Solver's step is the identity.
+    yield run_case("unipc_karras_sigma_min", "UniPCMultistepScheduler",
+                   dict(sd, use_karras_sigmas=True, final_sigmas_type="sigma_min"), 10)
+    yield run_case("unipc_bh1_3_karras_sigma_min", "UniPCMultistepScheduler",
+                   dict(sd, solver_type="bh1", solver_order=3, use_karras_sigmas=True, final_sigmas_type="sigma_min"), 8)
+    yield run_case("deis_karras_20", "DEISMultistepScheduler", dict(sd, use_karras_sigmas=True), 20)
 
 
 def main():
@@ -146,8 +231,14 @@ def main():
         path.write_text(json.dumps(case, separators=(",", ":")))
         index.append(case["name"])
         print(f"{case['name']:28s} {case['class']:34s} steps={case['num_inference_steps']}")
+    img2img = []
+    for case in img2img_cases():
+        path = OUT / f"{case['name']}.json"
+        path.write_text(json.dumps(case, separators=(",", ":")))
+        img2img.append(case["name"])
+        print(f"{case['name']:28s} {case['class']:34s} steps={case['num_inference_steps']} begin={case['begin_index']}")
     (OUT / "index.json").write_text(json.dumps({"diffusers": diffusers.__version__, "torch": torch.__version__,
-                                                "cases": index}, indent=1))
+                                                "cases": index, "img2img": img2img}, indent=1))
 
 
 if __name__ == "__main__":

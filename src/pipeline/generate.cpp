@@ -52,6 +52,17 @@ std::string fmt_float(double v) {
 
 }  // namespace
 
+std::vector<std::string> option_warnings(const Model& model, const GenerateOptions& in) {
+  const GenerateOptions o = resolve_options(model, in);
+  std::vector<std::string> out;
+  const std::size_t need = min_sensible_steps(o.sampler);
+  if (static_cast<std::size_t>(*o.steps) < need)
+    out.push_back("sampler '" + o.sampler + "' at " + std::to_string(*o.steps) + " step" + (*o.steps == 1 ? "" : "s") +
+                  " will most likely give noise: its second-order step needs at least " + std::to_string(need) +
+                  " steps (see `diffuse list`)");
+  return out;
+}
+
 GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   constexpr std::string_view where = "resolve_options";
   GenerateOptions o = in;

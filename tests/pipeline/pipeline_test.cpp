@@ -304,6 +304,39 @@ TEST(Pipeline, LoadErrors) {
   expect_error<diffuse::io_error>([] { (void)pl::Model::load(DIFFUSE_TEST_DATA_DIR); }, {"config.json"});
 }
 
+TEST(Pipeline, SchedulerConfigRangesAreChecked) {
+  // Issue 10, 2.2: thresholding with ratio 5 / 1.5 read past x0 (a crash), -1 before it (exit 0);
+  // clip_sample_range -1 clamped every x0 to an empty interval (a black image). Refused at load,
+  // naming the key, the value and the allowed range.
+  auto with = [](std::initializer_list<std::pair<const char*, nlohmann::json>> kv) {
+    nlohmann::json j = kDdpmConfig;
+    for (const auto& [k, v] : kv) j[k] = v;
+    return j;
+  };
+  auto net = [] { return std::make_shared<StandIn>(Kind::epsilon, true, true); };
+  for (double r : {5.0, 1.5, -1.0})
+    expect_error<diffuse::value_error>(
+        [&] { (void)pl::Model(net(), with({{"thresholding", true}, {"dynamic_thresholding_ratio", r}})); },
+        {"dynamic_thresholding_ratio", "(0, 1]"});
+  expect_error<diffuse::value_error>([&] { (void)pl::Model(net(), with({{"clip_sample_range", -1.0}})); },
+                                     {"clip_sample_range", "= -1", "> 0"});
+  expect_error<diffuse::value_error>(
+      [&] { (void)pl::Model(net(), with({{"thresholding", true}, {"sample_max_value", 1e-60}})); },
+      {"sample_max_value"});  // positive as a double, 0 once rounded to float
+  // Issue 10, 2.4: steps_offset 1e15 made every timestep sigma_max (an image of noise, exit 0).
+  expect_error<diffuse::value_error>([&] { (void)pl::Model(net(), with({{"steps_offset", 1e15}})); },
+                                     {"steps_offset", "[0, 1000)"});
+  // A valid thresholding config generates, and the threshold holds on the final x0.
+  auto ac = diffuse::make_schedule(diffuse::ScheduleConfig::from_json(kDdpmConfig), 1).alphas_cumprod;
+  auto eps = std::make_shared<StandIn>(Kind::epsilon, true, true, diffuse::train_sigmas(ac));
+  const pl::Model m(eps, with({{"thresholding", true}, {"dynamic_thresholding_ratio", 0.9}, {"sample_max_value", 1.5}}));
+  auto o = opts({3});
+  o.sampler = "ddim";
+  Context ctx;
+  const Tensor x = pl::generate(m, o, ctx);
+  for (float v : x.values()) EXPECT_TRUE(std::isfinite(v));
+}
+
 TEST(Pipeline, ImagesAndParameters) {
   const auto m = flow_model();
   Context ctx(1);

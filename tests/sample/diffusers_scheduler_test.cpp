@@ -202,6 +202,115 @@ TEST_P(Trajectory, MatchesDiffusersFloat) {
 INSTANTIATE_TEST_SUITE_P(Diffusers, Trajectory, ::testing::ValuesIn(case_names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
+// ------------------------------------------------------------------------------- img2img (begin index, add_noise)
+
+std::vector<std::string> img2img_names() {
+  std::vector<std::string> names;
+  const json index = load("index.json");
+  for (const auto& n : index["img2img"]) names.push_back(n.get<std::string>());
+  return names;
+}
+
+/// max |a - ref| <= tol * max |ref| (tensor values vs a fixture list).
+template <class T>
+void expect_close(const BasicTensor<T>& a, const json& ref, double tol, const std::string& what) {
+  double err = 0, mx = 0;
+  ASSERT_EQ(a.size(), ref.size()) << what;
+  for (std::size_t k = 0; k < a.size(); ++k) {
+    err = std::max(err, std::fabs(static_cast<double>(a[k]) - num(ref[k])));
+    mx = std::max(mx, std::fabs(num(ref[k])));
+  }
+  EXPECT_LE(err, tol * mx) << what << ": max abs error " << err << ", max |ref| " << mx;
+}
+
+/// diffusers' img2img loop (tools/make_scheduler_trajectories.py, run_img2img_case):
+/// set_timesteps(n), set_begin_index(k) (unless the case leaves it to index_for_timestep),
+/// x = add_noise(x0, noise, timesteps[k]), then the steps from timesteps[k]; after the first
+/// step add_noise at the next timestep (inpainting, which uses the step index).
+template <class T>
+void run_img2img(const json& c, double tol) {
+  const std::string cls = c["class"].get<std::string>();
+  DiffusersScheduler<T> s(c["config"], cls);
+  s.set_timesteps(c["num_inference_steps"].get<std::int64_t>());
+  const auto shape = c["shape"].get<diffuse::Shape>();
+  const auto k = c["begin_index"].get<std::size_t>();
+  const auto& ts = s.timesteps();
+  ASSERT_EQ(ts.size(), c["timesteps"].size());
+  for (std::size_t i = 0; i < ts.size(); ++i) ASSERT_EQ(ts[i], c["timesteps"][i].get<double>()) << i;
+  const BasicTensor<T> x0 = tensor<T>(c["x_orig"], shape), noise = tensor<T>(c["noise"], shape);
+  const BasicTensor<T> e = tensor<T>(c["e"], shape);
+  EXPECT_FALSE(s.begin_index().has_value());
+  if (c["use_begin_index"].get<bool>()) {
+    s.set_begin_index(k);
+    EXPECT_EQ(s.begin_index(), k);
+  }
+  EXPECT_FALSE(s.step_index().has_value());
+  BasicTensor<T> x = s.add_noise(x0, noise, ts[k]);
+  expect_close(x, c["noised"], tol, "add_noise");
+  diffuse::TorchGenerator gen(c["seed"].get<std::uint64_t>());
+  const auto& traj = c["trajectory"];
+  ASSERT_EQ(traj.size(), ts.size() - k);
+  for (std::size_t i = k; i < ts.size(); ++i) {
+    const BasicTensor<T> in = s.scale_model_input(x, ts[i]);
+    x = s.step(dummy_model(in, ts[i], e), ts[i], x, &gen);
+    EXPECT_EQ(s.step_index(), i + 1);
+    expect_close(x, traj[i - k], tol, "step " + std::to_string(i));
+    if (i == k && !c["inpaint_noised"].is_null())
+      expect_close(s.add_noise(x0, noise, ts[k + 1]), c["inpaint_noised"], tol, "add_noise after the first step");
+  }
+}
+
+class Img2Img : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Img2Img, MatchesDiffusers) {
+  const json c = load(GetParam() + ".json");
+  // The Trajectory bounds (see tolerance: 1e-6, DEIS 1e-5, FlowMatchHeun 4e-6), here per step.
+  const double tol = tolerance(GetParam().substr(4), false);
+  run_img2img<double>(c, tol);
+  run_img2img<float>(c, 2 * tol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Diffusers, Img2Img, ::testing::ValuesIn(img2img_names()),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+TEST(DiffusersScheduler, BeginIndexAndAddNoiseErrors) {
+  DiffusersScheduler<double> s(json{{"_class_name", "EulerDiscreteScheduler"}});
+  BasicTensor<double> x({2, 1, 2, 2}, 1.0), n({2, 1, 2, 2}, 0.5);
+  EXPECT_THROW(s.set_begin_index(0), diffuse::value_error);    // before set_timesteps
+  EXPECT_THROW(s.add_noise(x, n, 999.0), diffuse::value_error);  // idem
+  s.set_timesteps(10);
+  EXPECT_THROW(s.set_begin_index(10), diffuse::value_error);   // past the schedule
+  EXPECT_THROW(s.add_noise(x, n, 500.5), diffuse::value_error);  // not a timestep of the schedule
+  EXPECT_THROW(s.add_noise(x, BasicTensor<double>({1, 1, 2, 2}, 0.5), s.timesteps()[0]), diffuse::shape_error);
+  const std::vector<double> three(3, s.timesteps()[0]);
+  EXPECT_THROW(s.add_noise(x, n, three), diffuse::shape_error);  // 3 timesteps for a batch of 2
+  // One timestep per item: item b gets sigmas[index of t_b].
+  const std::vector<double> two = {s.timesteps()[2], s.timesteps()[5]};
+  const BasicTensor<double> y = s.add_noise(x, n, two);
+  EXPECT_DOUBLE_EQ(y[0], 1.0 + 0.5 * static_cast<double>(s.sigmas()[2]));
+  EXPECT_DOUBLE_EQ(y[4], 1.0 + 0.5 * static_cast<double>(s.sigmas()[5]));
+  s.set_begin_index(3);
+  EXPECT_THROW(s.step(x, s.timesteps()[4], x), diffuse::value_error);  // not the begin timestep
+  x = s.step(x, s.timesteps()[3], x);
+  EXPECT_EQ(s.step_index(), 4u);
+  EXPECT_THROW(s.set_begin_index(0), diffuse::value_error);  // the run has started
+  s.set_timesteps(10);  // resets both
+  EXPECT_FALSE(s.begin_index().has_value());
+  EXPECT_FALSE(s.step_index().has_value());
+  // DPM-Solver takes the last index for a timestep not in the schedule (diffusers' index_for_timestep).
+  DiffusersScheduler<double> d(json{{"_class_name", "DPMSolverMultistepScheduler"}});
+  d.set_timesteps(10);
+  const BasicTensor<double> ones({2, 1, 2, 2}, 1.0);
+  const BasicTensor<double> z = d.add_noise(ones, n, 12345.0);
+  const double sl = d.sigmas()[9], a = 1.0 / std::sqrt(sl * sl + 1.0);
+  EXPECT_NEAR(z[0], a * 1.0 + sl * a * 0.5, 1e-15);
+  // DDPM: any integer timestep of the train table, no set_timesteps needed.
+  DiffusersScheduler<double> p(json{{"_class_name", "DDPMScheduler"}});
+  EXPECT_NO_THROW(p.add_noise(x, n, 999.0));
+  EXPECT_THROW(p.add_noise(x, n, 1000.0), diffuse::value_error);
+  EXPECT_THROW(p.add_noise(x, n, 10.5), diffuse::value_error);
+}
+
 // ------------------------------------------------------------------------------- state, API
 
 TEST(DiffusersScheduler, CopyContinuesIndependently) {
@@ -285,6 +394,89 @@ TEST(DiffusersSchedulerConfig, WrongTypes) {
   expect_error<diffuse::format_error>({{"_class_name", "UniPCMultistepScheduler"}, {"disable_corrector", 3}},
                                       "disable_corrector");
   expect_error<diffuse::format_error>(json::array({1, 2}), "JSON object", "DDIMScheduler");
+}
+
+/// Expects value_error with a message naming every part (key, value, allowed range).
+void expect_range_error(const json& cfg, std::initializer_list<std::string> parts) {
+  try {
+    DiffusersScheduler<float> s(cfg);
+    s.set_timesteps(10);
+    FAIL() << "no error for " << cfg.dump();
+  } catch (const diffuse::value_error& err) {
+    for (const auto& p : parts) EXPECT_NE(std::string(err.what()).find(p), std::string::npos) << err.what();
+  } catch (const std::exception& err) {
+    FAIL() << "wrong exception type for " << cfg.dump() << ": " << err.what();
+  }
+}
+
+TEST(DiffusersSchedulerConfig, ThresholdingAndClipRanges) {
+  // Issue 10, 2.2: a ratio of 5 or 1.5 read past |x0|'s end, -1 before its start; a negative
+  // clip range clamped to an empty interval (a black image).
+  const json ddpm = {{"_class_name", "DDPMScheduler"}, {"thresholding", true}};
+  auto with = [&ddpm](const char* key, double v) {
+    json j = ddpm;
+    j[key] = v;
+    return j;
+  };
+  for (double r : {5.0, 1.5, -1.0, 0.0})
+    expect_range_error(with("dynamic_thresholding_ratio", r), {"dynamic_thresholding_ratio", "(0, 1]"});
+  expect_range_error(with("dynamic_thresholding_ratio", 1.5), {"= 1.5"});
+  expect_range_error(with("sample_max_value", 0.0), {"sample_max_value", "> 0"});
+  expect_range_error(with("sample_max_value", -2.0), {"sample_max_value", "= -2"});
+  expect_range_error({{"_class_name", "DDIMScheduler"}, {"clip_sample_range", -1.0}}, {"clip_sample_range", "= -1", "> 0"});
+  expect_range_error({{"_class_name", "HeunDiscreteScheduler"}, {"clip_sample", true}, {"clip_sample_range", 0.0}},
+                     {"clip_sample_range"});
+  expect_range_error({{"_class_name", "DPMSolverMultistepScheduler"}, {"thresholding", true},
+                      {"dynamic_thresholding_ratio", 2.0}},
+                     {"dynamic_thresholding_ratio"});
+  // Unused keys are not checked (diffusers configs carry them whatever the flags say).
+  EXPECT_NO_THROW(DiffusersScheduler<float>(json{{"_class_name", "DDPMScheduler"}, {"clip_sample", false},
+                                                 {"clip_sample_range", -1.0}, {"dynamic_thresholding_ratio", 5.0}}));
+  // The edges that are allowed: ratio 1 (the max of |x0|), and the thresholding itself stays in bounds.
+  DiffusersScheduler<float> s(json{{"_class_name", "DDPMScheduler"}, {"thresholding", true},
+                                   {"dynamic_thresholding_ratio", 1.0}, {"sample_max_value", 3.0},
+                                   {"prediction_type", "sample"}});
+  s.set_timesteps(4);
+  BasicTensor<float> x({1, 1, 2, 2}, 0.0f), m({1, 1, 2, 2}, 0.0f);
+  m[0] = 2.0f;
+  m[1] = -1.0f;
+  diffuse::TorchGenerator gen(0);
+  EXPECT_NO_THROW(s.step(m, s.timesteps()[0], x, &gen));
+  // dynamic_threshold refuses what validation refuses, whoever calls it.
+  EXPECT_THROW(diffuse::dynamic_threshold(m, 1.5f, 1.0f), diffuse::value_error);
+  EXPECT_THROW(diffuse::dynamic_threshold(m, std::numeric_limits<float>::quiet_NaN(), 1.0f), diffuse::value_error);
+  EXPECT_THROW(diffuse::dynamic_threshold(m, 0.5f, 0.0f), diffuse::value_error);
+  BasicTensor<float> q({1, 1, 2, 2}, 0.0f);
+  q[0] = 4.0f;
+  q[1] = -2.0f;
+  diffuse::dynamic_threshold(q, 1.0f, 3.0f);  // s = min(max(quantile 1 = 4, 1), 3) = 3
+  EXPECT_FLOAT_EQ(q[0], 1.0f);
+  EXPECT_FLOAT_EQ(q[1], -2.0f / 3.0f);
+}
+
+TEST(DiffusersSchedulerConfig, IntegerRanges) {
+  // Issue 10, 2.4: steps_offset 1e15 gave an image of noise (every timestep clamped to sigma_max),
+  // 2^63-1 overflowed i * ratio + steps_offset.
+  expect_range_error({{"_class_name", "EulerDiscreteScheduler"}, {"timestep_spacing", "leading"}, {"steps_offset", 1e15}},
+                     {"steps_offset", "1000000000000000", "[0, 1000)"});
+  expect_range_error({{"_class_name", "DDIMScheduler"}, {"steps_offset", INT64_MAX}}, {"steps_offset", "[0, 1000)"});
+  expect_range_error({{"_class_name", "DDIMScheduler"}, {"steps_offset", -1}}, {"steps_offset"});
+  expect_range_error({{"_class_name", "DDIMScheduler"}, {"steps_offset", UINT64_MAX}}, {"steps_offset", "2^63"});
+  expect_range_error({{"_class_name", "DDIMScheduler"}, {"num_train_timesteps", 2000000000}},
+                     {"num_train_timesteps", "[2, 1000000]"});
+  expect_range_error({{"_class_name", "DDIMScheduler"}, {"num_train_timesteps", 1}}, {"num_train_timesteps"});
+  expect_range_error({{"_class_name", "LCMScheduler"}, {"original_inference_steps", 0}}, {"original_inference_steps"});
+  expect_range_error({{"_class_name", "FlowMatchEulerDiscreteScheduler"}, {"use_dynamic_shifting", true},
+                      {"base_image_seq_len", 4096}, {"max_image_seq_len", 4096}},
+                     {"max_image_seq_len"});
+  expect_range_error({{"_class_name", "DPMSolverMultistepScheduler"}, {"solver_order", INT64_MIN}}, {"solver_order"});
+  // In range, but the leading timesteps pass the train table: DDIM / DDPM index alphas_cumprod
+  // with them (diffusers raises IndexError), 900 + 200 > 999.
+  expect_range_error({{"_class_name", "DDIMScheduler"}, {"steps_offset", 200}}, {"steps_offset 200", "1100", "999"});
+  // SD's steps_offset 1 at every step count up to N - 1 is fine.
+  DiffusersScheduler<float> ok(json{{"_class_name", "DDIMScheduler"}, {"steps_offset", 1}});
+  EXPECT_NO_THROW(ok.set_timesteps(999));
+  EXPECT_THROW(ok.set_timesteps(2000000), diffuse::value_error);
 }
 
 TEST(DiffusersSchedulerConfig, UnknownValues) {

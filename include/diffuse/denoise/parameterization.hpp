@@ -33,6 +33,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -106,26 +108,67 @@ struct ParameterizationOptions {
   T flow_time_scale = T(1000);         ///< flow models: t = sigma * flow_time_scale
 };
 
+namespace detail {
+/// A config value for an error message: shortest round-trip form ("5", "1.5", "-1", "nan").
+inline std::string x0_value_text(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  for (int prec = 1; prec < 17; ++prec) {  // shortest form that reads back as v
+    char t[32];
+    std::snprintf(t, sizeof t, "%.*g", prec, v);
+    if (std::strtod(t, nullptr) == v) return t;
+  }
+  return buf;
+}
+}  // namespace detail
+
+/** Checks the x0 post-processing keys of a scheduler config (diffusers `clip_sample_range`,
+ *  `dynamic_thresholding_ratio`, `sample_max_value`). Only the keys that are used are checked:
+ *  the range when `clip_sample` is set, the ratio and the maximum when `thresholding` is set.
+ *  Allowed: `dynamic_thresholding_ratio` in (0, 1] (the quantile of |x0|; diffusers passes it to
+ *  torch.quantile, which rejects anything outside [0, 1], and 0 would threshold at min |x0|),
+ *  `sample_max_value` > 0 and `clip_sample_range` > 0 (+inf allowed for both: no bound; 0 or a
+ *  negative value would divide by zero or clamp to an empty interval). value_error naming the key,
+ *  the value and the allowed range, raised from `where`. */
+inline void check_x0_post_keys(std::string_view where, bool clip_sample, double clip_sample_range, bool thresholding,
+                               double dynamic_thresholding_ratio, double sample_max_value) {
+  auto bad = [where](std::string_view key, double v, std::string_view allowed) {
+    raise<value_error>(where, "config key '" + std::string(key) + "' = " + detail::x0_value_text(v) +
+                                  " is out of range: it must be " + std::string(allowed));
+  };
+  if (thresholding) {
+    if (!(dynamic_thresholding_ratio > 0.0 && dynamic_thresholding_ratio <= 1.0))
+      bad("dynamic_thresholding_ratio", dynamic_thresholding_ratio, "in (0, 1] (a quantile of |x0|)");
+    if (!(sample_max_value > 0.0)) bad("sample_max_value", sample_max_value, "> 0");
+  }
+  if (clip_sample && !(clip_sample_range > 0.0)) bad("clip_sample_range", clip_sample_range, "> 0");
+}
+
 /** Imagen dynamic thresholding (Saharia et al. 2022, arXiv:2205.11487 §2.3; diffusers
  *  `_threshold_sample`), in place. Per batch item (dim 0): s = quantile(|x0|, ratio) with torch's
- *  linear interpolation, s = min(max(s, 1), max_value), x0 = clamp(x0, -s, s) / s. */
+ *  linear interpolation, s = min(max(s, 1), max_value), x0 = clamp(x0, -s, s) / s.
+ *  value_error unless ratio is in (0, 1] and max_value > 0 (see `check_x0_post_keys`); the
+ *  quantile position is computed in double and clamped to the last element, so no value reads
+ *  outside x0. */
 template <class T>
 void dynamic_threshold(BasicTensor<T>& x0, T ratio, T max_value) {
+  check_x0_post_keys("dynamic_threshold", false, 1.0, true, static_cast<double>(ratio), static_cast<double>(max_value));
   const std::size_t batch = x0.ndim() > 0 ? x0.dim(0) : 1;
-  if (batch == 0) return;
+  if (batch == 0 || x0.size() == 0) return;
   const std::size_t per = x0.size() / batch;
   std::vector<T> a(per);
   for (std::size_t b = 0; b < batch; ++b) {
     T* p = x0.data() + b * per;
     for (std::size_t i = 0; i < per; ++i) a[i] = std::abs(p[i]);
-    const T pos = ratio * static_cast<T>(per - 1);
-    const auto lo = static_cast<std::size_t>(std::floor(pos));
+    const double pos = std::min(static_cast<double>(ratio) * static_cast<double>(per - 1), static_cast<double>(per - 1));
+    const std::size_t lo = std::min(static_cast<std::size_t>(std::floor(pos)), per - 1);
     const std::size_t hi = std::min(lo + 1, per - 1);
     std::nth_element(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(lo), a.end());
     const T vlo = a[lo];
     T vhi = vlo;
     if (hi != lo) vhi = *std::min_element(a.begin() + static_cast<std::ptrdiff_t>(lo) + 1, a.end());
-    T s = vlo + (pos - static_cast<T>(lo)) * (vhi - vlo);
+    T s = vlo + static_cast<T>(pos - static_cast<double>(lo)) * (vhi - vlo);
     s = std::min(std::max(s, T(1)), max_value);  // torch.clamp(min=1, max=max_value)
     for (std::size_t i = 0; i < per; ++i) p[i] = std::clamp(p[i], -s, s) / s;
   }
@@ -152,8 +195,8 @@ class ParameterizedDenoiser {
         log_sigmas_.push_back(std::log(train_sigmas[i]));
       }
     }
-    if (o_.thresholding && !(o_.dynamic_thresholding_ratio > T(0) && o_.dynamic_thresholding_ratio <= T(1)))
-      raise<value_error>("make_denoiser", "dynamic_thresholding_ratio must lie in (0, 1]");
+    check_x0_post_keys("make_denoiser", o_.clip_sample, static_cast<double>(o_.clip_sample_range), o_.thresholding,
+                       static_cast<double>(o_.dynamic_thresholding_ratio), static_cast<double>(o_.sample_max_value));
   }
 
   BasicTensor<T> operator()(const BasicTensor<T>& x, T sigma) const {

@@ -85,6 +85,12 @@ inline constexpr std::size_t kGenerationStateTensors = 12;
  *  memory_error when estimate_generation_bytes exceeds the memory limit (how much, for what). */
 DIFFUSE_API GenerateOptions resolve_options(const Model& model, const GenerateOptions& options);
 
+/** Warnings about resolved `options` that are valid but will not give a sensible image: so far,
+ *  fewer steps than the sampler needs (`min_sensible_steps`: heun, dpm_2, dpm_2_a, dpm_fast leave
+ *  noise below 6, 5, 8, 10 steps on the shipped models; that is their algorithm, see
+ *  docs/samplers.md). Empty when there is nothing to say. The CLI prints them on stderr. */
+DIFFUSE_API std::vector<std::string> option_warnings(const Model& model, const GenerateOptions& options);
+
 /// A generation in progress (see the file comment). Move-only; keeps a copy of the Model.
 class DIFFUSE_API Generation {
  public:

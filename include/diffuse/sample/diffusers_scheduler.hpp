@@ -49,6 +49,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -141,6 +142,9 @@ inline void dfs_read(const nlohmann::json& j, std::string_view key, double& dst)
 inline void dfs_read(const nlohmann::json& j, std::string_view key, std::int64_t& dst) {
   if (const auto* v = dfs_present(j, key)) {
     if (!v->is_number_integer()) dfs_wrong_type(key, "an integer", *v);
+    if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      raise<value_error>(kDfsWhere, "config key '" + std::string(key) + "' = " + std::to_string(v->get<std::uint64_t>()) +
+                                        " is out of range (larger than 2^63 - 1)");
     dst = v->get<std::int64_t>();
   }
 }
@@ -180,8 +184,8 @@ inline DiffusersStepConfig DiffusersStepConfig::from_json(const nlohmann::json& 
   dfs_read(j, "thresholding", c.thresholding);
   dfs_read(j, "dynamic_thresholding_ratio", c.dynamic_thresholding_ratio);
   dfs_read(j, "sample_max_value", c.sample_max_value);
-  if (c.thresholding && !(c.dynamic_thresholding_ratio > 0.0 && c.dynamic_thresholding_ratio <= 1.0))
-    raise<value_error>(detail::kDfsWhere, "config key 'dynamic_thresholding_ratio' must lie in (0, 1]");
+  check_x0_post_keys(detail::kDfsWhere, c.clip_sample, c.clip_sample_range, c.thresholding, c.dynamic_thresholding_ratio,
+                     c.sample_max_value);
   dfs_read(j, "set_alpha_to_one", c.set_alpha_to_one);
   dfs_read(j, "timestep_scaling", c.timestep_scaling);
   dfs_read(j, "stochastic_sampling", c.stochastic_sampling);
@@ -279,6 +283,7 @@ class DiffusersScheduler {
     n_ = o.n_;
     step_index_ = o.step_index_;
     begin_index_ = o.begin_index_;
+    first_index_ = o.first_index_;
     core_ = o.core_ ? o.core_->clone() : nullptr;
     hist_ = o.hist_;
     hist_sigma_ = o.hist_sigma_;
@@ -320,9 +325,98 @@ class DiffusersScheduler {
   const std::vector<float>& alphas_cumprod() const { return sched_.alphas_cumprod; }
   /// `scheduler.init_noise_sigma`.
   T init_noise_sigma() const { return static_cast<T>(sched_.init_noise_sigma); }
-  /// The index of the next step, once the first `scale_model_input` or `step` fixed it.
+  /// diffusers' `step_index`: the index of the next step, once the first `scale_model_input` or
+  /// `step` fixed it (empty before; reset by `set_timesteps`).
   std::optional<std::size_t> step_index() const { return step_index_; }
+  /// diffusers' `begin_index`: what `set_begin_index` set (empty otherwise; reset by `set_timesteps`).
+  std::optional<std::size_t> begin_index() const { return begin_index_; }
   std::int64_t num_inference_steps() const { return n_; }
+
+  /** diffusers' `set_begin_index(k)`: the first `scale_model_input` / `step` then starts at step
+   *  `k` (it must be given `timesteps()[k]`), and `add_noise` before that uses `sigmas[k]`. This
+   *  is how diffusers' img2img and inpainting pipelines start part-way (k = t_start * order). Every
+   *  multistep rule that counts steps uses the absolute index, as diffusers: LMS's order
+   *  min(k + 1, order), the lower-order final steps of DPM-Solver, UniPC and DEIS, DPM singlestep's
+   *  order list. value_error before `set_timesteps`, after the first step, or for k >= the number
+   *  of timesteps. Accepted for every class (diffusers' DDPM and DDIM have no such method: their
+   *  step does not depend on the index, only on t). */
+  void set_begin_index(std::size_t k) {
+    require_timesteps("set_begin_index");
+    if (step_index_)
+      raise<value_error>(detail::kDfsWhere, "[set_begin_index] the run has started (step index " +
+                                                std::to_string(*step_index_) + "); call set_timesteps first");
+    if (k >= sched_.timesteps.size())
+      raise<value_error>(detail::kDfsWhere, "[set_begin_index] begin index " + std::to_string(k) + " is past the " +
+                                                std::to_string(sched_.timesteps.size()) + " timesteps");
+    begin_index_ = k;
+  }
+
+  /** diffusers' `add_noise(original_samples, noise, timesteps)`: the forward process at each batch
+   *  item's timestep (`timesteps` holds one value for the whole batch or one per item, dim 0).
+   *  - DDPM, DDIM, LCM: sqrt(ac[t]) x0 + sqrt(1 - ac[t]) noise for any integer t in [0, N)
+   *    (no `set_timesteps` needed);
+   *  - Euler, Euler ancestral, Heun, LMS: x0 + sigma noise;
+   *  - DPM-Solver (multi/singlestep), UniPC, DEIS: alpha_t x0 + sigma_t noise (`_sigma_to_alpha_sigma_t`);
+   *  - FlowMatch Euler / Heun (diffusers' `scale_noise`): (1 - sigma) x0 + sigma noise.
+   *  For the sigma classes, sigma = sigmas[i] with i, as in diffusers: without `set_begin_index`,
+   *  index_for_timestep(t) per item (the second match if t occurs twice; DPM-Solver, UniPC and DEIS
+   *  take the last index for a t not in the schedule, the others raise value_error); with it, the
+   *  step index once the run has started (inpainting), else the begin index (img2img).
+   *  shape_error if the shapes differ or the timestep count fits neither; value_error for a
+   *  timestep outside the train table (DDPM, DDIM, LCM) or before `set_timesteps` (the others). */
+  BasicTensor<T> add_noise(const BasicTensor<T>& original, const BasicTensor<T>& noise,
+                           std::span<const double> timesteps) const {
+    using C = SchedulerClass;
+    if (!original.same_shape(noise))
+      raise<shape_error>(detail::kDfsWhere, "[add_noise] original has shape " + shape_string(original.shape()) +
+                                                " but noise has shape " + shape_string(noise.shape()));
+    const std::size_t batch = original.ndim() > 0 ? original.dim(0) : 1;
+    if (timesteps.empty() || (timesteps.size() != 1 && timesteps.size() != batch))
+      raise<shape_error>(detail::kDfsWhere, "[add_noise] " + std::to_string(timesteps.size()) +
+                                                " timesteps for a batch of " + std::to_string(batch) +
+                                                " (give one, or one per item)");
+    // Per item: out = a x0 + b noise.
+    std::vector<std::pair<T, T>> coef;
+    const bool vp_table = cls_ == C::ddpm || cls_ == C::ddim || cls_ == C::lcm;
+    std::vector<float> table;
+    if (vp_table && sched_.alphas_cumprod.empty()) table = detail::class_alphas_cumprod(cls_, sched_cfg_);
+    const std::vector<float>& acs = vp_table && sched_.alphas_cumprod.empty() ? table : sched_.alphas_cumprod;
+    for (double t : timesteps) {
+      if (vp_table) {
+        if (!(t >= 0.0 && t < static_cast<double>(acs.size())) || std::floor(t) != t)
+          raise<value_error>(detail::kDfsWhere, "[add_noise] timestep " + number(t) + " is not an integer in [0, " +
+                                                    std::to_string(acs.size()) + ")");
+        const T a = static_cast<T>(acs[static_cast<std::size_t>(t)]);
+        coef.emplace_back(std::sqrt(a), std::sqrt(T(1) - a));
+        continue;
+      }
+      const T sigma = sig(noise_index(t));
+      if (cls_ == C::flow_match_euler || cls_ == C::flow_match_heun) {
+        coef.emplace_back(T(1) - sigma, sigma);
+      } else if (cls_ == C::euler || cls_ == C::euler_ancestral || cls_ == C::heun || cls_ == C::lms) {
+        coef.emplace_back(T(1), sigma);
+      } else {
+        coef.push_back(alpha_sigma(sigma));
+      }
+    }
+    BasicTensor<T> out(original.shape());
+    const std::size_t per = batch == 0 ? 0 : original.size() / batch;
+    for (std::size_t b = 0; b < batch; ++b) {
+      const auto [a, c] = coef[coef.size() == 1 ? 0 : b];
+      for (std::size_t k = b * per; k < (b + 1) * per; ++k) out[k] = a * original[k] + c * noise[k];
+    }
+    return out;
+  }
+  /// `add_noise` with one timestep for the whole batch.
+  BasicTensor<T> add_noise(const BasicTensor<T>& original, const BasicTensor<T>& noise, double timestep) const {
+    return add_noise(original, noise, std::span<const double>(&timestep, 1));
+  }
+  /// diffusers' `scale_noise(sample, timestep, noise)` of the FlowMatch classes: `add_noise` with
+  /// the arguments in that order (any class). Unlike diffusers' FlowMatchHeun it does not fix the
+  /// step index.
+  BasicTensor<T> scale_noise(const BasicTensor<T>& sample, double timestep, const BasicTensor<T>& noise) const {
+    return add_noise(sample, noise, timestep);
+  }
 
   /// `scale_model_input(sample, t)`: x / sqrt(sigma^2 + 1) for the Euler-style classes, else x.
   BasicTensor<T> scale_model_input(const BasicTensor<T>& sample, double t) {
@@ -387,7 +481,8 @@ class DiffusersScheduler {
 
   void reset() {
     step_index_.reset();
-    begin_index_ = 0;
+    begin_index_.reset();
+    first_index_ = 0;
     core_.reset();
     hist_.clear();
     hist_sigma_.clear();
@@ -402,7 +497,8 @@ class DiffusersScheduler {
       raise<value_error>(detail::kDfsWhere, "[" + std::string(fn) + "] call set_timesteps before " + std::string(fn));
   }
 
-  /** The step index for timestep `t`. The first call fixes it from `t` (diffusers
+  /** The step index for timestep `t`. The first call fixes it: `begin_index` if set (diffusers
+   *  `_init_step_index`; `t` must then be `timesteps()[begin_index]`), else from `t` (diffusers
    *  `index_for_timestep`: the second match when `t` occurs twice, as in Heun's interleaved
    *  schedule); later calls must pass `timesteps()[step_index]`. A `t` that is not in the
    *  schedule is a value_error (diffusers DPM would silently take the last index). */
@@ -420,6 +516,16 @@ class DiffusersScheduler {
                                                   " at step " + std::to_string(i) + ")");
       return i;
     }
+    if (begin_index_) {
+      const std::size_t i = *begin_index_;
+      if (ts[i] != t)
+        raise<value_error>(detail::kDfsWhere, "[" + std::string(fn) + "] timestep " + number(t) +
+                                                  " is not the one at begin_index " + std::to_string(i) + " (expected " +
+                                                  number(ts[i]) + ")");
+      step_index_ = i;
+      first_index_ = i;
+      return i;
+    }
     std::vector<std::size_t> hits;
     for (std::size_t k = 0; k < ts.size(); ++k)
       if (ts[k] == t) hits.push_back(k);
@@ -428,8 +534,26 @@ class DiffusersScheduler {
                                                 " is not in the schedule set by set_timesteps");
     const std::size_t i = hits.size() > 1 ? hits[1] : hits[0];
     step_index_ = i;
-    begin_index_ = i;
+    first_index_ = i;
     return i;
+  }
+
+  /// The sigma index add_noise uses for timestep `t` (see add_noise).
+  std::size_t noise_index(double t) const {
+    require_timesteps("add_noise");
+    if (begin_index_) return step_index_ ? std::min(*step_index_, sched_.sigmas.size() - 1) : *begin_index_;
+    const auto& ts = sched_.timesteps;
+    std::vector<std::size_t> hits;
+    for (std::size_t k = 0; k < ts.size(); ++k)
+      if (ts[k] == t) hits.push_back(k);
+    using C = SchedulerClass;
+    if (hits.empty()) {
+      if (cls_ == C::dpm_multistep || cls_ == C::dpm_singlestep || cls_ == C::unipc || cls_ == C::deis)
+        return ts.size() - 1;  // diffusers' index_for_timestep of these classes
+      raise<value_error>(detail::kDfsWhere, "[add_noise] timestep " + number(t) +
+                                                " is not in the schedule set by set_timesteps");
+    }
+    return hits.size() > 1 ? hits[1] : hits[0];
   }
 
   static std::string number(double v) {
@@ -636,7 +760,7 @@ class DiffusersScheduler {
 
   // ---------------------------------------------------------------- core samplers, VE classes
 
-  /// The core sampler's schedule from the first step on (img2img may begin part-way).
+  /// The core sampler's schedule from index `begin` on, in VE sigmas.
   std::vector<T> ve_sigmas_from(std::size_t begin) const {
     std::vector<T> s;
     for (std::size_t k = begin; k < sched_.sigmas.size(); ++k) {
@@ -671,12 +795,11 @@ class DiffusersScheduler {
       return out;
     }
     if (!core_) {
-      std::vector<T> s = ve_sigmas_from(begin_index_);
-      const std::size_t full = sched_.sigmas.size() - 1, sub = s.size() - 1;
+      std::vector<T> s = ve_sigmas_from(0);
       if (cls_ == C::euler || cls_ == C::flow_match_euler) {
         ChurnOptions<T> o;
-        // core: gamma = s_churn / (its steps); diffusers: s_churn / (len(sigmas) - 1).
-        o.s_churn = opt.s_churn * static_cast<T>(sub) / static_cast<T>(full);
+        // gamma = s_churn / (len(sigmas) - 1) in both (the core keeps the whole schedule).
+        o.s_churn = opt.s_churn;
         o.s_tmin = opt.s_tmin;
         o.s_tmax = opt.s_tmax;
         o.s_noise = opt.s_noise;
@@ -686,6 +809,9 @@ class DiffusersScheduler {
       } else {
         core_ = std::make_unique<LmsSampler<T>>(std::move(s), typename LmsSampler<T>::Options{opt.lms_order});
       }
+      // img2img: the run starts at first_index_ of the whole schedule, so LMS takes its order
+      // from the absolute step index, min(step_index + 1, order), as diffusers.
+      core_->begin_at(first_index_);
     }
     BasicTensor<T> x = sample;
     bool drew = false;
@@ -710,7 +836,7 @@ class DiffusersScheduler {
     using C = SchedulerClass;
     if (cls_ == C::lcm) return step_lcm(i, m, sample, noise);
     if (!core_) {
-      std::vector<T> s = ve_sigmas_from(begin_index_);
+      std::vector<T> s = ve_sigmas_from(0);
       if (cls_ == C::unipc) {
         UniPcOptions<T> o;
         o.order = static_cast<std::size_t>(cfg_.solver_order);
@@ -724,6 +850,7 @@ class DiffusersScheduler {
         o.lower_order_final = cfg_.lower_order_final;
         core_ = std::make_unique<DeisSampler<T>>(std::move(s), o);
       }
+      core_->begin_at(first_index_);  // img2img: diffusers' step index is absolute
     }
     const T sigma = sig(i), sigma_next = sig(i + 1);
     const BasicTensor<T> x0 = dpm_x0(m, sample, sigma);
@@ -1008,7 +1135,8 @@ class DiffusersScheduler {
   Schedule sched_;
   std::int64_t n_ = 0;
   std::optional<std::size_t> step_index_;
-  std::size_t begin_index_ = 0;
+  std::optional<std::size_t> begin_index_;  ///< diffusers' begin_index (set_begin_index)
+  std::size_t first_index_ = 0;             ///< the step index the run started at
   std::unique_ptr<Sampler<T>> core_;       ///< the core sampler of the classes that reuse one
   std::vector<BasicTensor<T>> hist_;       ///< DPM: converted outputs, newest first
   std::vector<T> hist_sigma_;              ///< their sigmas

@@ -7,10 +7,12 @@
  *
  *  where d = (x - D)/sigma and L_j is the Lagrange basis polynomial on the last `order` sigmas. The
  *  integral is computed by Gauss–Legendre quadrature with `order` nodes, exact for the degree
- *  order-1 polynomial (k-diffusion uses scipy.integrate.quad). Warm-up steps use order min(i+1, order).
+ *  order-1 polynomial (k-diffusion uses scipy.integrate.quad). Warm-up steps use order min(i+1, order),
+ *  with i the absolute step index (also after `begin_at`, as diffusers).
  */
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <memory>
@@ -89,25 +91,29 @@ class LmsSampler : public Sampler<T> {
     if (ds_.size() < o_.order) ds_.emplace_back();
     for (std::size_t k = ds_.size() - 1; k > 0; --k) std::swap(ds_[k], ds_[k - 1]);
     detail::ensure_like(ds_[0], x);
-    hist_.insert(hist_.begin(), static_cast<double>(sigma));
-    if (hist_.size() > o_.order) hist_.pop_back();
     const std::size_t n = x.size();
     T* px = x.data();
     const T* pd = den.data();
     T* d0 = ds_[0].data();
     const T inv = T(1) / sigma;
     for (std::size_t k = 0; k < n; ++k) d0[k] = (px[k] - pd[k]) * inv;
-    const std::size_t cur = hist_.size();
-    for (std::size_t j = 0; j < cur; ++j) {
-      const T c = static_cast<T>(detail::lagrange_integral(hist_, j, static_cast<double>(sigma), static_cast<double>(sigma_next)));
+    // The order comes from the absolute step index, min(i + 1, order), and the Lagrange nodes are
+    // the schedule's sigmas[i], sigmas[i-1], ... (k-diffusion, diffusers). After begin_at(k) fewer
+    // derivatives than nodes exist for the first steps: only the newest ones get a coefficient
+    // (diffusers zips the coefficients with the derivatives it has).
+    const std::size_t cur = std::min(i + 1, o_.order);
+    nodes_.clear();
+    for (std::size_t j = 0; j < cur; ++j) nodes_.push_back(static_cast<double>(this->sigmas_[i - j]));
+    for (std::size_t j = 0; j < std::min(cur, ds_.size()); ++j) {
+      const T c = static_cast<T>(detail::lagrange_integral(nodes_, j, static_cast<double>(sigma), static_cast<double>(sigma_next)));
       detail::axpby(x, T(1), ds_[j], c);
     }
   }
 
  private:
   Options o_;
-  std::vector<BasicTensor<T>> ds_;
-  std::vector<double> hist_;
+  std::vector<BasicTensor<T>> ds_;  ///< derivatives, newest first
+  std::vector<double> nodes_;       ///< scratch: the Lagrange nodes of the step
 };
 
 /// Whole-loop LMS.

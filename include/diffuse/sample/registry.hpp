@@ -176,6 +176,23 @@ inline std::vector<std::string> list_samplers() {
   return out;
 }
 
+/** The fewest steps at which sampler `name` (aliases accepted) gives an image rather than noise, as
+ *  measured: 1 for the first-order and multistep samplers; 6 for heun, 5 for dpm_2, 8 for dpm_2_a
+ *  and 10 for dpm_fast. Below that their second-order update, taken across a step whose sigma
+ *  shrinks by a factor of 25 to 1000, amplifies the denoiser's change over the step instead of
+ *  following it: k-diffusion's own samplers do the same on the same sigmas (docs/samplers.md, "Few
+ *  steps"; tools/few_step_samplers.py). Measured on models/digits-unet (karras 0.01..157) and
+ *  models/digits-dit (flow sigmas, 999..0.001 in VE); a model with a narrower sigma range may get
+ *  away with fewer. The pipeline warns below it. 1 for an unknown name. */
+inline std::size_t min_sensible_steps(std::string_view name) {
+  const std::string_view c = detail::canonical_sampler_name(name);
+  if (c == "heun") return 6;
+  if (c == "dpm_2") return 5;
+  if (c == "dpm_2_a") return 8;
+  if (c == "dpm_fast") return 10;
+  return 1;
+}
+
 /** A sampler by name (aliases accepted: euler_ancestral, adaptive, unipc_bh1, dpmpp_2m_sde_heun, ...).
  *  Throws value_error "unknown sampler 'x' (known: ...)". */
 template <class T>

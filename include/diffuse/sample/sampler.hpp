@@ -191,7 +191,8 @@ class Sampler {
     if (index_ + 1 < sigmas_.size()) report(sigmas_[index_], sigmas_[index_ + 1]);
     // Two equal sigmas (diffusers' final_sigmas_type="sigma_min" repeats sigma_min): h = 0, the
     // step is the identity. Skipped without a denoiser call; multistep history is left untouched.
-    if (skip_equal_ && index_ + 1 < sigmas_.size() && sigmas_[index_] == sigmas_[index_ + 1]) {
+    // Not for a sampler that still acts on such a step (UniPC's corrector, see acts_on_zero_steps).
+    if (skip_equal_ && !acts_on_zero_steps() && index_ + 1 < sigmas_.size() && sigmas_[index_] == sigmas_[index_ + 1]) {
       ++index_;
       return;
     }
@@ -207,6 +208,22 @@ class Sampler {
       step(denoiser, x, noise);
       if (cb) cb(StepInfo<T>{i, last_sigma_, last_sigma_next_, x, denoised_});
     }
+  }
+
+  /** Starts the run at step `k` instead of 0 (img2img and inpainting: diffusers' `set_begin_index`;
+   *  x must then be noised to sigmas[k]). Only before the first step. The schedule keeps its
+   *  earlier entries, so the rules that count the whole schedule see all of it, as diffusers'
+   *  absolute step index does: Euler's churn gamma, UniPC's and DEIS' lower-order final steps,
+   *  LMS's order min(k + 1, order) and its Lagrange nodes on the earlier sigmas. The history of a
+   *  multistep sampler starts empty. value_error after a step, for k past the last step, or for
+   *  a sampler that does not walk the schedule index by index (the adaptive ones). */
+  void begin_at(std::size_t k) {
+    if (!skip_equal_) raise<value_error>(where(), "begin_at: this sampler does not walk the schedule step by step");
+    if (nfe_ != 0 || index_ != 0) raise<value_error>(where(), "begin_at must be called before the first step");
+    if (k + 1 >= sigmas_.size())
+      raise<value_error>(where(), "begin_at(" + std::to_string(k) + "): the schedule has " +
+                                      std::to_string(sigmas_.size() - 1) + " steps");
+    index_ = k;
   }
 
   virtual bool done() const { return index_ + 1 >= sigmas_.size(); }
@@ -230,6 +247,13 @@ class Sampler {
   Sampler& operator=(const Sampler&) = default;
 
   virtual void do_step(const AnyDenoiser<T>& denoiser, BasicTensor<T>& x, NoiseSource<T>& noise) = 0;
+
+  /** True for a sampler whose step still changes x when sigmas[i] == sigmas[i + 1]: UniPC's
+   *  corrector, which at step i corrects the previous step's result with the new evaluation at
+   *  sigmas[i] (diffusers applies it on the zero-length last step of karras + sigma_min). The
+   *  base then hands such a step to do_step instead of skipping it. For every other sampler the
+   *  zero-length step is the identity (h = 0) and is skipped without a denoiser call. */
+  virtual bool acts_on_zero_steps() const { return false; }
 
   std::string where() const { return "sample_" + std::string(name()); }
 

@@ -67,6 +67,9 @@ class UniPcSampler : public Sampler<T> {
   DIFFUSE_SAMPLER_BOILERPLATE(UniPcSampler, "unipc")
 
  protected:
+  /// The corrector acts on a zero-length step too (see Sampler::acts_on_zero_steps).
+  bool acts_on_zero_steps() const override { return o_.use_corrector; }
+
   /// The shared coefficients: h_phi_1, B_h and b_k for k = 1..p.
   struct Coeffs {
     double h_phi_1, b_h;
@@ -162,7 +165,10 @@ class UniPcSampler : public Sampler<T> {
       detail::copy_into(last_sample_, x);
       have_last_ = true;
     }
-    if (sigma_next == T(0)) {
+    if (sigma_next == sigma) {
+      // Zero-length step (karras + final sigma_min repeats the last sigma): h = 0, the predictor
+      // is the identity (diffusers: h_phi_1 = B_h = 0); the corrector above has already acted.
+    } else if (sigma_next == T(0)) {
       std::copy(m_t.begin(), m_t.end(), x.begin());  // the limit of every order: x = D
     } else {
       update(x, nullptr, static_cast<double>(sigma_next), p);

@@ -127,9 +127,24 @@ struct ScheduleConfig {
   std::int64_t max_image_seq_len = 4096;
   std::int64_t original_inference_steps = 50;  ///< LCM
 
+  /// Largest `num_train_timesteps` accepted (real models use 1000; the tables are O(N) floats).
+  static constexpr std::int64_t kMaxTrainTimesteps = 1'000'000;
+
   /// Parses a scheduler config object. Raises format_error for a non-object or a key of the wrong
-  /// type (naming the key), value_error for an unknown name in a known key.
+  /// type (naming the key), value_error for an unknown name in a known key or an integer out of
+  /// range (see `validate`).
   static ScheduleConfig from_json(const nlohmann::json& j);
+
+  /** Checks the integer keys, so that no later arithmetic overflows or indexes out of the tables:
+   *  - `num_train_timesteps` in [2, kMaxTrainTimesteps];
+   *  - `steps_offset` in [0, num_train_timesteps) (diffusers uses 0 or 1; a timestep past the
+   *    train table would be clamped to sigma_max, i.e. a run that never denoises);
+   *  - `original_inference_steps` (LCM) in [1, kMaxTrainTimesteps] (and <= num_train_timesteps
+ *    when LCM uses it);
+   *  - with `use_dynamic_shifting`: 1 <= `base_image_seq_len` < `max_image_seq_len` <= 2^31
+   *    (their difference divides `calculate_shift`).
+   *  value_error naming the key, the value and the allowed range. */
+  void validate() const;
 
   /** `calculate_shift` with this config's base/max shift and sequence lengths: the `mu` the
    *  Flux/SD3 pipelines pass for `image_seq_len` latent tokens. */
@@ -162,7 +177,10 @@ inline void read(const nlohmann::json& j, std::string_view key, bool& dst) {
 
 inline void read(const nlohmann::json& j, std::string_view key, std::int64_t& dst) {
   if (const auto* v = present(j, key)) {
-    if (v->is_number_integer()) {
+    if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      raise<value_error>(kConfigWhere, "key '" + std::string(key) + "' = " + std::to_string(v->get<std::uint64_t>()) +
+                                           " is out of range (larger than 2^63 - 1)");
+    } else if (v->is_number_integer()) {
       dst = v->get<std::int64_t>();
     } else if (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() &&
                std::fabs(v->get<double>()) < 9.0e15) {
@@ -269,7 +287,33 @@ inline ScheduleConfig ScheduleConfig::from_json(const nlohmann::json& j) {
   read(j, "base_image_seq_len", c.base_image_seq_len);
   read(j, "max_image_seq_len", c.max_image_seq_len);
   read(j, "original_inference_steps", c.original_inference_steps);
+  c.validate();
   return c;
+}
+
+inline void ScheduleConfig::validate() const {
+  auto out_of_range = [](std::string_view key, std::int64_t v, const std::string& allowed) {
+    raise<value_error>(detail::kConfigWhere, "key '" + std::string(key) + "' = " + std::to_string(v) +
+                                                 " is out of range: it must be " + allowed);
+  };
+  const std::int64_t N = num_train_timesteps;
+  if (N < 2 || N > kMaxTrainTimesteps)
+    out_of_range("num_train_timesteps", N, "in [2, " + std::to_string(kMaxTrainTimesteps) + "]");
+  if (steps_offset < 0 || steps_offset >= N)
+    out_of_range("steps_offset", steps_offset, "in [0, num_train_timesteps) = [0, " + std::to_string(N) + ")");
+  // (LCM also needs it <= num_train_timesteps, checked by lcm_timesteps: the default 50 is kept
+  // by configs of every class, whatever their num_train_timesteps.)
+  if (original_inference_steps < 1 || original_inference_steps > kMaxTrainTimesteps)
+    out_of_range("original_inference_steps", original_inference_steps,
+                 "in [1, " + std::to_string(kMaxTrainTimesteps) + "]");
+  if (use_dynamic_shifting) {
+    constexpr std::int64_t kMaxSeq = std::int64_t(1) << 31;
+    if (base_image_seq_len < 1 || base_image_seq_len >= kMaxSeq)
+      out_of_range("base_image_seq_len", base_image_seq_len, "in [1, 2^31)");
+    if (max_image_seq_len <= base_image_seq_len || max_image_seq_len > kMaxSeq)
+      out_of_range("max_image_seq_len", max_image_seq_len,
+                   "in (base_image_seq_len, 2^31] = (" + std::to_string(base_image_seq_len) + ", 2^31]");
+  }
 }
 
 /// What a diffusers scheduler holds after `set_timesteps`.
@@ -351,9 +395,10 @@ inline Schedule make_schedule(SchedulerClass cls, const ScheduleConfig& c, std::
   using detail::to_int_times;
   const std::int64_t n = num_inference_steps;
   const std::int64_t N = c.num_train_timesteps;
-  if (n < 1) raise<value_error>(where, "num_inference_steps must be >= 1, got " + std::to_string(n));
-  if (N < 2) raise<value_error>(where, "num_train_timesteps must be >= 2, got " + std::to_string(N));
-  if (c.steps_offset < 0) raise<value_error>(where, "steps_offset must be >= 0, got " + std::to_string(c.steps_offset));
+  if (n < 1 || n > ScheduleConfig::kMaxTrainTimesteps)
+    raise<value_error>(where, "num_inference_steps must be in [1, " + std::to_string(ScheduleConfig::kMaxTrainTimesteps) +
+                                  "], got " + std::to_string(n));
+  c.validate();
   if (detail::count_conversions(c) > 1)
     raise<value_error>(where, "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be set");
   Schedule s;
@@ -391,7 +436,14 @@ inline Schedule make_schedule(SchedulerClass cls, const ScheduleConfig& c, std::
       c.timestep_spacing.value_or(ddpm_like ? TimestepSpacing::leading : TimestepSpacing::linspace);
 
   if (ddpm_like) {
-    for (auto t : ddpm_timesteps(spacing, N, n, c.steps_offset)) s.timesteps.push_back(static_cast<double>(t));
+    for (auto t : ddpm_timesteps(spacing, N, n, c.steps_offset)) {
+      // DDPM and DDIM index alphas_cumprod with the timestep (diffusers raises IndexError).
+      if (t < 0 || t >= N)
+        raise<value_error>(where, "steps_offset " + std::to_string(c.steps_offset) + " with " + std::to_string(n) +
+                                      " steps gives timestep " + std::to_string(t) +
+                                      ", outside the train table [0, " + std::to_string(N - 1) + "]");
+      s.timesteps.push_back(static_cast<double>(t));
+    }
     s.integer_timesteps = true;
     return s;
   }

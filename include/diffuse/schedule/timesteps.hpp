@@ -50,21 +50,32 @@ constexpr std::string_view to_string(TimestepSpacing s) noexcept {
 }
 
 namespace detail {
+/// Bound of num_train_timesteps and num_inference_steps here (1e6: every product below fits int64).
+constexpr std::int64_t kMaxTimesteps = 1'000'000;
+
 inline void check_steps(std::string_view where, std::int64_t num_train_timesteps, std::int64_t num_inference_steps,
                         bool capped = true) {
-  if (num_train_timesteps < 1)
-    raise<value_error>(where, "num_train_timesteps must be >= 1, got " + std::to_string(num_train_timesteps));
-  if (num_inference_steps < 1)
-    raise<value_error>(where, "num_inference_steps must be >= 1, got " + std::to_string(num_inference_steps));
+  if (num_train_timesteps < 1 || num_train_timesteps > kMaxTimesteps)
+    raise<value_error>(where, "num_train_timesteps must be in [1, 1000000], got " + std::to_string(num_train_timesteps));
+  if (num_inference_steps < 1 || num_inference_steps > kMaxTimesteps)
+    raise<value_error>(where, "num_inference_steps must be in [1, 1000000], got " + std::to_string(num_inference_steps));
   if (capped && num_inference_steps > num_train_timesteps)
     raise<value_error>(where, "num_inference_steps (" + std::to_string(num_inference_steps) +
                                   ") cannot be larger than num_train_timesteps (" +
                                   std::to_string(num_train_timesteps) + ")");
 }
 
+/// steps_offset in [0, N): the leading timesteps i * (N / n) + offset then stay below 2N (no overflow).
+inline void check_offset(std::string_view where, std::int64_t N, std::int64_t steps_offset) {
+  if (steps_offset < 0 || steps_offset >= N)
+    raise<value_error>(where, "steps_offset must be in [0, num_train_timesteps) = [0, " + std::to_string(N) + "), got " +
+                                  std::to_string(steps_offset));
+}
+
 /// Spaced timesteps in float64 before the scheduler's cast: n points, descending.
 inline std::vector<double> spaced(TimestepSpacing spacing, std::int64_t N, std::int64_t n, std::int64_t steps_offset,
                                   bool round_linspace) {
+  check_offset("set_timesteps", N, steps_offset);
   std::vector<double> t;
   switch (spacing) {
     case TimestepSpacing::linspace: {
@@ -123,6 +134,7 @@ inline std::vector<std::int64_t> dpm_timesteps(TimestepSpacing spacing, std::int
   if (last_timestep < 0) last_timestep = num_train_timesteps;
   if (last_timestep < 1 || last_timestep > num_train_timesteps)
     raise<value_error>(where, "last_timestep must be in [1, num_train_timesteps], got " + std::to_string(last_timestep));
+  detail::check_offset(where, num_train_timesteps, steps_offset);
   const std::int64_t n = num_inference_steps;
   std::vector<std::int64_t> t;
   switch (spacing) {
