@@ -101,7 +101,9 @@ typedef enum diffuse_status {
   DIFFUSE_CANCELLED = 5,
   /** The network or the sampler produced a non-finite value (NaN or infinity). */
   DIFFUSE_NUMERIC_ERROR = 6,
-  /** An allocation failed, or a load or job would need more memory than its `memory_limit`. */
+  /** An allocation failed, a load or job would need more memory than its `memory_limit`, or the
+   *  system refused to start a thread (its limit on threads or on memory was reached:
+   *  `diffuse_context_create` with fewer threads may succeed). */
   DIFFUSE_OUT_OF_MEMORY = 7,
   /** The call does not fit the object's state: a step after the last one, a result before it, a
    *  step on a job that failed. */
@@ -153,7 +155,9 @@ typedef struct diffuse_context_options {
   /** sizeof(diffuse_context_options), set by the init function. */
   size_t struct_size;
   /** Threads a step runs on, the calling thread included: 1 (default) runs everything on the
-   *  caller's thread; 0 takes one per hardware thread. */
+   *  caller's thread; 0 takes one per hardware thread (at most 256). At most 256: more is
+   *  DIFFUSE_INVALID_ARGUMENT. When the system cannot start them all, `diffuse_context_create`
+   *  returns DIFFUSE_OUT_OF_MEMORY (the threads started are stopped again; no context). */
   int threads;
   /** Log callback and its user pointer (NULL: no logging). */
   diffuse_log_fn log_callback;
@@ -259,7 +263,9 @@ typedef struct diffuse_job_options {
   const char* sampler;
   /** Schedule name ("default", "karras", "exponential", ...). NULL: the model's. */
   const char* schedule;
-  /** Sampler steps, >= 1. -1 (initial value): the model's default. */
+  /** Sampler steps, >= 1. -1 (initial value): the model's default. For "dpm_adaptive", which
+   *  chooses its own step sizes, a budget: at most this many trial steps; the job usually ends
+   *  sooner, and `diffuse_job_progress` then reports the trials taken as the total. */
   int steps;
   /** Seed of the noise (torch.manual_seed). Default 0. */
   uint64_t seed;

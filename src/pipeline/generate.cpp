@@ -41,6 +41,9 @@ std::string label_range(const Model& m) {
   return s;
 }
 
+/// The adaptive DPM-Solver, whose steps are trials within a budget (see GenerateOptions::steps).
+bool adaptive(const Sampler<float>& s) { return s.name() == "dpm_adaptive"; }
+
 /// A sampler that accepts flow-space denoisers directly (flow_euler, euler, heun, lms, lcm).
 bool runs_in_flow_space(const Sampler<float>& s) { return s.accepts(NoiseSpace::flow); }
 
@@ -69,14 +72,22 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   const Defaults& d = model.defaults();
   const auto& ni = model.info();
   if (o.sampler.empty()) o.sampler = d.sampler;
+  // The sampler: make_sampler names the known ones when the name is unknown.
+  const auto probe = make_sampler<float>(o.sampler, {1.0f, 0.5f, 0.0f}, o.sampler_params);
+  if (adaptive(*probe)) {
+    // dpm_adaptive picks its own step sizes over the model's whole noise range: the ends of the
+    // karras schedule (as A1111 does); no other schedule's interior points would be used.
+    if (!o.schedule.empty() && o.schedule != "karras")
+      raise<value_error>(where, "sampler 'dpm_adaptive' chooses its own noise levels between the model's largest and "
+                                "smallest; it takes no schedule (got '" + o.schedule + "')");
+    o.schedule = "karras";
+  }
   if (o.schedule.empty()) o.schedule = d.schedule;
   if (!o.steps) o.steps = d.steps;
   if (!o.cfg_scale) o.cfg_scale = model.null_class() ? d.cfg_scale : 1.0f;
   if (!o.width) o.width = ni.sample_size;
   if (!o.height) o.height = ni.sample_size;
 
-  // The sampler: make_sampler names the known ones when the name is unknown.
-  const auto probe = make_sampler<float>(o.sampler, {1.0f, 0.0f}, o.sampler_params);
   if (model.space() == NoiseSpace::ve && !probe->accepts(NoiseSpace::ve))
     raise<value_error>(where, "sampler '" + o.sampler + "' is for flow-matching models; " + model.name() +
                                   " is a diffusion (VP) model");
@@ -244,13 +255,17 @@ void Generation::init() {
   }
 
   // The schedule and the sampler; a flow model with a VE-only sampler goes through flow_to_ve.
-  std::vector<float> sigmas = make_sigmas(model, o.schedule, *o.steps);
-  s.sampler = make_sampler<float>(o.sampler, sigmas, o.sampler_params);
+  // dpm_adaptive: steps is its budget of trials, the interval the ends of the karras schedule.
+  SamplerParams<float> params = o.sampler_params;
+  const bool budgeted = adaptive(*make_sampler<float>(o.sampler, {1.0f, 0.5f, 0.0f}, params));
+  if (budgeted) params.max_steps = static_cast<std::size_t>(*o.steps);
+  std::vector<float> sigmas = make_sigmas(model, o.schedule, budgeted ? 2 : *o.steps);
+  s.sampler = make_sampler<float>(o.sampler, sigmas, params);
   const bool to_ve = flow && !runs_in_flow_space(*s.sampler);
   if (to_ve) {
     const double cap = 1.0 - 1.0 / static_cast<double>(model.schedule_config().num_train_timesteps);
     for (float& v : sigmas) v = static_cast<float>(flow_sigma_to_ve(std::min(static_cast<double>(v), cap)));
-    s.sampler = make_sampler<float>(o.sampler, sigmas, o.sampler_params);
+    s.sampler = make_sampler<float>(o.sampler, sigmas, params);
   }
   s.sigmas = sigmas;
 

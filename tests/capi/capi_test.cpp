@@ -24,6 +24,7 @@
 
 #include "capi/capi_internal.hpp"
 #include "diffuse/diffuse.h"
+#include "diffuse/kernels/parallel.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
 
 namespace {
@@ -333,6 +334,169 @@ TEST(CApi, TwoContextsShareOneModel) {
   a.join();
   b.join();
   for (std::size_t i = 0; i < cases.size(); ++i) EXPECT_TRUE(concurrent[i] == sequential[i]) << "case " << i;
+}
+
+// The header promises diffuse_context_cancel is safe from any thread at any time: one thread
+// cancels whatever context is current in a tight loop while another destroys and recreates it.
+// Before the registry kept references, cancel read the context after dropping the registry lock:
+// a heap-use-after-free under AddressSanitizer, a data race under ThreadSanitizer.
+TEST(CApi, CancelRacesDestroy) {
+  std::atomic<diffuse_context*> current{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<long> ok{0}, invalid{0}, other{0};
+  std::thread canceller([&] {
+    while (!stop.load()) {
+      const diffuse_status st = diffuse_context_cancel(current.load());
+      (st == DIFFUSE_OK ? ok : st == DIFFUSE_INVALID_ARGUMENT ? invalid : other)++;
+    }
+  });
+  for (int i = 0; i < 5000; ++i) {
+    diffuse_context* c = nullptr;
+    if (diffuse_context_create(nullptr, &c) != DIFFUSE_OK) {
+      ADD_FAILURE() << "diffuse_context_create failed";
+      break;
+    }
+    current.store(c);
+    std::this_thread::yield();
+    diffuse_context_destroy(c);  // the canceller may still be about to use c: it must see a dead handle
+  }
+  stop = true;
+  canceller.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_GT(ok.load(), 0);
+  std::printf("cancel racing destroy: %ld ok, %ld on a destroyed context\n", ok.load(), invalid.load());
+}
+
+// The same for the job and model entry points that read a handle another thread may free: each
+// returns DIFFUSE_OK or DIFFUSE_INVALID_ARGUMENT and never reads freed memory.
+TEST(CApi, ReadsRaceFree) {
+  Ctx c;
+  Model m(c, kDit);
+  std::atomic<diffuse_job*> job{nullptr};
+  std::atomic<diffuse_model*> model{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<long> other{0};
+  std::thread reader([&] {
+    diffuse_model_info info;
+    while (!stop.load()) {
+      int step = 0, total = 0, w = 0;
+      const diffuse_status a = diffuse_job_progress(job.load(), &step, &total);
+      const diffuse_status b = diffuse_job_image_size(job.load(), &w, nullptr, nullptr, nullptr);
+      diffuse_model_info_init(&info);
+      const diffuse_status d = diffuse_model_get_info(model.load(), &info);
+      for (const diffuse_status st : {a, b, d})
+        if (st != DIFFUSE_OK && st != DIFFUSE_INVALID_ARGUMENT) ++other;
+    }
+  });
+  const auto o = options(2, 3, 1);
+  for (int i = 0; i < 3000; ++i) {
+    diffuse_job* j = nullptr;
+    if (diffuse_job_create(c.p, m.p, &o, &j) != DIFFUSE_OK) {
+      ADD_FAILURE() << c.error();
+      break;
+    }
+    job.store(j);
+    std::this_thread::yield();
+    diffuse_job_free(j);
+  }
+  for (int i = 0; i < 100; ++i) {
+    diffuse_model* mm = nullptr;
+    if (diffuse_model_load(c.p, kDit.c_str(), nullptr, &mm) != DIFFUSE_OK) {
+      ADD_FAILURE() << c.error();
+      break;
+    }
+    model.store(mm);
+    std::this_thread::yield();
+    diffuse_model_free(mm);
+  }
+  stop = true;
+  reader.join();
+  EXPECT_EQ(other.load(), 0);
+}
+
+// dpm_adaptive through the C ABI: steps is its budget of trials. steps 1 is one Euler step that
+// reaches the end (formerly: no network call, DIFFUSE_NUMERIC_ERROR on the first step and a result
+// that could never be read); the progress total is the budget, then the trials taken, and the
+// progress callback and diffuse_job_progress agree.
+TEST(CApi, AdaptiveStepsAreABudget) {
+  struct Seen {
+    std::vector<std::pair<int, int>> calls;
+  } seen;
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.progress_user_data = &seen;
+  co.progress_callback = [](void* u, diffuse_job* job, int step, int total) {
+    int s = -1, t = -1;
+    EXPECT_EQ(diffuse_job_progress(job, &s, &t), DIFFUSE_OK);
+    EXPECT_EQ(s, step);
+    EXPECT_EQ(t, total);
+    static_cast<Seen*>(u)->calls.emplace_back(step, total);
+  };
+  Ctx c(&co);
+  Model m(c, kDit);
+  for (int steps : {1, 4, 200}) {
+    seen.calls.clear();
+    auto o = options(steps, 3, 5);
+    o.sampler = "dpm_adaptive";
+    Job j(c, m, o);
+    int step = -1, total = -1;
+    ASSERT_EQ(diffuse_job_progress(j.p, &step, &total), DIFFUSE_OK);
+    EXPECT_EQ(step, 0);
+    EXPECT_EQ(total, steps);
+    int done = 0;
+    while (!done) ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << steps << ": " << c.error();
+    ASSERT_EQ(diffuse_job_progress(j.p, &step, &total), DIFFUSE_OK);
+    EXPECT_GE(step, 1);
+    EXPECT_LE(step, steps);
+    EXPECT_EQ(total, step);
+    if (steps == 1) {
+      EXPECT_EQ(step, 1);
+    }
+    ASSERT_EQ(seen.calls.size(), static_cast<std::size_t>(step));
+    for (std::size_t k = 0; k + 1 < seen.calls.size(); ++k) EXPECT_EQ(seen.calls[k], std::make_pair(static_cast<int>(k) + 1, steps));
+    EXPECT_EQ(seen.calls.back(), std::make_pair(step, step));
+    const Images r = results(j.p);  // readable
+    // Not noise: the digit models' images are mostly background (-1) with a bright stroke.
+    std::size_t dark = 0;
+    for (float v : r.f32) dark += v < -0.8f;
+    std::printf("dpm_adaptive, budget %d: %d trials, %zu of %zu pixels dark\n", steps, step, dark, r.f32.size());
+    EXPECT_GT(dark, r.f32.size() / 3) << steps;
+    EXPECT_NE(std::string(diffuse_job_parameters(j.p, 0)).find("Schedule type: karras"), std::string::npos)
+        << diffuse_job_parameters(j.p, 0);
+  }
+}
+
+bool fail_fourth_thread(std::size_t w) { return w != 3; }
+
+// A context whose threads cannot all start is DIFFUSE_OUT_OF_MEMORY with the reason, no context
+// and no thread left running; more than 256 threads is refused before any is started.
+TEST(CApi, ContextThreadStartFailure) {
+  std::vector<std::string> logged;
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.threads = 8;
+  co.log_user_data = &logged;
+  co.log_callback = [](void* u, diffuse_log_level, const char* msg) { static_cast<std::vector<std::string>*>(u)->push_back(msg); };
+  diffuse::kernels::testing::set_thread_start_hook(fail_fourth_thread);
+  diffuse_context* c = reinterpret_cast<diffuse_context*>(&co);
+  const diffuse_status st = diffuse_context_create(&co, &c);
+  diffuse::kernels::testing::set_thread_start_hook(nullptr);
+  EXPECT_EQ(st, DIFFUSE_OUT_OF_MEMORY);
+  EXPECT_EQ(c, nullptr);
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_EQ(logged[0].rfind("[ThreadPool] could not start thread 4 of 8 (", 0), 0u) << logged[0];
+  EXPECT_NE(logged[0].find("use fewer threads"), std::string::npos) << logged[0];
+
+  logged.clear();
+  co.threads = 257;
+  EXPECT_EQ(diffuse_context_create(&co, &c), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(c, nullptr);
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_EQ(logged[0], "[diffuse_context_create] threads must be in 0..256 (0 = one per hardware thread), got 257");
+
+  co.threads = 8;  // and without the hook the same options work
+  Ctx ok(&co);
+  EXPECT_NE(ok.p, nullptr);
 }
 
 // Jobs keep their model and context internals alive.

@@ -49,8 +49,10 @@ namespace pipeline {
 /// What to generate. Unset fields take the model's defaults (`Model::defaults()`).
 struct GenerateOptions {
   std::string sampler;              ///< registry name or alias; empty: model default
-  std::string schedule;             ///< see `make_sigmas`; empty: model default
-  std::optional<int> steps;         ///< >= 1
+  std::string schedule;             ///< see `make_sigmas`; empty: model default (dpm_adaptive: karras only)
+  /// Sampler steps, 1..10000. For `dpm_adaptive`, which chooses its own step sizes, the budget:
+  /// at most this many trial steps (see DpmAdaptiveOptions::max_steps); it usually ends sooner.
+  std::optional<int> steps;
   std::optional<float> cfg_scale;   ///< finite; 1 = no guidance (needs no null class)
   std::uint64_t seed = 0;
   std::size_t batch = 1;            ///< images generated together (one forward per step)
@@ -109,7 +111,8 @@ class DIFFUSE_API Generation {
   bool done() const;
   /// Steps taken so far.
   std::size_t step_index() const;
-  /// Steps in the schedule.
+  /// Steps in all: the schedule's. For dpm_adaptive, its budget (`options().steps`) until it is
+  /// done, then the trials it took (so that step_index() == num_steps() at the end).
   std::size_t num_steps() const;
   /// Network forwards so far (a CFG step is one batched forward).
   std::size_t nfe() const;
