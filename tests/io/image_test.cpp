@@ -9,12 +9,18 @@
 #include <limits>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace {
 
 namespace io = diffuse::io;
 namespace fs = std::filesystem;
 
-fs::path temp_path(const std::string& name) { return fs::temp_directory_path() / ("diffuse_image_test_" + name); }
+/// A path in this process's own fresh temporary folder (removed at exit).
+fs::path temp_path(const std::string& name) {
+  static const diffuse_test::TempDir dir("image");
+  return dir / name;
+}
 
 io::Image gradient(int w, int h, int c) {
   io::Image im{w, h, c, std::vector<std::uint8_t>(static_cast<std::size_t>(w * h * c))};
