@@ -44,7 +44,16 @@ struct GenerateArgs {
   bool quiet = false;
 };
 
+/// The options of `diffuse tokenize`.
+struct TokenizeArgs {
+  std::string model;   ///< pipeline folder (tokenizer/), tokenizer folder, or bpe_simple_vocab_16e6.txt
+  std::string prompt;
+  bool json = false;
+  bool tokens = false;  ///< also print the token strings
+};
+
 int run_generate(const GenerateArgs& args);
+int run_tokenize(const TokenizeArgs& args);
 int run_list();
 int run_info(const std::string& model);
 
