@@ -46,6 +46,14 @@ struct GenerateArgs {
   bool quiet = false;
 };
 
+/// The options of `diffuse tokenize`.
+struct TokenizeArgs {
+  std::string model;   ///< pipeline folder (tokenizer/), tokenizer folder, or bpe_simple_vocab_16e6.txt
+  std::string prompt;
+  bool json = false;
+  bool tokens = false;  ///< also print the token strings
+};
+
 int run_generate(const GenerateArgs& args);
 
 /** `s` as it may be printed on a terminal: control characters (C0, DEL, C1) and bytes that are
@@ -53,6 +61,8 @@ int run_generate(const GenerateArgs& args);
  *  name, an error message quoting one) cannot move the cursor, retitle the window or hide text.
  *  Every string the program prints that it did not write itself goes through it. */
 std::string printable(std::string_view s);
+
+int run_tokenize(const TokenizeArgs& args);
 int run_list();
 int run_info(const std::string& model);
 

@@ -4,6 +4,7 @@
 //   diffuse generate --model models/digits-dit --class 3 -o three.png
 //   diffuse list
 //   diffuse info models/digits-unet
+//   diffuse tokenize --model sd15 "a photo of a cat"
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -65,6 +66,18 @@ int main(int argc, char** argv) {
   gen->add_flag("--grid", g.grid, "write a batch as one grid image");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
+  TokenizeArgs tk;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "CLIP token ids of a prompt and their count");
+  tokenize->footer(
+      "Prints the ids (with <|startoftext|> and <|endoftext|>), then the number of prompt tokens out of the 75\n"
+      "that fit in one 77-token sequence. --json: {\"ids\": [...], \"count\": N, \"max_length\": 77, \"truncated\": bool}.");
+  tokenize->add_option("-m,--model", tk.model,
+                       "pipeline folder (with tokenizer/), tokenizer folder (vocab.json, merges.txt) or OpenAI's "
+                       "bpe_simple_vocab_16e6.txt")->required();
+  tokenize->add_option("prompt", tk.prompt, "the prompt (quote it)")->required();
+  tokenize->add_flag("--json", tk.json, "machine-readable output");
+  tokenize->add_flag("--tokens", tk.tokens, "also print the token strings");
+
   CLI::App* list = app.add_subcommand("list", "list the samplers and schedules");
   std::string info_model;
   CLI::App* info = app.add_subcommand("info", "describe a model: architecture, parameters, classes, scheduler, defaults");
@@ -80,6 +93,7 @@ int main(int argc, char** argv) {
 
   try {
     if (gen->parsed()) return run_generate(g);
+    if (tokenize->parsed()) return run_tokenize(tk);
     if (list->parsed()) return run_list();
     if (info->parsed()) return run_info(info_model);
   } catch (const UsageError& e) {

@@ -140,6 +140,7 @@ struct AttnShape {
 struct AttnProblem {
   AttnShape s;
   Vec q, k, v;
+  bool causal = false;
   AttnProblem(AttnShape sh, std::uint64_t seed, float amp = 1.0f) : s(sh) {
     q = random(s.batch * s.q_len * s.heads * s.head_dim, seed, amp);
     k = random(s.batch * s.kv_len * s.heads * s.head_dim, seed + 1, amp);
@@ -147,7 +148,9 @@ struct AttnProblem {
   }
   Vec run(dk::Context& ctx) const {
     Vec o(q.size(), NAN);
-    dk::attention(dk::attention_bnd(q.data(), k.data(), v.data(), o.data(), s.batch, s.heads, s.q_len, s.kv_len, s.head_dim), ctx);
+    dk::AttentionArgs a = dk::attention_bnd(q.data(), k.data(), v.data(), o.data(), s.batch, s.heads, s.q_len, s.kv_len, s.head_dim);
+    a.causal = causal;
+    dk::attention(a, ctx);
     return o;
   }
   std::vector<double> ref() const {
@@ -159,6 +162,10 @@ struct AttnProblem {
         for (std::size_t i = 0; i < s.q_len; ++i) {
           double m = -INFINITY, sum = 0;
           for (std::size_t j = 0; j < s.kv_len; ++j) {
+            if (causal && j > i) {  // masked: weight 0
+              p[j] = -INFINITY;
+              continue;
+            }
             double dot = 0;
             for (std::size_t t = 0; t < d; ++t)
               dot += static_cast<double>(q[(b * s.q_len + i) * row + h * d + t]) * k[(b * s.kv_len + j) * row + h * d + t];
@@ -312,6 +319,25 @@ TEST(Ops, AttentionScalarVsDouble) {
     EXPECT_LE(logged("attention", rel_diff(p.run(ctx), p.ref())), 1.5e-6)
         << s.batch << "x" << s.heads << " q" << s.q_len << " kv" << s.kv_len << " d" << s.head_dim;
   }
+}
+
+// Causal attention (CLIP's text encoder), scalar vs the masked double reference, with query
+// blocks and key blocks both straddling the diagonal and q_len != kv_len: same bound.
+TEST(Ops, AttentionCausalScalarVsDouble) {
+  dk::ScopedOpVariant sv(scalar_row());
+  dk::Context ctx(2);
+  for (AttnShape s : {AttnShape{1, 1, 1, 1, 1}, AttnShape{2, 3, 77, 77, 64}, AttnShape{1, 2, 130, 130, 16},
+                      AttnShape{1, 1, 20, 90, 8}, AttnShape{2, 1, 40, 5, 72}}) {
+    AttnProblem p(s, 51 + s.head_dim, 2.0f);
+    p.causal = true;
+    EXPECT_LE(logged("attention causal", rel_diff(p.run(ctx), p.ref())), 1.5e-6)
+        << s.batch << "x" << s.heads << " q" << s.q_len << " kv" << s.kv_len << " d" << s.head_dim;
+  }
+  // Row 0 sees only key 0: its output is v[0] exactly.
+  AttnProblem p(AttnShape{1, 1, 5, 5, 4}, 7);
+  p.causal = true;
+  const Vec o = p.run(ctx);
+  for (std::size_t t = 0; t < 4; ++t) EXPECT_EQ(o[t], p.v[t]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,6 +511,14 @@ TEST(Ops, AttentionVariants) {
                       AttnShape{1, 1, 300, 17, 64}, AttnShape{1, 2, 1, 300, 16}}) {
     const AttnProblem p(s, 111 + s.head_dim, 2.0f);
     check_variants("attention d" + std::to_string(s.head_dim) + " q" + std::to_string(s.q_len),
+                   [&](dk::Context& ctx) { return p.run(ctx); }, 1.5e-6);
+  }
+  // Causal: same bound (diagonal inside and across SIMD query blocks and key blocks).
+  for (AttnShape s : {AttnShape{2, 12, 77, 77, 64}, AttnShape{1, 2, 130, 130, 16}, AttnShape{1, 1, 20, 90, 8},
+                      AttnShape{2, 1, 40, 5, 72}, AttnShape{1, 1, 1, 1, 1}}) {
+    AttnProblem p(s, 131 + s.head_dim, 2.0f);
+    p.causal = true;
+    check_variants("attention causal d" + std::to_string(s.head_dim) + " q" + std::to_string(s.q_len),
                    [&](dk::Context& ctx) { return p.run(ctx); }, 1.5e-6);
   }
   // Strided layout ([B, H, N, d] q with padding between rows) and an explicit scale.
