@@ -195,7 +195,8 @@ ClipTokenizer::ClipTokenizer(std::unordered_map<std::string, std::int32_t> vocab
   }
   merges_.reserve(merges.size());
   for (std::size_t r = 0; r < merges.size(); ++r) {
-    const auto& [l, rr] = merges[r];
+    const std::string& l = merges[r].first;
+    const std::string& rr = merges[r].second;
     const std::int32_t a = id_of(l), b = id_of(rr), m = id_of(l + rr);
     auto line = [&] { return "merge " + std::to_string(r + 1) + " '" + l + " " + rr + "'"; };
     if (a < 0 || b < 0) raise<format_error>(kWhere, line() + ": a part is not in the vocabulary");
