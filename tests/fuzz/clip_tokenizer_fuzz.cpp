@@ -3,7 +3,7 @@
 // be rejected with a diffuse::value_error (invalid UTF-8) or give ids that are all in the
 // vocabulary, with encode_padded exactly max_length long and equal to the truncated encode.
 // The vocabulary is OpenAI's merges list when DIFFUSE_CLIP_MERGES names the decompressed
-// bpe_simple_vocab_16e6.txt (scripts/fuzz.sh sets it when ../shared/data/clip is there), else a
+// bpe_simple_vocab_16e6.txt (e.g. build/tests/data/clip/, decompressed by tests/CMakeLists.txt), else a
 // small built-in one (byte characters, all letter pairs, a few longer merges).
 #include <algorithm>
 #include <cstddef>
