@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
               DIFFUSE_VERSION_MAJOR, DIFFUSE_VERSION_MINOR, DIFFUSE_VERSION_PATCH,
               diffuse::isa_name(diffuse::isa_level()).data(), diffuse::convert_isa().data(),
               std::thread::hardware_concurrency());
-  std::printf("build flags: %s%s\n", DIFFUSE_BUILD_FLAGS, DIFFUSE_NATIVE_BUILD ? " -march=native" : "");
+  std::printf("build flags: %s %s\n", DIFFUSE_BUILD_FLAGS, DIFFUSE_MARCH_FLAG);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

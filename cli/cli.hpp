@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace diffuse_cli {
@@ -25,26 +26,43 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// The options of `diffuse generate` as typed (unset numbers keep their "unset" marker).
+/// The options of `diffuse generate` as typed. The whole numbers are kept as the text given (empty:
+/// not given) and checked by run_generate, so that a message quotes what was typed.
 struct GenerateArgs {
   std::string model;
   std::string classes;  ///< "3", "0,1,2" or "all"
   std::string sampler, schedule;
-  long long steps = 0;
-  bool steps_set = false;
+  std::string steps;
   double cfg_scale = 0;
   bool cfg_set = false;
-  unsigned long long seed = 42;
-  long long batch = 0;  ///< 0: one per class given
-  long long width = 0, height = 0;
-  long long threads = 0;
-  long long scale = 0;  ///< 0: automatic (images at least 128 pixels on their larger side)
+  std::string seed = "42";
+  std::string batch;  ///< not given: one per class given, else 1
+  std::string width, height;
+  std::string threads = "0";  ///< 0: one per hardware thread
+  std::string scale = "0";    ///< 0: automatic (images at least 128 pixels on their larger side)
+  std::string memory_limit;  ///< "4G", "512M"; empty: 3/4 of the physical memory
   std::string output = "diffuse.png";
   bool grid = false;
   bool quiet = false;
 };
 
+/// The options of `diffuse tokenize`.
+struct TokenizeArgs {
+  std::string model;   ///< pipeline folder (tokenizer/), tokenizer folder, or bpe_simple_vocab_16e6.txt
+  std::string prompt;
+  bool json = false;
+  bool tokens = false;  ///< also print the token strings
+};
+
 int run_generate(const GenerateArgs& args);
+
+/** `s` as it may be printed on a terminal: control characters (C0, DEL, C1) and bytes that are
+ *  not UTF-8 are shown escaped (`\x1b`, `\n`), so a string from a file (a config value, a folder
+ *  name, an error message quoting one) cannot move the cursor, retitle the window or hide text.
+ *  Every string the program prints that it did not write itself goes through it. */
+std::string printable(std::string_view s);
+
+int run_tokenize(const TokenizeArgs& args);
 int run_list();
 int run_info(const std::string& model);
 
@@ -53,7 +71,8 @@ int run_info(const std::string& model);
 class Progress {
  public:
   Progress(std::size_t total, bool enabled);
-  void update(std::size_t done);
+  /// `done` steps of `total` (the total may change: dpm_adaptive ends within its budget).
+  void update(std::size_t done, std::size_t total);
   /// Ends the bar line (if drawn) and returns the seconds since construction.
   double finish();
 

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
 // `diffuse generate`: options -> pipeline::Generation -> PNG file(s) with the parameters text.
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +12,7 @@
 
 #include "cli.hpp"
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/memory.hpp"
 #include "diffuse/io/image.hpp"
 #include "diffuse/kernels/parallel.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
@@ -55,6 +59,21 @@ fs::path numbered(const fs::path& p, std::size_t i) {
   return r;
 }
 
+/** The whole number `text` given to `option`, checked to lie in [lo, hi]: decimal digits only (no
+ *  sign, exponent or fraction), so that "1e22", "-1" or 2^64 are refused quoting what was typed
+ *  rather than read as some other number. */
+std::uint64_t whole_number(const char* option, const std::string& text, std::uint64_t lo, std::uint64_t hi,
+                           const char* note = "") {
+  std::uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const bool digits = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (!digits || ec != std::errc() || ptr != end || v < lo || v > hi)
+    throw UsageError(std::string(option) + " must be a whole number in " + std::to_string(lo) + ".." + std::to_string(hi) +
+                     note + ", got '" + text + "'");
+  return v;
+}
+
 void check_writable_dir(const fs::path& file) {
   const fs::path dir = file.has_parent_path() ? file.parent_path() : fs::path(".");
   std::error_code ec;
@@ -65,32 +84,48 @@ void check_writable_dir(const fs::path& file) {
 }  // namespace
 
 int run_generate(const GenerateArgs& a) {
-  // Checks that need no model.
-  if (a.steps_set && a.steps < 1) throw UsageError("--steps must be at least 1, got " + std::to_string(a.steps));
+  // Checks that need no model. An option given is checked as typed: 0 is refused where it is not
+  // documented to mean "default" (--threads 0 and --scale 0 are).
+  const bool steps_set = !a.steps.empty();
+  const int steps = steps_set ? static_cast<int>(whole_number("--steps", a.steps, 1, 10000)) : 0;
   if (a.cfg_set && !std::isfinite(a.cfg_scale)) throw UsageError("--cfg-scale must be a finite number");
-  if (a.batch < 0 || a.batch > 1024) throw UsageError("--batch must be in 1..1024, got " + std::to_string(a.batch));
-  if (a.width < 0 || a.height < 0) throw UsageError("--width and --height must be positive");
-  if (a.threads < 0 || a.threads > 1024) throw UsageError("--threads must be in 0..1024 (0 = all cores)");
-  if (a.scale < 0 || a.scale > 64) throw UsageError("--scale must be in 1..64 (0 = automatic)");
+  const std::uint64_t seed = whole_number("--seed", a.seed, 0, std::numeric_limits<std::uint64_t>::max());
+  const std::size_t batch = a.batch.empty() ? 0 : whole_number("--batch", a.batch, 1, 1024);
+  const std::size_t width = a.width.empty() ? 0 : whole_number("--width", a.width, 1, 4096);
+  const std::size_t height = a.height.empty() ? 0 : whole_number("--height", a.height, 1, 4096);
+  const std::size_t threads = whole_number("--threads", a.threads, 0, diffuse::kernels::ThreadPool::kMaxThreads,
+                                           " (0 = one per hardware thread)");
+  const std::size_t scale_arg = whole_number("--scale", a.scale, 0, 64, " (0 = automatic)");
   if (a.output.empty()) throw UsageError("-o needs a file name");
 
-  const pl::Model model = pl::Model::load(a.model);
+  std::uint64_t memory_limit = 0;  // 0: the library's default
+  if (!a.memory_limit.empty()) {
+    try {
+      memory_limit = diffuse::parse_memory_size(a.memory_limit);
+    } catch (const diffuse::value_error& e) {
+      throw UsageError(std::string("--memory-limit: ") + e.what());
+    }
+  }
+  diffuse::nn::LoadOptions load;
+  load.memory_limit = memory_limit;
+  const pl::Model model = pl::Model::load(a.model, load);
 
   pl::GenerateOptions o;
   o.labels = parse_classes(a.classes, model);
   o.sampler = a.sampler;
   o.schedule = a.schedule;
-  if (a.steps_set) o.steps = static_cast<int>(std::min<long long>(a.steps, 1 << 30));
+  if (steps_set) o.steps = steps;
   if (a.cfg_set) o.cfg_scale = static_cast<float>(a.cfg_scale);
-  o.seed = a.seed;
-  o.batch = a.batch > 0 ? static_cast<std::size_t>(a.batch) : std::max<std::size_t>(o.labels.size(), 1);
+  o.seed = seed;
+  o.memory_limit = memory_limit;
+  o.batch = batch > 0 ? batch : std::max<std::size_t>(o.labels.size(), 1);
   // A class list repeats to fill a batch that is a multiple of it ("--class all --batch 30").
   if (o.labels.size() > 1 && o.batch > o.labels.size() && o.batch % o.labels.size() == 0) {
     const std::vector<std::int64_t> one = o.labels;
     while (o.labels.size() < o.batch) o.labels.insert(o.labels.end(), one.begin(), one.end());
   }
-  if (a.width > 0) o.width = static_cast<std::size_t>(a.width);
-  if (a.height > 0) o.height = static_cast<std::size_t>(a.height);
+  if (width > 0) o.width = width;
+  if (height > 0) o.height = height;
   try {
     o = pl::resolve_options(model, o);
   } catch (const diffuse::value_error& e) {
@@ -102,14 +137,14 @@ int run_generate(const GenerateArgs& a) {
   const fs::path out = a.output;
   check_writable_dir(out);
   const std::size_t side = std::max(*o.width, *o.height);
-  const int scale = a.scale > 0 ? static_cast<int>(a.scale) : static_cast<int>(std::max<std::size_t>(1, 128 / side));
+  const int scale = scale_arg > 0 ? static_cast<int>(scale_arg) : static_cast<int>(std::max<std::size_t>(1, 128 / side));
 
-  diffuse::kernels::Context ctx(static_cast<std::size_t>(a.threads));
+  diffuse::kernels::Context ctx(threads);
   pl::Generation gen(model, o);
   Progress progress(gen.num_steps(), !a.quiet);
   while (!gen.done()) {
     gen.step(ctx);
-    progress.update(gen.step_index());
+    progress.update(gen.step_index(), gen.num_steps());
   }
   const double secs = progress.finish();
 
@@ -127,11 +162,14 @@ int run_generate(const GenerateArgs& a) {
       written.push_back(numbered(out, i));
     }
   }
-  for (const auto& p : written) std::printf("%s\n", p.string().c_str());
+  for (const auto& p : written) std::printf("%s\n", printable(p.string()).c_str());
   if (!a.quiet)
-    std::fprintf(stderr, "diffuse: %zu image%s from %s (%s, %s, %d steps, cfg %g) in %.2f s: %.2f steps/s, %.2f images/s, %zu threads\n",
-                 images.size(), images.size() == 1 ? "" : "s", model.name().c_str(), o.sampler.c_str(), o.schedule.c_str(),
-                 *o.steps, static_cast<double>(*o.cfg_scale), secs, secs > 0 ? static_cast<double>(gen.num_steps()) / secs : 0.0,
+    std::fprintf(stderr, "diffuse: %zu image%s from %s (%s, %s, %zu steps, %zu network calls, cfg %g) in %.2f s: %.2f steps/s, "
+                 "%.2f images/s, %zu threads\n",
+                 images.size(), images.size() == 1 ? "" : "s", printable(model.name()).c_str(), printable(o.sampler).c_str(),
+                 printable(o.schedule).c_str(),
+                 gen.step_index(), gen.nfe(), static_cast<double>(*o.cfg_scale), secs,
+                 secs > 0 ? static_cast<double>(gen.step_index()) / secs : 0.0,
                  secs > 0 ? static_cast<double>(images.size()) / secs : 0.0, ctx.threads());
   return kOk;
 }

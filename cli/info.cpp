@@ -29,7 +29,7 @@ std::string_view sampler_description(std::string_view name) {
       {"dpmpp_2s_a", "DPM-Solver++(2S) ancestral, 2 calls/step"},
       {"dpmpp_sde", "DPM-Solver++ SDE (k-diffusion), 2 calls/step"},
       {"dpm_fast", "DPM-Solver fast (orders 3, 2, 1)"},
-      {"dpm_adaptive", "DPM-Solver-12/23 adaptive step size (steps = trial steps)"},
+      {"dpm_adaptive", "DPM-Solver-12/23, adaptive step size; --steps N = at most N trials (see below)"},
       {"unipc", "UniPC predictor-corrector (Zhao et al. 2023), bh2"},
       {"deis", "DEIS multistep (Zhang & Chen 2023), order 3"},
       {"lcm", "latent consistency model sampling"},
@@ -65,6 +65,11 @@ int run_list() {
   }
   std::printf("\nschedules (--schedule):\n");
   for (const auto& s : pl::list_schedules()) std::printf("  %-14s %s\n", s.name.c_str(), s.description.c_str());
+  std::printf("\ndpm_adaptive chooses its own step sizes from the model's largest to its smallest noise level\n"
+              "(the ends of karras; it takes no other --schedule). One of its steps is a trial, accepted or\n"
+              "rejected (2-3 network calls); --steps N allows at most N: trial N goes straight to the end with\n"
+              "an Euler step, so it ends within N steps, usually sooner, and the progress total then becomes\n"
+              "the steps taken.\n");
   return kOk;
 }
 
@@ -72,8 +77,9 @@ int run_info(const std::string& path) {
   const pl::Model m = pl::Model::load(path);
   const auto& ni = m.info();
   const auto& sc = m.schedule_config();
-  std::printf("model         %s (%s)\n", m.name().c_str(), m.path().string().c_str());
-  std::printf("architecture  %s\n", ni.architecture.c_str());
+  // Names, paths and config strings come from files: printed through printable().
+  std::printf("model         %s (%s)\n", printable(m.name()).c_str(), printable(m.path().string()).c_str());
+  std::printf("architecture  %s\n", printable(ni.architecture).c_str());
   std::printf("parameters    %s (weights %.2f MB on disk)\n", thousands(ni.parameters).c_str(),
               static_cast<double>(m.weights_bytes()) / 1e6);
   std::string dtypes;
@@ -83,7 +89,7 @@ int run_info(const std::string& path) {
     dtypes += " x";
     dtypes += std::to_string(n);
   }
-  std::printf("dtypes        %s (tensors per dtype)\n", dtypes.c_str());
+  std::printf("dtypes        %s (tensors per dtype)\n", printable(dtypes).c_str());
   std::printf("sample        %zu channel%s, %zux%zu (sizes: multiples of %zu)\n", ni.in_channels,
               ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size, ni.size_multiple);
   if (m.class_conditional()) {
@@ -99,7 +105,7 @@ int run_info(const std::string& path) {
                      : m.prediction() == diffuse::Prediction::epsilon      ? "epsilon"
                      : m.prediction() == diffuse::Prediction::v_prediction ? "v_prediction"
                                                                            : "sample (x0)";
-  std::printf("scheduler     %s, %lld train steps, prediction %s", sc.class_name.c_str(),
+  std::printf("scheduler     %s, %lld train steps, prediction %s", printable(sc.class_name).c_str(),
               static_cast<long long>(sc.num_train_timesteps), pred.c_str());
   if (m.prediction() == diffuse::Prediction::flow) {
     std::printf(", shift %g%s", sc.shift, sc.use_dynamic_shifting ? ", dynamic shifting" : "");
@@ -112,7 +118,8 @@ int run_info(const std::string& path) {
   }
   std::printf("\n");
   const auto& d = m.defaults();
-  std::printf("defaults      --sampler %s --schedule %s --steps %d --cfg-scale %g\n", d.sampler.c_str(), d.schedule.c_str(),
+  std::printf("defaults      --sampler %s --schedule %s --steps %d --cfg-scale %g\n", printable(d.sampler).c_str(),
+              printable(d.schedule).c_str(),
               d.steps, static_cast<double>(d.cfg_scale));
   return kOk;
 }

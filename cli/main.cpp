@@ -4,10 +4,13 @@
 //   diffuse generate --model models/digits-dit --class 3 -o three.png
 //   diffuse list
 //   diffuse info models/digits-unet
+//   diffuse tokenize --model sd15 "a photo of a cat"
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 #include "cli.hpp"
@@ -49,17 +52,31 @@ int main(int argc, char** argv) {
   gen->add_option("-c,--class", g.classes, "class label(s): N (all images), a list 0,1,2 (one per image, repeated to fill --batch) or 'all'");
   gen->add_option("--sampler", g.sampler, "sampler name (see `diffuse list`)");
   gen->add_option("--schedule", g.schedule, "noise schedule name (see `diffuse list`)");
-  CLI::Option* steps = gen->add_option("--steps", g.steps, "sampling steps (>= 1)");
+  gen->add_option("--steps", g.steps, "sampling steps, 1..10000 (dpm_adaptive: the most trial steps, see `diffuse list`)");
   CLI::Option* cfg = gen->add_option("--cfg-scale", g.cfg_scale, "classifier-free guidance scale (1 = none)");
   gen->add_option("--seed", g.seed, "seed of the torch-identical noise")->capture_default_str();
-  gen->add_option("--batch", g.batch, "images generated together (default: one per class given, else 1)");
-  gen->add_option("--width", g.width, "image width (default: the model's sample size)");
-  gen->add_option("--height", g.height, "image height (default: the model's sample size)");
-  gen->add_option("-t,--threads", g.threads, "threads (0 = all cores)")->capture_default_str();
+  gen->add_option("--batch", g.batch, "images generated together, 1..1024 (default: one per class given, else 1)");
+  gen->add_option("--width", g.width, "image width, 1..4096 (default: the model's sample size)");
+  gen->add_option("--height", g.height, "image height, 1..4096 (default: the model's sample size)");
+  gen->add_option("-t,--threads", g.threads, "threads, 0..256 (0 = one per hardware thread)")->capture_default_str();
   gen->add_option("--scale", g.scale, "upscale the saved images K times, nearest (0 = to at least 128 px)")->capture_default_str();
   gen->add_option("-o,--output", g.output, "output PNG file")->capture_default_str();
+  gen->add_option("--memory-limit", g.memory_limit,
+                  "memory the load and the generation may use, e.g. 4G or 512M (default: 3/4 of the physical memory)");
   gen->add_flag("--grid", g.grid, "write a batch as one grid image");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
+
+  TokenizeArgs tk;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "CLIP token ids of a prompt and their count");
+  tokenize->footer(
+      "Prints the ids (with <|startoftext|> and <|endoftext|>), then the number of prompt tokens out of the 75\n"
+      "that fit in one 77-token sequence. --json: {\"ids\": [...], \"count\": N, \"max_length\": 77, \"truncated\": bool}.");
+  tokenize->add_option("-m,--model", tk.model,
+                       "pipeline folder (with tokenizer/), tokenizer folder (vocab.json, merges.txt) or OpenAI's "
+                       "bpe_simple_vocab_16e6.txt")->required();
+  tokenize->add_option("prompt", tk.prompt, "the prompt (quote it)")->required();
+  tokenize->add_flag("--json", tk.json, "machine-readable output");
+  tokenize->add_flag("--tokens", tk.tokens, "also print the token strings");
 
   CLI::App* list = app.add_subcommand("list", "list the samplers and schedules");
   std::string info_model;
@@ -72,18 +89,27 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints help/version (code 0) or the error
     return code == 0 ? kOk : kUsage;
   }
-  g.steps_set = steps->count() > 0;
   g.cfg_set = cfg->count() > 0;
 
   try {
     if (gen->parsed()) return run_generate(g);
+    if (tokenize->parsed()) return run_tokenize(tk);
     if (list->parsed()) return run_list();
     if (info->parsed()) return run_info(info_model);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "diffuse: error: %s\nRun with --help for more information.\n", e.what());
+    std::fprintf(stderr, "diffuse: error: %s\nRun with --help for more information.\n", printable(e.what()).c_str());
     return kUsage;
+  } catch (const diffuse::error& e) {
+    std::fprintf(stderr, "diffuse: error: %s\n", printable(e.what()).c_str());
+    return kRuntime;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "diffuse: error: out of memory (an allocation failed; try a smaller --batch, --width or --height, see --memory-limit)\n");
+    return kRuntime;
+  } catch (const std::length_error&) {  // a std::vector asked for more than it can hold
+    std::fprintf(stderr, "diffuse: error: out of memory: a buffer larger than the address space was asked for\n");
+    return kRuntime;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "diffuse: error: %s\n", e.what());
+    std::fprintf(stderr, "diffuse: error: internal error (please report it): %s\n", printable(e.what()).c_str());
     return kRuntime;
   }
   return kUsage;

@@ -2,6 +2,7 @@
 // The progress bar of `diffuse generate` (see Progress in cli.hpp).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -12,7 +13,8 @@ namespace diffuse_cli {
 Progress::Progress(std::size_t total, bool enabled)
     : total_(total), tty_(enabled && isatty(fileno(stderr)) != 0), start_(std::chrono::steady_clock::now()) {}
 
-void Progress::update(std::size_t done) {
+void Progress::update(std::size_t done, std::size_t total) {
+  total_ = std::max(total, done);  // dpm_adaptive: its budget, then the trials taken at the end
   if (!tty_ || total_ == 0) return;
   constexpr std::size_t kWidth = 30;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();

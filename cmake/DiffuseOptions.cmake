@@ -9,11 +9,32 @@ option(DIFFUSE_BUILD_CLI "Build the diffuse command-line program (needs CLI11)" 
 option(DIFFUSE_BUILD_BENCHMARKS "Build the Google Benchmark programs" OFF)
 option(DIFFUSE_BUILD_FUZZERS "Build the libFuzzer targets (needs clang)" OFF)
 option(DIFFUSE_INSTALL "Generate the install target and CMake package" ${PROJECT_IS_TOP_LEVEL})
-option(DIFFUSE_NATIVE "Compile for the host CPU (-march=native)" ON)
+option(DIFFUSE_NATIVE "Compile for the host CPU (-march=native), or for DIFFUSE_MARCH when set" ON)
+set(DIFFUSE_MARCH "" CACHE STRING
+  "With DIFFUSE_NATIVE=ON, the -march target instead of native (e.g. x86-64-v3, sapphirerapids, znver4); empty = native")
 option(DIFFUSE_WERROR "Treat compiler warnings as errors" OFF)
 option(DIFFUSE_SANITIZE_ADDRESS "Build with AddressSanitizer" OFF)
 option(DIFFUSE_SANITIZE_UNDEFINED "Build with UndefinedBehaviorSanitizer" OFF)
 option(DIFFUSE_SANITIZE_THREAD "Build with ThreadSanitizer" OFF)
+
+# The target CPU of diffuse's own code: DIFFUSE_MARCH_FLAG is "-march=native", "-march=<DIFFUSE_MARCH>"
+# or empty (DIFFUSE_NATIVE=OFF: the compiler's default, x86-64; the kernels still dispatch at run time).
+set(DIFFUSE_MARCH_FLAG "")
+if(DIFFUSE_NATIVE AND DIFFUSE_MARCH)
+  if(NOT DIFFUSE_MARCH MATCHES "^[A-Za-z0-9_.+-]+$")
+    message(FATAL_ERROR "DIFFUSE_MARCH='${DIFFUSE_MARCH}' is not a -march name (e.g. x86-64-v3, sapphirerapids, znver4)")
+  endif()
+  include(CheckCXXCompilerFlag)
+  check_cxx_compiler_flag(-march=${DIFFUSE_MARCH} _diffuse_march_ok_${DIFFUSE_MARCH})
+  if(NOT _diffuse_march_ok_${DIFFUSE_MARCH})
+    message(FATAL_ERROR "DIFFUSE_MARCH=${DIFFUSE_MARCH}: ${CMAKE_CXX_COMPILER} does not accept -march=${DIFFUSE_MARCH}")
+  endif()
+  set(DIFFUSE_MARCH_FLAG -march=${DIFFUSE_MARCH})
+elseif(DIFFUSE_NATIVE)
+  set(DIFFUSE_MARCH_FLAG -march=native)
+elseif(DIFFUSE_MARCH)
+  message(WARNING "DIFFUSE_MARCH=${DIFFUSE_MARCH} is ignored: DIFFUSE_NATIVE is OFF")
+endif()
 
 # Sanitizers apply to everything built in this tree, dependencies' inline code included.
 set(_diffuse_sanitizers "")
@@ -37,8 +58,8 @@ function(diffuse_apply_build_flags target)
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor
       $<$<BOOL:${DIFFUSE_WERROR}>:-Werror>)
-    if(DIFFUSE_NATIVE)
-      target_compile_options(${target} PRIVATE -march=native)
+    if(DIFFUSE_MARCH_FLAG)
+      target_compile_options(${target} PRIVATE ${DIFFUSE_MARCH_FLAG})
     endif()
     # GCC 12 reports false (maybe-)uninitialized uses inside Eigen's AVX-512 intrinsics once sanitizer
     # instrumentation changes inlining; keep them visible but not fatal in sanitizer builds.

@@ -3,17 +3,20 @@
 """PyTorch side by side: times the diffusers/PyTorch eager forward of the reference networks and, when it has been
 built, diffuse's bench/models_bench on the same weights, input shapes and thread count, and prints one table.
 
-    /work/main/.venv-ref/bin/python tools/compare_torch.py                       # threads 1 and 2, all models
-    /work/main/.venv-ref/bin/python tools/compare_torch.py --threads 1 --models unet_cifar10_b1 dit_s2
-    /work/main/.venv-ref/bin/python tools/compare_torch.py --bench build/bench/models_bench --repeats 20
+    .venv-ref/bin/python tools/compare_torch.py                       # threads 1 and 2, all models
+    .venv-ref/bin/python tools/compare_torch.py --threads 1 --models unet_cifar10_b1 dit_s2
+    .venv-ref/bin/python tools/compare_torch.py --bench build/bench/models_bench --repeats 20
 
-Torch side: torch.set_num_threads(T), torch.inference_mode(), f32, `--warmup` untimed calls, then `--repeats` timed
-calls; the table shows the median (and the best) in milliseconds per forward call (the whole batch).
+Both sides use the same statistic: the median (and the best) of `--repeats` timings, in milliseconds per forward
+call (the whole batch). Torch side: torch.set_num_threads(T), torch.inference_mode(), f32, `--warmup` untimed calls,
+then `--repeats` timed calls.
 Weights: the recipes of tests/data/models/*_recipe (tools/make_network_fixtures.py; the C++ benchmark materialises
 the same weights with tests/models/model_fixture.hpp) and the shipped models/digits-*.
-C++ side: `models_bench --benchmark_format=json --benchmark_filter=<regex>` (Google Benchmark), real_time of the
-benchmark named in MODELS below ("{t}" is replaced by the thread count). If the binary is missing, only the torch
-column is printed. Edit MODELS when the benchmark names change.
+C++ side: `models_bench --benchmark_filter=<regex> --benchmark_repetitions=<repeats>` (Google Benchmark), the
+real_time of the "_median" aggregate of the benchmark named in MODELS below ("{t}" is replaced by the thread count),
+and the fastest repetition as the best. (Each repetition is the mean of the iterations Google Benchmark chose for it,
+one or a few forwards.) If the binary is missing, only the torch column is printed. Edit MODELS when the benchmark
+names change. The header names the CPU: figures from different CPUs are not comparable.
 """
 import argparse
 import json
@@ -86,8 +89,23 @@ def time_torch(model, batch, size, conditional, threads, warmup, repeats):
     return statistics.median(times), min(times)
 
 
-def run_bench(binary, names):
-    """{benchmark name: real_time in ms} from one models_bench run, or None when it cannot run."""
+def cpu_name():
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def run_bench(binary, names, repeats):
+    """{benchmark name: (median real_time, best real_time) in ms} from one models_bench run of `repeats`
+    repetitions, or None when it cannot run."""
     if not binary or not os.path.exists(binary):
         return None
     # Benchmarks timed with UseRealTime() carry a "/real_time" suffix in their names.
@@ -97,20 +115,24 @@ def run_bench(binary, names):
         report = os.path.join(tmp, "bench.json")
         try:
             subprocess.run([binary, f"--benchmark_out={report}", "--benchmark_out_format=json",
-                            f"--benchmark_filter={regex}"], capture_output=True, text=True, check=True)
+                            f"--benchmark_filter={regex}", f"--benchmark_repetitions={repeats}"],
+                           capture_output=True, text=True, check=True)
             with open(report) as f:
                 data = json.load(f)
         except (OSError, subprocess.CalledProcessError, json.JSONDecodeError) as e:
             print(f"note: {binary} failed: {e}", file=sys.stderr)
             return None
     scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
-    out = {}
+    median, best = {}, {}
     for b in data.get("benchmarks", []):
-        if b.get("run_type", "iteration") != "iteration":
-            continue
         name = b.get("run_name", b["name"]).removesuffix("/real_time")
-        out[name] = b["real_time"] * scale[b.get("time_unit", "ns")]
-    return out
+        ms = b["real_time"] * scale[b.get("time_unit", "ns")]
+        if b.get("run_type", "iteration") == "iteration":
+            best[name] = min(best.get(name, ms), ms)
+        elif b.get("aggregate_name") == "median":
+            median[name] = ms
+    # With one repetition Google Benchmark writes no aggregates: the single run is the median.
+    return {n: (median.get(n, best[n]), best[n]) for n in best}
 
 
 def main():
@@ -118,7 +140,7 @@ def main():
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=7, help="timings per side; the median is reported")
     ap.add_argument("--bench", default=DEFAULT_BENCH, help="path of diffuse's models_bench (default: %(default)s)")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
@@ -135,18 +157,18 @@ def main():
         del model
 
     names = [MODELS[r["model"]][4].format(t=r["threads"]) for r in rows]
-    cpp = run_bench(args.bench, names)
+    cpp = run_bench(args.bench, names, args.repeats)
     for r, n in zip(rows, names):
-        r["diffuse_ms"] = cpp.get(n) if cpp else None
+        r["diffuse_ms"], r["diffuse_best_ms"] = cpp.get(n, (None, None)) if cpp else (None, None)
 
-    print(f"torch {torch.__version__}, {torch.get_num_interop_threads()} interop threads, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; times per forward call (whole batch), "
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
+          f"{torch.get_num_interop_threads()} interop threads; times per forward call (whole batch), both sides the "
           f"median of {args.repeats} (best in brackets). Other processes on the CPUs distort 2-thread times most.")
-    print(f"| {'model':16s} | threads | torch ms (best) | diffuse ms | ratio diffuse/torch |")
+    print(f"| {'model':16s} | threads | torch ms (best) | diffuse ms (best) | ratio diffuse/torch |")
     print("|---|---|---|---|---|")
     for r in rows:
         d = r["diffuse_ms"]
-        dd = f"{d:.2f}" if d is not None else "-"
+        dd = f"{d:.2f} ({r['diffuse_best_ms']:.2f})" if d is not None else "-"
         ratio = f"{d / r['torch_ms']:.2f}" if d is not None else "-"
         print(f"| {r['model']:16s} | {r['threads']} | {r['torch_ms']:.2f} ({r['torch_best_ms']:.2f}) | {dd} | {ratio} |")
     if cpp is None:

@@ -23,7 +23,12 @@ Cases:
   unet_dpmpp_2m_karras  digits-unet, DPMSolverMultistepScheduler from its DDPM config with
                         use_karras_sigmas=True (the pipeline's default sampler and schedule), 25 steps, cfg 2
 
-Usage: .venv-ref/bin/python tools/make_e2e_fixture.py [--out tests/data/e2e]
+torch's own float32 error (--torch-f64, rewrites only tests/data/e2e/torch_f32_vs_f64.json): each case run again
+with the network (its float32 weights upcast) and the sample in float64, the same float32 noise upcast; per case
+the max |committed f32 - f64| over the final sample and over the latents. tests/pipeline/e2e_test.cpp bounds the
+C++ error at a stated multiple of it.
+
+Usage: .venv-ref/bin/python tools/make_e2e_fixture.py [--out tests/data/e2e] [--torch-f64]
 """
 import argparse
 import json
@@ -63,15 +68,17 @@ def make_scheduler(model_dir, class_name, overrides):
 
 
 @torch.no_grad()
-def run_case(case):
+def run_case(case, dtype=torch.float32):
     model_dir = os.path.join(ROOT, "models", case["model"])
     net, kind = load_network(model_dir)
+    net = net.to(dtype)
     sched = make_scheduler(model_dir, case["scheduler"], case["overrides"])
     sched.set_timesteps(case["steps"])
     labels = torch.tensor(case["labels"], dtype=torch.int64)
     b = len(labels)
     gen = torch.Generator().manual_seed(case["seed"])
     x = torch.randn((b, net.config.in_channels, net.config.sample_size, net.config.sample_size), generator=gen)
+    x = x.to(dtype)
     x = x * getattr(sched, "init_noise_sigma", 1.0)
     both = torch.cat([torch.full_like(labels, NULL_CLASS), labels])
     latents = []
@@ -87,6 +94,8 @@ def run_case(case):
         x = sched.step(guided, t, x, generator=gen).prev_sample
         if i + 1 in AFTER_STEPS:
             latents.append(x.clone())
+    if dtype != torch.float32:
+        return {"final": x, "latents": torch.stack(latents)}
     return {
         "final": x.float().contiguous(),
         "latents": torch.stack(latents).float().contiguous(),
@@ -101,11 +110,29 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "e2e"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    ap.add_argument("--torch-f64", action="store_true", help="only record torch's f32-vs-f64 difference")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
     import diffusers
     os.makedirs(a.out, exist_ok=True)
+    if a.torch_f64:
+        path = os.path.join(a.out, "torch_f32_vs_f64.json")
+        record = json.load(open(path)) if os.path.exists(path) else {}
+        for name in a.cases.split(","):
+            committed = load_file(os.path.join(a.out, name + ".safetensors"))
+            here = run_case(CASES[name])
+            same = torch.equal(here["final"], committed["final"]) and torch.equal(here["latents"], committed["latents"])
+            r64 = run_case(CASES[name], torch.float64)
+            fin = float((committed["final"].double() - r64["final"]).abs().max())
+            lat = float((committed["latents"].double() - r64["latents"]).abs().max())
+            record[name] = {"final_max_abs": fin, "latents_max_abs": lat}
+            print(f"{name:22s} torch f32 vs f64: final {fin:.3g}, latents {lat:.3g}   (this machine's f32 run vs "
+                  f"committed: {'identical' if same else 'differs'})")
+        with open(path, "w") as f:
+            json.dump(dict(sorted(record.items())), f, indent=1)
+            f.write("\n")
+        return
     for name in a.cases.split(","):
         case = CASES[name]
         tensors = run_case(case)

@@ -81,7 +81,7 @@ extern "C" {
 /** The version of this C interface. It grows by one when a function or an enum value is added;
  *  structs grow at their end only (see `struct_size`), so older callers keep working. Compare with
  *  `diffuse_abi_version()` at run time to check the library loaded is at least this new. */
-#define DIFFUSE_ABI_VERSION 1
+#define DIFFUSE_ABI_VERSION 2
 
 /* ---- status codes ---- */
 
@@ -101,7 +101,9 @@ typedef enum diffuse_status {
   DIFFUSE_CANCELLED = 5,
   /** The network or the sampler produced a non-finite value (NaN or infinity). */
   DIFFUSE_NUMERIC_ERROR = 6,
-  /** An allocation failed. */
+  /** An allocation failed, a load or job would need more memory than its `memory_limit`, or the
+   *  system refused to start a thread (its limit on threads or on memory was reached:
+   *  `diffuse_context_create` with fewer threads may succeed). */
   DIFFUSE_OUT_OF_MEMORY = 7,
   /** The call does not fit the object's state: a step after the last one, a result before it, a
    *  step on a job that failed. */
@@ -153,7 +155,9 @@ typedef struct diffuse_context_options {
   /** sizeof(diffuse_context_options), set by the init function. */
   size_t struct_size;
   /** Threads a step runs on, the calling thread included: 1 (default) runs everything on the
-   *  caller's thread; 0 takes one per hardware thread. */
+   *  caller's thread; 0 takes one per hardware thread (at most 256). At most 256: more is
+   *  DIFFUSE_INVALID_ARGUMENT. When the system cannot start them all, `diffuse_context_create`
+   *  returns DIFFUSE_OUT_OF_MEMORY (the threads started are stopped again; no context). */
   int threads;
   /** Log callback and its user pointer (NULL: no logging). */
   diffuse_log_fn log_callback;
@@ -206,6 +210,10 @@ typedef struct diffuse_model_options {
   diffuse_weight_dtype weight_dtype;
   /** Weights variant: "fp16" loads `*.fp16.safetensors`. NULL or "" (default): the plain file. */
   const char* variant;
+  /** (ABI 2) Bytes the load may allocate (converted weights, tables built from the config; the
+   *  weights file's mapping is not counted). 0 (default): 3/4 of the physical memory. A load
+   *  that would need more returns DIFFUSE_OUT_OF_MEMORY, with the amount in the error message. */
+  uint64_t memory_limit;
 } diffuse_model_options;
 
 DIFFUSE_API void diffuse_model_options_init(diffuse_model_options* options);
@@ -255,7 +263,9 @@ typedef struct diffuse_job_options {
   const char* sampler;
   /** Schedule name ("default", "karras", "exponential", ...). NULL: the model's. */
   const char* schedule;
-  /** Sampler steps, >= 1. -1 (initial value): the model's default. */
+  /** Sampler steps, >= 1. -1 (initial value): the model's default. For "dpm_adaptive", which
+   *  chooses its own step sizes, a budget: at most this many trial steps; the job usually ends
+   *  sooner, and `diffuse_job_progress` then reports the trials taken as the total. */
   int steps;
   /** Seed of the noise (torch.manual_seed). Default 0. */
   uint64_t seed;
@@ -271,6 +281,10 @@ typedef struct diffuse_job_options {
   int height;
   /** Images generated together, >= 1 (default 1). */
   int batch;
+  /** (ABI 2) Bytes the job may use (its estimated activations and sampler state, checked when it
+   *  is created; each step caps the context's activation memory at it). 0 (default): 3/4 of the
+   *  physical memory. Too much is DIFFUSE_OUT_OF_MEMORY, with the amount in the error message. */
+  uint64_t memory_limit;
 } diffuse_job_options;
 
 DIFFUSE_API void diffuse_job_options_init(diffuse_job_options* options);

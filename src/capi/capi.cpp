@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -60,15 +61,27 @@ const char* kind_name(Kind k) {
   return "handle";
 }
 
+/** The live handles. The registry owns every handle (a shared_ptr per entry); an entry point takes
+ *  its own reference under the registry's lock (`acquire`), so a handle freed by another thread
+ *  meanwhile stays alive until that call returns: nothing is ever read from freed memory. */
 class Registry {
  public:
-  void add(const void* p, Kind k) {
+  void add(const void* p, Kind k, std::shared_ptr<void> owner) {
     std::lock_guard lock(m_);
-    live_[p] = k;
+    live_[p] = Entry{k, std::move(owner)};
   }
-  void remove(const void* p) {
-    std::lock_guard lock(m_);
-    live_.erase(p);
+  /// Forgets the handle at `p` if it is a live one of kind `k`; true if it was. Its owner is
+  /// released after the lock (the last reference deletes the handle there or in a running call).
+  bool remove(const void* p, Kind k) {
+    std::shared_ptr<void> owner;
+    {
+      std::lock_guard lock(m_);
+      const auto it = live_.find(p);
+      if (it == live_.end() || it->second.kind != k) return false;
+      owner = std::move(it->second.owner);
+      live_.erase(it);
+    }
+    return true;
   }
   /// The kind of the live handle at `p`, if any.
   std::optional<Kind> find(const void* p) {
@@ -76,18 +89,43 @@ class Registry {
     std::lock_guard lock(m_);
     const auto it = live_.find(p);
     if (it == live_.end()) return std::nullopt;
-    return it->second;
+    return it->second.kind;
+  }
+  /// A reference to the live handle at `p` of kind `k`, or null.
+  template <class H>
+  std::shared_ptr<H> acquire(const void* p, Kind k) {
+    if (!p) return nullptr;
+    std::lock_guard lock(m_);
+    const auto it = live_.find(p);
+    if (it == live_.end() || it->second.kind != k) return nullptr;
+    return std::static_pointer_cast<H>(it->second.owner);
   }
 
  private:
+  struct Entry {
+    Kind kind;
+    std::shared_ptr<void> owner;
+  };
   std::mutex m_;
-  std::unordered_map<const void*, Kind> live_;
+  std::unordered_map<const void*, Entry> live_;
 };
 
 // Never destroyed, so handles freed from other static destructors still find it.
 Registry& registry() {
   static Registry* r = new Registry;
   return *r;
+}
+
+/// Registers a new handle (the registry takes it over) and returns its address for the caller.
+template <class H>
+H* publish(std::unique_ptr<H> h, Kind k) {
+  H* raw = h.get();
+  std::shared_ptr<H> owner(h.release(), [](H* p) {
+    p->magic = kFreed;
+    delete p;
+  });
+  registry().add(raw, k, std::move(owner));
+  return raw;
 }
 
 // ---- errors ----
@@ -191,6 +229,15 @@ diffuse_status guarded(ContextState* s, const char* where, diffuse_status value_
     } catch (const std::bad_alloc&) {
       st = DIFFUSE_OUT_OF_MEMORY;
       msg = diffuse::detail::message(where, "out of memory");
+    } catch (const std::length_error&) {  // a container asked for more than it can hold
+      st = DIFFUSE_OUT_OF_MEMORY;
+      msg = diffuse::detail::message(where, "out of memory (a size too large to allocate)");
+    } catch (const diffuse::memory_error& e) {
+      st = DIFFUSE_OUT_OF_MEMORY;
+      msg = e.what();
+    } catch (const diffuse::resource_error& e) {  // a thread the system would not start
+      st = DIFFUSE_OUT_OF_MEMORY;
+      msg = e.what();
     } catch (const diffuse::io_error& e) {
       st = DIFFUSE_IO_ERROR;
       msg = e.what();
@@ -229,37 +276,44 @@ std::string describe_bad_handle(const void* p, Kind want) {
   return "a " + std::string(kind_name(*k)) + " was passed where a " + w + " is expected";
 }
 
+/// The live handle at `p` of kind `k` (a reference that keeps it alive during the call), or null.
 template <class H>
-H* lookup(const void* p, Kind k) noexcept {
+std::shared_ptr<H> lookup(const void* p, Kind k) noexcept {
   try {
-    const auto found = registry().find(p);
-    if (!found || *found != k) return nullptr;
+    std::shared_ptr<H> h = registry().acquire<H>(p, k);
+    if (h && h->magic != static_cast<std::uint32_t>(k)) return nullptr;
+    return h;
   } catch (...) {
     return nullptr;
   }
-  H* h = static_cast<H*>(const_cast<void*>(p));
-  return h->magic == static_cast<std::uint32_t>(k) ? h : nullptr;
 }
 
-diffuse_context* context_of(const diffuse_context* c) { return lookup<diffuse_context>(c, Kind::context); }
-diffuse_model* model_of(const diffuse_model* m) { return lookup<diffuse_model>(m, Kind::model); }
-diffuse_job* job_of(const diffuse_job* j) { return lookup<diffuse_job>(j, Kind::job); }
+std::shared_ptr<diffuse_context> context_of(const diffuse_context* c) { return lookup<diffuse_context>(c, Kind::context); }
+std::shared_ptr<diffuse_model> model_of(const diffuse_model* m) { return lookup<diffuse_model>(m, Kind::model); }
+std::shared_ptr<diffuse_job> job_of(const diffuse_job* j) { return lookup<diffuse_job>(j, Kind::job); }
 
-/** A caller's options struct, read up to its struct_size on top of the defaults. A struct_size
- *  smaller than the version-1 struct means the init function was not called. */
+/** A caller's options struct, read up to its struct_size on top of the defaults. `v1_size` is the
+ *  size of the struct in ABI version 1: a caller built against it passes that struct_size and its
+ *  later fields keep their defaults. A struct_size smaller than that means the init function was
+ *  not called. */
 template <class T>
-T read_options(const T* in, void (*init)(T*), const char* where, const char* type) {
+T read_options(const T* in, void (*init)(T*), const char* where, const char* type, std::size_t v1_size = sizeof(T)) {
   T out;
   init(&out);
   if (!in) return out;
-  if (in->struct_size < sizeof(T))
+  if (in->struct_size < v1_size)
     api_fail(DIFFUSE_INVALID_ARGUMENT, where,
              std::string(type) + ".struct_size is " + std::to_string(in->struct_size) + ", expected " +
                  std::to_string(sizeof(T)) + ": call " + type + "_init first");
-  std::memcpy(&out, in, sizeof(T));  // a newer caller's extra fields are ignored
+  // Fields past the caller's struct_size keep their defaults; a newer caller's extra ones are ignored.
+  std::memcpy(static_cast<void*>(&out), in, std::min(in->struct_size, sizeof(T)));
   out.struct_size = sizeof(T);
   return out;
 }
+
+/// Sizes of the option structs in ABI version 1 (before memory_limit).
+constexpr std::size_t kModelOptionsV1 = offsetof(diffuse_model_options, memory_limit);
+constexpr std::size_t kJobOptionsV1 = offsetof(diffuse_job_options, memory_limit);
 
 std::string null_arg(const char* name) { return std::string(name) + " is NULL"; }
 
@@ -284,6 +338,9 @@ class CancellableNetwork final : public diffuse::models::Network {
                           std::span<const std::int64_t> labels, diffuse::kernels::Context& ctx) const override {
     if (cancel_->load(std::memory_order_acquire)) throw Cancelled{};
     return base_->forward(x, timesteps, labels, ctx);
+  }
+  std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override {
+    return base_->forward_bytes(batch, height, width);
   }
 
  private:
@@ -371,9 +428,7 @@ bool step_job(diffuse_job& j, const char* where) {
 }  // namespace
 
 diffuse_model* diffuse_capi::wrap_model(const dp::Model& model) {
-  auto m = std::make_unique<diffuse_model>(model);
-  registry().add(m.get(), Kind::model);
-  return m.release();
+  return publish(std::make_unique<diffuse_model>(model), Kind::model);
 }
 
 extern "C" {
@@ -428,8 +483,11 @@ diffuse_status diffuse_context_create(const diffuse_context_options* options, di
   return guarded(&sink, where, DIFFUSE_INVALID_ARGUMENT, [&] {
     if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
     const auto o = read_options(options, diffuse_context_options_init, where, "diffuse_context_options");
-    if (o.threads < 0 || o.threads > 1024)
-      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "threads must be in 0..1024, got " + std::to_string(o.threads));
+    constexpr int kMaxThreads = static_cast<int>(diffuse::kernels::ThreadPool::kMaxThreads);
+    if (o.threads < 0 || o.threads > kMaxThreads)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+               "threads must be in 0.." + std::to_string(kMaxThreads) + " (0 = one per hardware thread), got " +
+                   std::to_string(o.threads));
     const int level = enum_value(o.log_level);
     if (level < DIFFUSE_LOG_DEBUG || level > DIFFUSE_LOG_ERROR)
       api_fail(DIFFUSE_INVALID_ARGUMENT, where, "log_level " + std::to_string(level) + " is not a diffuse_log_level");
@@ -441,8 +499,7 @@ diffuse_status diffuse_context_create(const diffuse_context_options* options, di
     s.log_level = o.log_level;
     s.progress_fn = o.progress_callback;
     s.progress_user = o.progress_user_data;
-    registry().add(c.get(), Kind::context);
-    *out = c.release();
+    *out = publish(std::move(c), Kind::context);
     s.log(DIFFUSE_LOG_DEBUG, "context created: " + std::to_string(s.kctx.threads()) + " thread(s), diffuse " +
                                  diffuse_version_string());
     return DIFFUSE_OK;
@@ -450,22 +507,20 @@ diffuse_status diffuse_context_create(const diffuse_context_options* options, di
 }
 
 void diffuse_context_destroy(diffuse_context* ctx) {
-  diffuse_context* c = context_of(ctx);
-  if (!c) return;
-  registry().remove(c);
-  c->magic = kFreed;
-  delete c;
+  // The context goes when its last reference does: at once, or when a call that holds it returns.
+  if (ctx) registry().remove(ctx, Kind::context);
 }
 
 const char* diffuse_context_last_error(const diffuse_context* ctx) {
-  const diffuse_context* c = context_of(ctx);
+  const auto c = context_of(ctx);
   if (!c) return "[diffuse_context_last_error] ctx is not a live diffuse_context";
   return c->s->last_error.c_str();
 }
 
 diffuse_status diffuse_context_cancel(diffuse_context* ctx) {
-  // Touches nothing but the atomic: any thread may call it while another runs a job.
-  diffuse_context* c = context_of(ctx);
+  // The registry lock and the atomic only: any thread may call it while another runs a job or
+  // destroys the context (the reference taken under the lock keeps the context alive meanwhile).
+  const auto c = context_of(ctx);
   if (!c) return DIFFUSE_INVALID_ARGUMENT;
   c->s->cancel.store(true, std::memory_order_release);
   return DIFFUSE_OK;
@@ -484,13 +539,13 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
                                   diffuse_model** out) {
   constexpr const char* where = "diffuse_model_load";
   if (out) *out = nullptr;
-  diffuse_context* c = context_of(ctx);
+  const auto c = context_of(ctx);
   if (!c) return DIFFUSE_INVALID_ARGUMENT;
   ContextState* s = c->s.get();
   return guarded(s, where, DIFFUSE_FORMAT_ERROR, [&] {
     if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
     if (!path || !*path) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "path is NULL or empty");
-    const auto o = read_options(options, diffuse_model_options_init, where, "diffuse_model_options");
+    const auto o = read_options(options, diffuse_model_options_init, where, "diffuse_model_options", kModelOptionsV1);
     diffuse::nn::LoadOptions lo;
     switch (const int dtype = enum_value(o.weight_dtype)) {
       case DIFFUSE_WEIGHTS_AS_STORED: break;
@@ -501,6 +556,7 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
         api_fail(DIFFUSE_INVALID_ARGUMENT, where, "weight_dtype " + std::to_string(dtype) + " is not a diffuse_weight_dtype");
     }
     if (o.variant) lo.variant = o.variant;
+    lo.memory_limit = o.memory_limit;
 
     // A file inside a model folder stands for the folder; name.VARIANT.safetensors picks the variant.
     namespace fs = std::filesystem;
@@ -522,18 +578,13 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
     for (const auto& [name, n] : ni.dtypes) dtypes += (dtypes.empty() ? "" : ", ") + name + " x" + std::to_string(n);
     s->log(DIFFUSE_LOG_INFO, "loaded " + m->model.name() + " (" + ni.architecture + ", " + std::to_string(ni.parameters) +
                                  " parameters, " + dtypes + ") in " + fmt_ms(std::chrono::steady_clock::now() - t0));
-    registry().add(m.get(), Kind::model);
-    *out = m.release();
+    *out = publish(std::move(m), Kind::model);
     return DIFFUSE_OK;
   });
 }
 
 void diffuse_model_free(diffuse_model* model) {
-  diffuse_model* m = model_of(model);
-  if (!m) return;
-  registry().remove(m);
-  m->magic = kFreed;
-  delete m;
+  if (model) registry().remove(model, Kind::model);
 }
 
 void diffuse_model_info_init(diffuse_model_info* info) {
@@ -544,7 +595,7 @@ void diffuse_model_info_init(diffuse_model_info* info) {
 }
 
 diffuse_status diffuse_model_get_info(const diffuse_model* model, diffuse_model_info* info) {
-  const diffuse_model* m = model_of(model);
+  const auto m = model_of(model);
   if (!m || !info || info->struct_size < sizeof(std::size_t)) return DIFFUSE_INVALID_ARGUMENT;
   const auto& ni = m->model.info();
   const auto& d = m->model.defaults();
@@ -590,15 +641,15 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
                                   diffuse_job** out) {
   constexpr const char* where = "diffuse_job_create";
   if (out) *out = nullptr;
-  diffuse_context* c = context_of(ctx);
+  const auto c = context_of(ctx);
   if (!c) return DIFFUSE_INVALID_ARGUMENT;
   ContextState* s = c->s.get();
   s->cancel.store(false, std::memory_order_release);
   return guarded(s, where, DIFFUSE_INVALID_ARGUMENT, [&] {
     if (!out) api_fail(DIFFUSE_INVALID_ARGUMENT, where, null_arg("out"));
-    const diffuse_model* m = model_of(model);
+    const auto m = model_of(model);
     if (!m) api_fail(DIFFUSE_INVALID_ARGUMENT, where, describe_bad_handle(model, Kind::model));
-    const auto o = read_options(options, diffuse_job_options_init, where, "diffuse_job_options");
+    const auto o = read_options(options, diffuse_job_options_init, where, "diffuse_job_options", kJobOptionsV1);
     const dp::Model& base = m->model;
 
     dp::GenerateOptions g;
@@ -609,6 +660,7 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
       g.steps = o.steps;
     }
     g.seed = o.seed;
+    g.memory_limit = o.memory_limit;
     if (!std::isnan(o.guidance_scale)) g.cfg_scale = o.guidance_scale;
     if (o.batch < 1) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "batch must be >= 1, got " + std::to_string(o.batch));
     g.batch = static_cast<std::size_t>(o.batch);
@@ -636,28 +688,25 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
     jm.set_defaults(base.defaults());
     auto j = std::make_unique<diffuse_job>(c->s, dp::Generation(jm, g));
     s->log(DIFFUSE_LOG_DEBUG, "job created: " + dp::parameters_text(jm, j->gen.options()));
-    registry().add(j.get(), Kind::job);
-    *out = j.release();
+    *out = publish(std::move(j), Kind::job);
     return DIFFUSE_OK;
   });
 }
 
 void diffuse_job_free(diffuse_job* job) {
-  diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return;
   if (j->busy) {
     j->ctx->log(DIFFUSE_LOG_ERROR, "[diffuse_job_free] called from the job's own progress callback; the job is not freed");
     return;
   }
-  registry().remove(j);
-  j->magic = kFreed;
-  delete j;
+  registry().remove(job, Kind::job);
 }
 
 diffuse_status diffuse_job_step(diffuse_job* job, int* done) {
   constexpr const char* where = "diffuse_job_step";
   if (done) *done = 0;
-  diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
     const bool d = step_job(*j, where);
@@ -668,7 +717,7 @@ diffuse_status diffuse_job_step(diffuse_job* job, int* done) {
 
 diffuse_status diffuse_job_run(diffuse_job* job) {
   constexpr const char* where = "diffuse_job_run";
-  diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   if (j->busy) return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&]() -> diffuse_status {
       api_fail(DIFFUSE_WRONG_STATE, where, "called from the job's own progress callback");
@@ -683,7 +732,7 @@ diffuse_status diffuse_job_run(diffuse_job* job) {
 }
 
 diffuse_status diffuse_job_progress(const diffuse_job* job, int* step, int* num_steps) {
-  const diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   if (step) *step = static_cast<int>(j->gen.step_index());
   if (num_steps) *num_steps = static_cast<int>(j->gen.num_steps());
@@ -691,7 +740,7 @@ diffuse_status diffuse_job_progress(const diffuse_job* job, int* step, int* num_
 }
 
 diffuse_status diffuse_job_image_size(const diffuse_job* job, int* width, int* height, int* channels, int* batch) {
-  const diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   const auto& o = j->gen.options();
   if (width) *width = static_cast<int>(*o.width);
@@ -703,7 +752,7 @@ diffuse_status diffuse_job_image_size(const diffuse_job* job, int* width, int* h
 
 diffuse_status diffuse_job_preview_rgba8(const diffuse_job* job, int index, std::uint8_t* pixels, std::size_t size) {
   constexpr const char* where = "diffuse_job_preview_rgba8";
-  const diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
     check_output(*j, index, pixels, size, rgba_bytes(*j), where, "bytes");
@@ -716,7 +765,7 @@ diffuse_status diffuse_job_preview_rgba8(const diffuse_job* job, int index, std:
 
 diffuse_status diffuse_job_result_rgba8(const diffuse_job* job, int index, std::uint8_t* pixels, std::size_t size) {
   constexpr const char* where = "diffuse_job_result_rgba8";
-  const diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
     check_output(*j, index, pixels, size, rgba_bytes(*j), where, "bytes");
@@ -731,7 +780,7 @@ diffuse_status diffuse_job_result_rgba8(const diffuse_job* job, int index, std::
 
 diffuse_status diffuse_job_result_f32(const diffuse_job* job, int index, float* values, std::size_t count) {
   constexpr const char* where = "diffuse_job_result_f32";
-  const diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
     if (j->state != diffuse_job::State::done) {
@@ -749,7 +798,7 @@ diffuse_status diffuse_job_result_f32(const diffuse_job* job, int index, float* 
 }
 
 const char* diffuse_job_parameters(diffuse_job* job, int index) {
-  diffuse_job* j = job_of(job);
+  const auto j = job_of(job);
   if (!j) return nullptr;
   const char* result = nullptr;
   guarded(j->ctx.get(), "diffuse_job_parameters", DIFFUSE_VALUE_ERROR, [&] {
@@ -770,7 +819,7 @@ const char* diffuse_job_parameters(diffuse_job* job, int index) {
 diffuse_status diffuse_write_png(diffuse_context* ctx, const char* path, const std::uint8_t* pixels, int width, int height,
                                  int channels, int scale, const char* parameters) {
   constexpr const char* where = "diffuse_write_png";
-  diffuse_context* c = ctx ? context_of(ctx) : nullptr;
+  const auto c = ctx ? context_of(ctx) : nullptr;
   if (ctx && !c) return DIFFUSE_INVALID_ARGUMENT;
   return guarded(c ? c->s.get() : nullptr, where, DIFFUSE_INVALID_ARGUMENT, [&] {
     if (!path || !*path) api_fail(DIFFUSE_INVALID_ARGUMENT, where, "path is NULL or empty");

@@ -65,29 +65,38 @@ std::uint32_t crc32(const std::uint8_t* p, std::size_t n, std::uint32_t crc = 0)
   return ~crc;
 }
 
-void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
-  for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<std::uint8_t>(v >> s));
-}
-
 std::uint32_t get_u32(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
 }
 
-std::vector<std::uint8_t> text_chunk(const std::string& key, const std::string& value) {
+void store_u32(std::uint8_t* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::uint8_t>(v >> (24 - 8 * i));
+}
+
+/// The size of the tEXt chunk for `key` and `value` (length, type, key, NUL, value, CRC), after
+/// checking that PNG can hold them.
+std::size_t text_chunk_size(const std::string& key, const std::string& value) {
   if (key.empty() || key.size() > 79 || key.find('\0') != std::string::npos)
     raise<value_error>("encode_png", "text key '" + key + "' must be 1 to 79 characters without NUL");
   if (value.find('\0') != std::string::npos)
     raise<value_error>("encode_png", "text value for '" + key + "' contains a NUL byte");
-  std::vector<std::uint8_t> chunk;
+  constexpr std::size_t kMaxChunkData = 0x7FFFFFFF;  // PNG chunk lengths are at most 2^31 - 1
+  if (value.size() > kMaxChunkData - 1 - key.size())
+    raise<value_error>("encode_png", "text value for '" + key + "' is " + std::to_string(value.size()) +
+                                         " bytes, more than a PNG chunk can hold");
+  return 12 + key.size() + 1 + value.size();
+}
+
+/// Writes the tEXt chunk into `out`, which has text_chunk_size(key, value) bytes. Sized stores
+/// into a buffer allocated once, rather than appends that grow a vector.
+void write_text_chunk(std::uint8_t* out, const std::string& key, const std::string& value) {
   const std::size_t len = key.size() + 1 + value.size();
-  put_u32(chunk, static_cast<std::uint32_t>(len));
-  const std::size_t type_at = chunk.size();
-  chunk.insert(chunk.end(), {'t', 'E', 'X', 't'});
-  chunk.insert(chunk.end(), key.begin(), key.end());
-  chunk.push_back(0);
-  chunk.insert(chunk.end(), value.begin(), value.end());
-  put_u32(chunk, crc32(chunk.data() + type_at, 4 + len));
-  return chunk;
+  store_u32(out, static_cast<std::uint32_t>(len));
+  std::memcpy(out + 4, "tEXt", 4);
+  std::memcpy(out + 8, key.data(), key.size());
+  out[8 + key.size()] = 0;
+  if (!value.empty()) std::memcpy(out + 9 + key.size(), value.data(), value.size());
+  store_u32(out + 8 + len, crc32(out + 4, 4 + len));
 }
 
 void check_image(const Image& image, const char* where) {
@@ -131,13 +140,18 @@ std::vector<std::uint8_t> encode_png(const Image& image, const PngText& text) {
     raise<value_error>("encode_png", "stb_image_write could not encode the image");
   // The signature (8 bytes) and the IHDR chunk (4 + 4 + 13 + 4 bytes) come first; text goes after.
   constexpr std::size_t kAfterHeader = 8 + 25;
-  std::vector<std::uint8_t> chunks;
+  if (png.size() < kAfterHeader) raise<value_error>("encode_png", "stb_image_write returned a truncated PNG");
+  std::size_t text_bytes = 0;
+  for (const auto& [key, value] : text) text_bytes += text_chunk_size(key, value);
+  std::vector<std::uint8_t> out(png.size() + text_bytes);
+  std::memcpy(out.data(), png.data(), kAfterHeader);
+  std::size_t at = kAfterHeader;
   for (const auto& [key, value] : text) {
-    const auto chunk = text_chunk(key, value);
-    chunks.insert(chunks.end(), chunk.begin(), chunk.end());
+    write_text_chunk(out.data() + at, key, value);
+    at += text_chunk_size(key, value);
   }
-  png.insert(png.begin() + kAfterHeader, chunks.begin(), chunks.end());
-  return png;
+  std::memcpy(out.data() + at, png.data() + kAfterHeader, png.size() - kAfterHeader);
+  return out;
 }
 
 void write_png(const std::filesystem::path& path, const Image& image, const PngText& text) {

@@ -1,14 +1,11 @@
 // SPDX-License-Identifier: MIT
 #include "diffuse/io/model_dir.hpp"
 
-#include <fstream>
-#include <iterator>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include "diffuse/core/error.hpp"
-#include "json_strict.hpp"
+#include "diffuse/core/json.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace io {
@@ -20,17 +17,7 @@ namespace {
 
 constexpr std::string_view kWhere = "ModelDir";
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) raise<io_error>(kWhere, p.string() + ": cannot open");
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) raise<io_error>(kWhere, p.string() + ": cannot read");
-  return s;
-}
-
-json read_json(const fs::path& p, std::string_view what) {
-  return detail::parse_json_strict(read_text(p), kWhere, p.string(), what);
-}
+json read_json(const fs::path& p, std::string_view what) { return read_json_file(p, kWhere, what); }
 
 bool is_file(const fs::path& p) {
   std::error_code ec;
@@ -86,7 +73,7 @@ ModelDir ModelDir::open(const fs::path& path, std::string_view variant) {
   }
 
   const fs::path config = path / "config.json";
-  if (!is_file(config)) raise<io_error>(kWhere, path.string() + ": no config.json");
+  if (!fs::exists(config, ec)) raise<io_error>(kWhere, path.string() + ": no config.json");
   m.config_ = read_json(config, "config");
   if (!m.config_.is_object())
     raise<format_error>(kWhere, config.string() + ": config is a JSON " + std::string(m.config_.type_name()) +

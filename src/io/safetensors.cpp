@@ -22,7 +22,7 @@
 
 #include "diffuse/core/convert.hpp"
 #include "diffuse/core/error.hpp"
-#include "json_strict.hpp"
+#include "diffuse/core/json.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace io {
@@ -161,55 +161,6 @@ bool checked_nbits(const Shape& shape, DType t, std::size_t& bits) {
 
 }  // namespace
 
-namespace detail {
-
-namespace {
-struct JsonReject {
-  std::string what;
-};
-}  // namespace
-
-// nlohmann's DOM callback parser, tracking the keys of every open object so that a duplicate key
-// is an error, and capping nesting.
-json parse_json_strict(std::string_view text, std::string_view where, const std::string& label,
-                       std::string_view what) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  std::vector<bool> is_object;              // open containers, innermost last
-  auto cb = [&](int /*depth*/, json::parse_event_t ev, json& parsed) -> bool {
-    switch (ev) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        if (is_object.size() >= kMaxJsonDepth)
-          throw JsonReject{"nesting deeper than " + std::to_string(kMaxJsonDepth) + " levels"};
-        is_object.push_back(ev == json::parse_event_t::object_start);
-        if (is_object.back()) keys.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-      case json::parse_event_t::array_end:
-        if (!is_object.empty()) {
-          if (is_object.back()) keys.pop_back();
-          is_object.pop_back();
-        }
-        break;
-      case json::parse_event_t::key:
-        if (!keys.empty() && parsed.is_string() && !keys.back().insert(parsed.get<std::string>()).second)
-          throw JsonReject{"duplicate key '" + parsed.get<std::string>() + "'"};
-        break;
-      case json::parse_event_t::value:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
-  } catch (const JsonReject& r) {
-    raise<format_error>(where, label + ": " + std::string(what) + ": " + r.what);
-  } catch (const json::exception& e) {
-    raise<format_error>(where, label + ": " + std::string(what) + " is not valid JSON: " + e.what());
-  }
-}
-
-}  // namespace detail
 
 // ---- reader ------------------------------------------------------------------------------
 
@@ -265,7 +216,7 @@ void SafetensorsFile::parse() {
   const auto* hdr = reinterpret_cast<const unsigned char*>(base_) + 8;
   if (const std::size_t bad_at = find_invalid_utf8(hdr, header_size_); bad_at != std::string::npos)
     bad(label, "header is not valid UTF-8 (byte " + std::to_string(bad_at) + " of the header)");
-  const json root = detail::parse_json_strict(header(), kWhere, label, "header");
+  const json root = parse_json_strict(header(), kWhere, label, "header", JsonLimits{kMaxJsonDepth, kMaxHeaderSize});
   if (!root.is_object()) bad(label, "header is a JSON " + json_type(root) + ", expected an object");
 
   std::vector<Entry> entries;

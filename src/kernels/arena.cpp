@@ -3,8 +3,12 @@
 // more chunks; reset() merges spilled chunks into one block of the peak size.
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <new>
+#include <string>
 
+#include "diffuse/core/error.hpp"
+#include "diffuse/core/memory.hpp"
 #include "diffuse/kernels/parallel.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -27,11 +31,19 @@ Arena::~Arena() {
 }
 
 float* Arena::alloc(std::size_t n) {
+  constexpr std::size_t kMaxFloats = (std::numeric_limits<std::size_t>::max() / 4) / sizeof(float);
+  if (n > kMaxFloats)
+    raise<memory_error>("kernels::Arena", "an activation buffer of " + std::to_string(n) + " floats cannot be allocated");
   n = (std::max<std::size_t>(n, 1) + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
   if (chunks_.empty() || used_ + n > chunks_.back().begin + chunks_.back().size) {
     // Spill: a new chunk starting at the current top; the old chunk's tail stays unused until
     // the stack is released below this chunk.
     const std::size_t size = std::max({n, kMinChunk, peak_ > used_ ? peak_ - used_ : std::size_t{0}});
+    if (limit_ && capacity_bytes() + std::uint64_t{size} * sizeof(float) > limit_)
+      raise<memory_error>("kernels::Arena",
+                          "the network's activations need more than the memory limit of " + format_bytes(limit_) +
+                              ": " + format_bytes(std::uint64_t{n} * sizeof(float)) + " more wanted on top of the " +
+                              format_bytes(capacity_bytes()) + " held");
     chunks_.push_back({allocate(size), used_, size});
   }
   const Chunk& c = chunks_.back();

@@ -169,8 +169,9 @@ void attention_body(const AttentionArgs& a, size_t begin, size_t end, float* wor
       const float* q = q0 + r * a.q_row_stride;
       float m = -INFINITY, l = 0.0f;
       for (size_t i = 0; i < d; ++i) acc[i] = 0.0f;
-      for (size_t j0 = 0; j0 < a.kv_len; j0 += kAttentionKvBlock) {
-        const size_t nj = a.kv_len - j0 < kAttentionKvBlock ? a.kv_len - j0 : kAttentionKvBlock;
+      const size_t kv_end = a.causal && r + 1 < a.kv_len ? r + 1 : a.kv_len;  // causal: keys 0..r
+      for (size_t j0 = 0; j0 < kv_end; j0 += kAttentionKvBlock) {
+        const size_t nj = kv_end - j0 < kAttentionKvBlock ? kv_end - j0 : kAttentionKvBlock;
         float bm = -INFINITY;
         for (size_t j = 0; j < nj; ++j) {
           const float* k = k0 + (j0 + j) * a.k_row_stride;

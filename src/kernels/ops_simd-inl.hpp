@@ -479,9 +479,17 @@ void attention_body(const AttentionArgs& a, size_t begin, size_t end, float* ws)
     V m[QV], l[QV];
     for (size_t v = 0; v < QV; ++v) m[v] = Simd::set1(-__builtin_inff()), l[v] = Simd::zero();
     const size_t rows = (nq + RO - 1) / RO * RO;  // O rows computed (<= kQB + RO - 1: see below)
-    for (size_t j0 = 0; j0 < a.kv_len; j0 += kKB) {
-      const size_t nk = min_sz(kKB, a.kv_len - j0);
+    // Causal: keys past the block's last query are skipped; in blocks reaching past its first
+    // query the scores of keys after each query are set to -inf (weight 2^-126 after the exp2
+    // clamp, as for any score that far below the maximum; key 0 is always seen, so m is finite).
+    const size_t q_first = blk * kQB;
+    const size_t kv_end = a.causal ? min_sz(a.kv_len, q_first + nq) : a.kv_len;
+    for (size_t j0 = 0; j0 < kv_end; j0 += kKB) {
+      const size_t nk = min_sz(kKB, kv_end - j0);
       scores(Qt, k0 + j0 * a.k_row_stride, a.k_row_stride, nk, d, c, P);
+      if (a.causal && j0 + nk > q_first + 1)
+        for (size_t j = 0; j < nk; ++j)
+          for (size_t i = 0; i < nq && q_first + i < j0 + j; ++i) P[j * kQB + i] = -__builtin_inff();
       for (size_t v = 0; v < QV; ++v) {
         V bm = Simd::load(P + v * W);
         for (size_t j = 1; j < nk; ++j) bm = Simd::max(bm, Simd::load(P + j * kQB + v * W));

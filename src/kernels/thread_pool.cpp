@@ -12,6 +12,9 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <string>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -19,6 +22,7 @@
 #include <immintrin.h>
 #endif
 
+#include "diffuse/core/error.hpp"
 #include "diffuse/kernels/parallel.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -50,7 +54,7 @@ bool spin_until(F&& ready) {
 
 std::size_t resolve_threads(std::size_t n) {
   if (n != 0) return n;
-  return std::max<std::size_t>(1, std::thread::hardware_concurrency());
+  return std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, ThreadPool::kMaxThreads);
 }
 
 }  // namespace
@@ -72,57 +76,98 @@ struct ThreadPool::State {
   std::vector<std::thread> workers;
 };
 
+namespace {
+
+/// The body of worker `w`: waits for a generation, runs its chunk, counts itself out.
+void worker_main(ThreadPool::State* s, std::size_t w);
+
+/// Stops and joins every worker started so far (the destructor, and a constructor that failed).
+void stop_and_join(ThreadPool::State& s) noexcept {
+  {
+    std::lock_guard lock(s.mutex);
+    s.stop.store(true, std::memory_order_release);
+  }
+  s.wake.notify_all();
+  for (auto& t : s.workers)
+    if (t.joinable()) t.join();
+  s.workers.clear();
+}
+
+std::atomic<testing::ThreadStartHook> g_thread_start_hook{nullptr};
+
+}  // namespace
+
+void testing::set_thread_start_hook(ThreadStartHook hook) noexcept {
+  g_thread_start_hook.store(hook, std::memory_order_release);
+}
+
 ThreadPool::ThreadPool(std::size_t n_threads) : n_threads_(resolve_threads(n_threads)) {
+  constexpr std::string_view where = "ThreadPool";
+  if (n_threads_ > kMaxThreads)
+    raise<value_error>(where, "at most " + std::to_string(kMaxThreads) + " threads, got " + std::to_string(n_threads_));
   if (n_threads_ == 1) return;
-  state_ = std::make_unique<State>();
-  State* s = state_.get();
+  auto state = std::make_unique<State>();
+  State* s = state.get();
   s->workers.reserve(n_threads_ - 1);
   for (std::size_t w = 1; w < n_threads_; ++w) {
-    s->workers.emplace_back([s, w] {
-      std::uint64_t seen = 0;
-      for (;;) {
-        const auto fresh = [&] {
-          return s->stop.load(std::memory_order_acquire) || s->generation.load(std::memory_order_acquire) != seen;
-        };
-        if (!spin_until(fresh)) {
-          std::unique_lock lock(s->mutex);
-          s->wake.wait(lock, fresh);
-        }
-        if (s->stop.load(std::memory_order_acquire)) return;
-        seen = s->generation.load(std::memory_order_acquire);
-        const Trampoline call = s->call;
-        void* const ctx = s->ctx;
-        const std::size_t n_items = s->n_items, n_chunks = s->n_chunks;
-        if (w < n_chunks) {  // with fewer items than threads, the last workers sit this one out
-          std::exception_ptr err;
-          const auto [b, e] = chunk(n_items, n_chunks, w);
-          try {
-            call(ctx, b, e, w);
-          } catch (...) {
-            err = std::current_exception();
-          }
-          if (err) {
-            std::lock_guard lock(s->mutex);
-            if (!s->error) s->error = err;
-          }
-        }
-        if (s->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-          std::lock_guard lock(s->mutex);  // pairs with the caller's predicate check
-          s->done.notify_one();
-        }
+    std::string why;
+    try {
+      const auto hook = g_thread_start_hook.load(std::memory_order_acquire);
+      if (hook && !hook(w)) throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
+      s->workers.emplace_back(worker_main, s, w);
+      continue;
+    } catch (const std::system_error& e) {
+      why = e.what();
+    }
+    // No half-built pool: the workers already running are stopped and joined before the error.
+    stop_and_join(*s);
+    raise<resource_error>(where, "could not start thread " + std::to_string(w + 1) + " of " + std::to_string(n_threads_) +
+                                     " (" + why + "): the system's limit on threads or memory is reached; use fewer threads");
+  }
+  state_ = std::move(state);
+}
+
+namespace {
+
+void worker_main(ThreadPool::State* s, std::size_t w) {
+  std::uint64_t seen = 0;
+  for (;;) {
+    const auto fresh = [&] {
+      return s->stop.load(std::memory_order_acquire) || s->generation.load(std::memory_order_acquire) != seen;
+    };
+    if (!spin_until(fresh)) {
+      std::unique_lock lock(s->mutex);
+      s->wake.wait(lock, fresh);
+    }
+    if (s->stop.load(std::memory_order_acquire)) return;
+    seen = s->generation.load(std::memory_order_acquire);
+    const auto call = s->call;
+    void* const ctx = s->ctx;
+    const std::size_t n_items = s->n_items, n_chunks = s->n_chunks;
+    if (w < n_chunks) {  // with fewer items than threads, the last workers sit this one out
+      std::exception_ptr err;
+      const auto [b, e] = ThreadPool::chunk(n_items, n_chunks, w);
+      try {
+        call(ctx, b, e, w);
+      } catch (...) {
+        err = std::current_exception();
       }
-    });
+      if (err) {
+        std::lock_guard lock(s->mutex);
+        if (!s->error) s->error = err;
+      }
+    }
+    if (s->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard lock(s->mutex);  // pairs with the caller's predicate check
+      s->done.notify_one();
+    }
   }
 }
 
+}  // namespace
+
 ThreadPool::~ThreadPool() {
-  if (!state_) return;
-  {
-    std::lock_guard lock(state_->mutex);
-    state_->stop.store(true, std::memory_order_release);
-  }
-  state_->wake.notify_all();
-  for (auto& t : state_->workers) t.join();
+  if (state_) stop_and_join(*state_);
 }
 
 void ThreadPool::run(std::size_t n_items, Trampoline call, void* ctx) {

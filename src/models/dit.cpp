@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -17,6 +18,7 @@
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
+#include "diffuse/nn/config.hpp"
 #include "diffuse/nn/layers.hpp"
 #include "registry.hpp"
 
@@ -28,33 +30,25 @@ namespace {
 constexpr const char* kModel = "DiTTransformer2DModel";
 constexpr std::size_t kTimeProjDim = 256;  // Timesteps(num_channels=256) in CombinedTimestepLabelEmbeddings
 
-std::size_t json_size(const nlohmann::json& j, const char* key, std::size_t fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number_integer() || it->get<std::int64_t>() < 0)
-    raise<format_error>(where, std::string("\"") + key + "\" must be a non-negative integer, got " + it->dump());
-  return it->get<std::size_t>();
-}
-
-bool json_bool(const nlohmann::json& j, const char* key, bool fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) raise<format_error>(where, std::string("\"") + key + "\" must be a boolean, got " + it->dump());
-  return it->get<bool>();
-}
-
-double json_number(const nlohmann::json& j, const char* key, double fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_number()) raise<format_error>(where, std::string("\"") + key + "\" must be a number, got " + it->dump());
-  return it->get<double>();
-}
-
-std::string json_string(const nlohmann::json& j, const char* key, std::string fallback, std::string_view where) {
-  const auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_string()) raise<format_error>(where, std::string("\"") + key + "\" must be a string, got " + it->dump());
-  return it->get<std::string>();
+/// The bounds of nn/config.hpp on a config however it was obtained (config.json or inferred from
+/// the shapes), and the products the network sizes buffers with.
+void check_bounds(const DiTConfig& c, std::string_view where) {
+  namespace L = nn::limits;
+  const nlohmann::json none = nlohmann::json::object();
+  const nn::ConfigReader r(none, std::string(where));
+  r.check("num_attention_heads", c.num_attention_heads, {1, L::kMaxHeads});
+  r.check("attention_head_dim", c.attention_head_dim, {1, L::kMaxChannels});
+  r.check("in_channels", c.in_channels, {1, L::kMaxChannels});
+  if (c.out_channels) r.check("out_channels", *c.out_channels, {1, L::kMaxChannels});
+  r.check("num_layers", c.num_layers, {1, L::kMaxLayers});
+  r.check("sample_size", c.sample_size, {1, L::kMaxSampleSize});
+  r.check("patch_size", c.patch_size, {1, L::kMaxPatchSize});
+  if (c.num_embeds_ada_norm) r.check("num_embeds_ada_norm", *c.num_embeds_ada_norm, {1, L::kMaxClasses});
+  const std::size_t d = r.product("num_attention_heads * attention_head_dim", {c.num_attention_heads, c.attention_head_dim});
+  if (d > L::kMaxChannels)
+    r.fail("num_attention_heads", "* \"attention_head_dim\" = " + std::to_string(c.num_attention_heads) + " * " +
+                                      std::to_string(c.attention_head_dim) + " = " + std::to_string(d) +
+                                      ", more than the inner width limit of " + std::to_string(L::kMaxChannels));
 }
 
 /// diffusers FeedForward's activation_fn -> the element-wise activation after net.0.proj.
@@ -82,30 +76,25 @@ std::string block_name(bool original, std::size_t i, std::string_view rest) {
 // Config
 
 DiTConfig DiTConfig::from_json(const nlohmann::json& j, std::string_view where) {
-  if (!j.is_object()) raise<format_error>(where, "config must be a JSON object");
+  namespace L = nn::limits;
+  const nn::ConfigReader r(j, std::string(where));
   DiTConfig c;
-  c.num_attention_heads = json_size(j, "num_attention_heads", c.num_attention_heads, where);
-  c.attention_head_dim = json_size(j, "attention_head_dim", c.attention_head_dim, where);
-  c.in_channels = json_size(j, "in_channels", c.in_channels, where);
-  if (j.contains("out_channels") && !j["out_channels"].is_null())
-    c.out_channels = json_size(j, "out_channels", 0, where);
-  c.num_layers = json_size(j, "num_layers", c.num_layers, where);
-  c.dropout = json_number(j, "dropout", c.dropout, where);
-  c.norm_num_groups = json_size(j, "norm_num_groups", c.norm_num_groups, where);
-  c.attention_bias = json_bool(j, "attention_bias", c.attention_bias, where);
-  c.sample_size = json_size(j, "sample_size", c.sample_size, where);
-  c.patch_size = json_size(j, "patch_size", c.patch_size, where);
-  c.activation_fn = json_string(j, "activation_fn", c.activation_fn, where);
-  if (j.contains("num_embeds_ada_norm")) {
-    if (j["num_embeds_ada_norm"].is_null())
-      c.num_embeds_ada_norm.reset();
-    else
-      c.num_embeds_ada_norm = json_size(j, "num_embeds_ada_norm", 0, where);
-  }
-  c.upcast_attention = json_bool(j, "upcast_attention", c.upcast_attention, where);
-  c.norm_type = json_string(j, "norm_type", c.norm_type, where);
-  c.norm_elementwise_affine = json_bool(j, "norm_elementwise_affine", c.norm_elementwise_affine, where);
-  c.norm_eps = json_number(j, "norm_eps", c.norm_eps, where);
+  c.num_attention_heads = r.size("num_attention_heads", c.num_attention_heads, {1, L::kMaxHeads});
+  c.attention_head_dim = r.size("attention_head_dim", c.attention_head_dim, {1, L::kMaxChannels});
+  c.in_channels = r.size("in_channels", c.in_channels, {1, L::kMaxChannels});
+  if (r.find("out_channels")) c.out_channels = r.size("out_channels", 0, {1, L::kMaxChannels});
+  c.num_layers = r.size("num_layers", c.num_layers, {1, L::kMaxLayers});
+  c.dropout = r.number("dropout", c.dropout);
+  c.norm_num_groups = r.size("norm_num_groups", c.norm_num_groups, {0, L::kMaxChannels});
+  c.attention_bias = r.boolean("attention_bias", c.attention_bias);
+  c.sample_size = r.size("sample_size", c.sample_size, {1, L::kMaxSampleSize});
+  c.patch_size = r.size("patch_size", c.patch_size, {1, L::kMaxPatchSize});
+  c.activation_fn = r.string("activation_fn", c.activation_fn);
+  c.num_embeds_ada_norm = r.optional_size("num_embeds_ada_norm", c.num_embeds_ada_norm, {1, L::kMaxClasses});
+  c.upcast_attention = r.boolean("upcast_attention", c.upcast_attention);
+  c.norm_type = r.string("norm_type", c.norm_type);
+  c.norm_elementwise_affine = r.boolean("norm_elementwise_affine", c.norm_elementwise_affine);
+  c.norm_eps = r.number("norm_eps", c.norm_eps);
 
   if (c.norm_type != "ada_norm_zero")
     raise<format_error>(where, "norm_type \"" + c.norm_type + "\" is not supported (DiT needs \"ada_norm_zero\")");
@@ -120,6 +109,7 @@ DiTConfig DiTConfig::from_json(const nlohmann::json& j, std::string_view where) 
   if (c.out_channels && *c.out_channels == 0) raise<format_error>(where, "\"out_channels\" must be positive");
   if (!(c.norm_eps > 0)) raise<format_error>(where, "\"norm_eps\" must be positive");
   ff_activation(c.activation_fn, where);
+  check_bounds(c, where);
   return c;
 }
 
@@ -139,6 +129,12 @@ DiTConfig DiTConfig::infer(const io::ModelDir& dir) {
   const std::size_t d = xe.shape[0];
   c.in_channels = xe.shape[1];
   c.patch_size = xe.shape[2];
+  if (d == 0 || d > nn::limits::kMaxChannels || c.in_channels == 0 || c.in_channels > nn::limits::kMaxChannels ||
+      c.patch_size > nn::limits::kMaxPatchSize)
+    raise<format_error>(where, path + ": 'x_embedder.proj.weight' has shape " + shape_string(xe.shape) +
+                                   ", outside the bounds of a DiT (width and channels 1.." +
+                                   std::to_string(nn::limits::kMaxChannels) + ", patch 1.." +
+                                   std::to_string(nn::limits::kMaxPatchSize) + ")");
   std::size_t layers = 0;
   while (dir.contains("blocks." + std::to_string(layers) + ".attn.qkv.weight")) ++layers;
   if (layers == 0) raise<format_error>(where, path + ": no 'blocks.0.attn.qkv.weight'");
@@ -173,6 +169,7 @@ DiTConfig DiTConfig::infer(const io::ModelDir& dir) {
   c.num_attention_heads = heads;
   c.attention_head_dim = d / heads;
   c.attention_bias = dir.contains("blocks.0.attn.qkv.bias");
+  check_bounds(c, where + " " + path);
   return c;
 }
 
@@ -206,6 +203,7 @@ class DiT final : public Network {
   const NetworkInfo& info() const noexcept override { return info_; }
   Tensor forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,
                  kernels::Context& ctx) const override;
+  std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override;
 
  private:
   void bind(nn::WeightStore& w, bool original);
@@ -267,7 +265,12 @@ DiT::DiT(io::ModelDir dir, const nn::LoadOptions& options) : dir_(std::move(dir)
   // The position table at the native size (diffusers: base_size = sample_size / p, scale 1).
   pos_grid_ = cfg_.sample_size / cfg_.patch_size;
   if (pos_grid_ > 0) {
-    pos_table_.resize(pos_grid_ * pos_grid_ * dim_);
+    const std::size_t floats =
+        nn::checked_product({pos_grid_, pos_grid_, dim_}, cfg_where, "the position table (sample_size / patch_size)^2 * width");
+    w.reserve(nn::checked_product({floats, sizeof(float)}, cfg_where, "the position table's bytes"),
+              "the position table (" + std::to_string(pos_grid_) + " x " + std::to_string(pos_grid_) + " tokens x " +
+                  std::to_string(dim_) + " floats, from sample_size " + std::to_string(cfg_.sample_size) + ")");
+    pos_table_.resize(floats);
     kernels::sincos_pos_embed_2d(dim_, pos_grid_, pos_grid_, pos_table_.data(), static_cast<double>(pos_grid_));
   }
 }
@@ -372,6 +375,30 @@ void DiT::bind(nn::WeightStore& w, bool original) {
     proj_out_1_ = nn::Linear::bind(w, "proj_out_1", d, 2 * d);
     proj_out_2_ = nn::Linear::bind(w, "proj_out_2", d, out_features);
   }
+}
+
+/// Bytes (saturating) of `floats` floats computed in double: exact far beyond any real size.
+std::uint64_t float_bytes(double floats) {
+  const double b = floats * sizeof(float);
+  return b >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(b);
+}
+
+// The arena allocations of forward() at their peak (the buffers below mirror it), plus the output.
+std::uint64_t DiT::forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const {
+  const double p = static_cast<double>(cfg_.patch_size), d = static_cast<double>(dim_), b = static_cast<double>(batch);
+  const double gh = std::floor(static_cast<double>(height) / p), gw = std::floor(static_cast<double>(width) / p);
+  const double tokens = gh * gw, rows = b * tokens;
+  const double n_emb = static_cast<double>(embedders_.size());
+  const double feat = p * p * static_cast<double>(out_channels_);
+  const double cpp = static_cast<double>(cfg_.in_channels) * p * p;
+  const bool native = gh == static_cast<double>(pos_grid_) && gw == static_cast<double>(pos_grid_);
+  const double base = b * (kTimeProjDim + 1) + 2 * n_emb * b * d + rows * d;        // tproj, t, cond, h
+  const double embed = rows * cpp + (native ? 0.0 : tokens * d);                     // patches, position table
+  const double blocks = b * 6 * d + 2 * rows * d + rows * 4 * d;                     // mod, norm, branch, ff (> qkv)
+  const double out = b * 6 * d + 2 * rows * d + b * 2 * d + rows * feat;             // ... mod_out, o
+  const double result = b * static_cast<double>(returned_channels_) * static_cast<double>(height * width);
+  constexpr double kRounding = 16.0 * 16;  // each of the ~16 buffers rounded up to 64 bytes
+  return float_bytes(base + std::max({embed, blocks, out}) + result + kRounding);
 }
 
 Tensor DiT::forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,

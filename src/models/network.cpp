@@ -26,7 +26,8 @@ std::unique_ptr<Network> load_network(const std::filesystem::path& path, const n
   const std::string cls = it->get<std::string>();
   if (cls == "UNet2DModel") return load_unet2d(std::move(dir), options);
   if (cls == "DiTTransformer2DModel") return load_dit(std::move(dir), options);
-  if (cls == "Transformer2DModel" && cfg.value("norm_type", std::string()) == "ada_norm_zero")
+  const auto norm = cfg.find("norm_type");
+  if (cls == "Transformer2DModel" && norm != cfg.end() && norm->is_string() && *norm == "ada_norm_zero")
     return load_dit(std::move(dir), options);
   raise<format_error>(kWhere, (path / "config.json").string() + ": architecture \"" + cls +
                                   "\" is not supported (known: UNet2DModel, DiTTransformer2DModel)");

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <numbers>
 #include <string>
@@ -26,6 +27,7 @@
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
+#include "diffuse/nn/config.hpp"
 #include "diffuse/nn/layers.hpp"
 #include "registry.hpp"
 
@@ -43,73 +45,6 @@ using nlohmann::json;
   raise<format_error>(where, std::string("config.json \"") + name + "\": " + what);
 }
 
-const json* field(const json& cfg, const char* name) {
-  const auto it = cfg.find(name);
-  return it == cfg.end() ? nullptr : &*it;
-}
-
-std::size_t to_size(const json& v, std::string_view where, const char* name) {
-  if (v.is_number_unsigned()) return v.get<std::size_t>();
-  if (v.is_number_integer() && v.get<std::int64_t>() >= 0) return static_cast<std::size_t>(v.get<std::int64_t>());
-  if (v.is_number_float()) {
-    const double d = v.get<double>();
-    if (d >= 0 && d == std::floor(d) && d < 1e15) return static_cast<std::size_t>(d);
-  }
-  bad_field(where, name, "expected a non-negative integer, got " + v.dump());
-}
-
-void read(const json& cfg, const char* name, std::size_t& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) out = to_size(*v, where, name);
-}
-void read(const json& cfg, const char* name, std::optional<std::size_t>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) out = v->is_null() ? std::nullopt : std::optional(to_size(*v, where, name));
-}
-void read(const json& cfg, const char* name, double& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_number()) bad_field(where, name, "expected a number, got " + v->dump());
-    out = v->get<double>();
-  }
-}
-void read(const json& cfg, const char* name, bool& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_boolean()) bad_field(where, name, "expected true or false, got " + v->dump());
-    out = v->get<bool>();
-  }
-}
-void read(const json& cfg, const char* name, std::string& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_string()) bad_field(where, name, "expected a string, got " + v->dump());
-    out = v->get<std::string>();
-  }
-}
-void read(const json& cfg, const char* name, std::optional<std::string>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (v->is_null()) {
-      out.reset();
-      return;
-    }
-    if (!v->is_string()) bad_field(where, name, "expected a string or null, got " + v->dump());
-    out = v->get<std::string>();
-  }
-}
-void read(const json& cfg, const char* name, std::vector<std::string>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_array()) bad_field(where, name, "expected a list of strings, got " + v->dump());
-    out.clear();
-    for (const json& e : *v) {
-      if (!e.is_string()) bad_field(where, name, "expected a list of strings, got " + v->dump());
-      out.push_back(e.get<std::string>());
-    }
-  }
-}
-void read(const json& cfg, const char* name, std::vector<std::size_t>& out, std::string_view where) {
-  if (const json* v = field(cfg, name)) {
-    if (!v->is_array()) bad_field(where, name, "expected a list of integers, got " + v->dump());
-    out.clear();
-    for (const json& e : *v) out.push_back(to_size(e, where, name));
-  }
-}
-
 std::string join_names(std::initializer_list<const char*> names) {
   std::string s;
   for (const char* n : names) s += (s.empty() ? "" : ", ") + std::string(n);
@@ -123,45 +58,50 @@ std::string strip_unetres(const std::string& t) { return t.rfind("UNetRes", 0) =
 
 UNet2DConfig UNet2DConfig::from_json(const json& cfg, std::string_view where) {
   if (!cfg.is_object()) raise<format_error>(where, "config.json is not a JSON object");
+  namespace L = nn::limits;
+  const nn::ConfigReader r(cfg, std::string(where));
+  constexpr nn::SizeRange channels{0, L::kMaxChannels};
   UNet2DConfig c;
-  if (const json* v = field(cfg, "sample_size"); v && !v->is_null()) {
+  if (const json* v = r.find("sample_size")) {
     if (v->is_array()) {
-      if (v->size() != 2) bad_field(where, "sample_size", "expected an integer or [height, width], got " + v->dump());
-      c.sample_height = to_size((*v)[0], where, "sample_size");
-      c.sample_width = to_size((*v)[1], where, "sample_size");
+      if (v->size() != 2) bad_field(where, "sample_size", "expected an integer or [height, width], got " + nn::short_json(*v));
+      const nlohmann::json hw = {{"sample_size", *v}};
+      const std::vector<std::size_t> s = nn::ConfigReader(hw, std::string(where)).sizes("sample_size", {}, {1, L::kMaxSampleSize}, 2);
+      c.sample_height = s[0];
+      c.sample_width = s[1];
     } else {
-      c.sample_height = c.sample_width = to_size(*v, where, "sample_size");
+      c.sample_height = c.sample_width = r.size("sample_size", 0, {1, L::kMaxSampleSize});
     }
   }
-  read(cfg, "in_channels", c.in_channels, where);
-  read(cfg, "out_channels", c.out_channels, where);
-  read(cfg, "center_input_sample", c.center_input_sample, where);
-  read(cfg, "time_embedding_type", c.time_embedding_type, where);
-  read(cfg, "time_embedding_dim", c.time_embedding_dim, where);
-  read(cfg, "freq_shift", c.freq_shift, where);
-  read(cfg, "flip_sin_to_cos", c.flip_sin_to_cos, where);
-  read(cfg, "down_block_types", c.down_block_types, where);
-  read(cfg, "mid_block_type", c.mid_block_type, where);
-  read(cfg, "up_block_types", c.up_block_types, where);
-  read(cfg, "block_out_channels", c.block_out_channels, where);
-  read(cfg, "layers_per_block", c.layers_per_block, where);
-  read(cfg, "mid_block_scale_factor", c.mid_block_scale_factor, where);
-  read(cfg, "downsample_padding", c.downsample_padding, where);
-  read(cfg, "downsample_type", c.downsample_type, where);
-  read(cfg, "upsample_type", c.upsample_type, where);
-  read(cfg, "dropout", c.dropout, where);
-  read(cfg, "act_fn", c.act_fn, where);
-  read(cfg, "attention_head_dim", c.attention_head_dim, where);
-  read(cfg, "norm_num_groups", c.norm_num_groups, where);
-  read(cfg, "attn_norm_num_groups", c.attn_norm_num_groups, where);
-  read(cfg, "norm_eps", c.norm_eps, where);
-  read(cfg, "resnet_time_scale_shift", c.resnet_time_scale_shift, where);
-  read(cfg, "add_attention", c.add_attention, where);
-  read(cfg, "class_embed_type", c.class_embed_type, where);
-  read(cfg, "num_class_embeds", c.num_class_embeds, where);
-  read(cfg, "num_train_timesteps", c.num_train_timesteps, where);
-  if (const json* v = field(cfg, "null_class_label"); v && !v->is_null()) {
-    if (!v->is_number_integer()) bad_field(where, "null_class_label", "expected an integer, got " + v->dump());
+  c.in_channels = r.size("in_channels", c.in_channels, channels);
+  c.out_channels = r.size("out_channels", c.out_channels, channels);
+  c.center_input_sample = r.boolean("center_input_sample", c.center_input_sample);
+  c.time_embedding_type = r.string("time_embedding_type", c.time_embedding_type);
+  c.time_embedding_dim = r.optional_size("time_embedding_dim", c.time_embedding_dim, {0, L::kMaxEmbedDim});
+  c.freq_shift = r.number("freq_shift", c.freq_shift);
+  c.flip_sin_to_cos = r.boolean("flip_sin_to_cos", c.flip_sin_to_cos);
+  c.down_block_types = r.strings("down_block_types", c.down_block_types, L::kMaxBlocks);
+  c.mid_block_type = r.optional_string("mid_block_type", c.mid_block_type);
+  c.up_block_types = r.strings("up_block_types", c.up_block_types, L::kMaxBlocks);
+  c.block_out_channels = r.sizes("block_out_channels", c.block_out_channels, channels, L::kMaxBlocks);
+  c.layers_per_block = r.size("layers_per_block", c.layers_per_block, {0, L::kMaxLayersPerBlock});
+  c.mid_block_scale_factor = r.number("mid_block_scale_factor", c.mid_block_scale_factor);
+  c.downsample_padding = r.size("downsample_padding", c.downsample_padding, {0, L::kMaxPadding});
+  c.downsample_type = r.string("downsample_type", c.downsample_type);
+  c.upsample_type = r.string("upsample_type", c.upsample_type);
+  c.dropout = r.number("dropout", c.dropout);
+  c.act_fn = r.string("act_fn", c.act_fn);
+  c.attention_head_dim = r.optional_size("attention_head_dim", c.attention_head_dim, channels);
+  c.norm_num_groups = r.optional_size("norm_num_groups", c.norm_num_groups, channels);
+  c.attn_norm_num_groups = r.optional_size("attn_norm_num_groups", c.attn_norm_num_groups, channels);
+  c.norm_eps = r.number("norm_eps", c.norm_eps);
+  c.resnet_time_scale_shift = r.string("resnet_time_scale_shift", c.resnet_time_scale_shift);
+  c.add_attention = r.boolean("add_attention", c.add_attention);
+  c.class_embed_type = r.optional_string("class_embed_type", c.class_embed_type);
+  c.num_class_embeds = r.optional_size("num_class_embeds", c.num_class_embeds, {0, L::kMaxClasses});
+  c.num_train_timesteps = r.optional_size("num_train_timesteps", c.num_train_timesteps, {0, L::kMaxTrainTimesteps});
+  if (const json* v = r.find("null_class_label")) {
+    if (!v->is_number_integer()) bad_field(where, "null_class_label", "expected an integer, got " + nn::short_json(*v));
     c.null_class_label = v->get<std::int64_t>();
   }
 
@@ -294,6 +234,7 @@ class UNet2D final : public Network {
   const NetworkInfo& info() const noexcept override { return info_; }
   Tensor forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,
                  kernels::Context& ctx) const override;
+  std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override;
 
  private:
   Resnet bind_resnet(const std::string& prefix, std::size_t in, std::size_t out, float scale);
@@ -396,6 +337,7 @@ Attn UNet2D::bind_attention(const std::string& p, std::size_t channels, std::siz
   const bool same = m[0].dtype == m[1].dtype && m[1].dtype == m[2].dtype;
   const DType dt = same ? m[0].dtype : DType::F32;
   const std::size_t bytes = dtype_bits(dt) / 8 * n;
+  w.reserve(3 * bytes + 3 * a.inner * sizeof(float), "the fused q/k/v weights of '" + p + "'");
   std::vector<float>& fused = owned_.emplace_back((3 * bytes + sizeof(float) - 1) / sizeof(float));
   auto* dst = reinterpret_cast<std::byte*>(fused.data());
   for (int i = 0; i < 3; ++i) {
@@ -774,6 +716,56 @@ void UNet2D::run_upsample(const Block& blk, const float* x, std::size_t batch, s
     }
   });
   arena.release(m);
+}
+
+// The arena allocations of forward() at their peak: the kept skips, the two ping-pong buffers,
+// the largest temporary of one resnet / attention / upsampler, plus the output. In double
+// (exact far beyond any real size), saturating.
+std::uint64_t UNet2D::forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const {
+  const UNet2DConfig& c = cfg_;
+  const double B = static_cast<double>(batch), T = static_cast<double>(temb_dim_);
+  double h = static_cast<double>(height), w = static_cast<double>(width);
+  double temp = 0;  // the largest temporary
+  auto resnet_temp = [&](const Resnet& r, double hw) {
+    const double tp = c.resnet_time_scale_shift == "scale_shift" ? 2.0 * static_cast<double>(r.out) : static_cast<double>(r.out);
+    temp = std::max(temp, B * hw * (static_cast<double>(std::max(r.in, r.has_shortcut ? r.out : 0)) + static_cast<double>(r.out)) + B * tp);
+  };
+  auto attn_temp = [&](const Attn& a, double hw) {
+    temp = std::max(temp, B * hw * (static_cast<double>(a.channels) + 4.0 * static_cast<double>(a.inner)));
+  };
+  double floats = B * static_cast<double>(c.in_channels) * h * w * (c.center_input_sample ? 1 : 0) + B +
+                  B * static_cast<double>(time_in_) * 2 + 3 * B * T;
+  floats += B * static_cast<double>(c.block_out_channels[0]) * h * w;  // conv_in
+  for (const Block& blk : down_) {
+    for (std::size_t j = 0; j < blk.resnets.size(); ++j) {
+      resnet_temp(blk.resnets[j], h * w);
+      if (!blk.attentions.empty()) attn_temp(blk.attentions[j], h * w);
+      floats += B * static_cast<double>(blk.resnets[j].out) * h * w;
+    }
+    if (blk.has_sampler) {
+      h = std::floor((h + static_cast<double>(blk.sampler.pad[0] + blk.sampler.pad[2]) - 3) / 2) + 1;
+      w = std::floor((w + static_cast<double>(blk.sampler.pad[1] + blk.sampler.pad[3]) - 3) / 2) + 1;
+      floats += B * static_cast<double>(blk.sampler.out) * h * w;
+    }
+  }
+  for (const Resnet& r : mid_.resnets) resnet_temp(r, h * w);
+  for (const Attn& a : mid_.attentions) attn_temp(a, h * w);
+  double pp = 0;
+  for (const Block& blk : up_) {
+    for (std::size_t j = 0; j < blk.resnets.size(); ++j) {
+      pp = std::max(pp, B * static_cast<double>(blk.resnets[j].in) * h * w);
+      resnet_temp(blk.resnets[j], h * w);
+      if (!blk.attentions.empty()) attn_temp(blk.attentions[j], h * w);
+    }
+    if (blk.has_sampler) {
+      temp = std::max(temp, 4 * B * static_cast<double>(blk.sampler.out) * h * w);
+      h *= 2;
+      w *= 2;
+    }
+  }
+  floats += 2 * pp + temp + B * static_cast<double>(c.out_channels) * static_cast<double>(height) * static_cast<double>(width);
+  const double bytes = floats * sizeof(float);
+  return bytes >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(bytes);
 }
 
 Tensor UNet2D::forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,

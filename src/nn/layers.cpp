@@ -73,7 +73,9 @@ Conv2d Conv2d::bind(WeightStore& w, std::string_view prefix, std::size_t in, std
   a.pad_top = a.pad_left = a.pad_bottom = a.pad_right = padding;
   if (w.options().winograd && kernels::conv2d_winograd_eligible(a) && in >= kernels::kWinogradMinChannels &&
       out >= kernels::kWinogradMinChannels) {  // transformed once here; the network stays immutable
-    std::shared_ptr<float[]> u(new float[kernels::conv2d_winograd_weight_floats(out, in)]);
+    const std::size_t floats = kernels::conv2d_winograd_weight_floats(out, in);
+    w.reserve(std::uint64_t{floats} * sizeof(float), "the Winograd weights of '" + std::string(prefix) + "'");
+    std::shared_ptr<float[]> u(new float[floats]);
     kernels::conv2d_winograd_transform_weights(c.weight, out, in, u.get());
     c.winograd = std::move(u);
   }
@@ -170,6 +172,52 @@ void TimestepEmbedding::operator()(const float* x, std::size_t batch, float* y, 
   linear_1(x, batch, h, ctx);
   kernels::activation(act, h, h, batch * linear_1.out, ctx);
   linear_2(h, batch, y, ctx);
+  arena.release(m);
+}
+
+TransformerLayer TransformerLayer::bind(WeightStore& w, std::string_view prefix, std::size_t dim, std::size_t heads,
+                                        std::size_t inner, float eps, kernels::Activation act) {
+  TransformerLayer l;
+  l.dim = dim, l.heads = heads, l.act = act;
+  l.ln1 = LayerNorm::bind(w, join(prefix, "layer_norm1"), dim, eps);
+  l.q = Linear::bind(w, join(prefix, "self_attn.q_proj"), dim, dim);
+  l.k = Linear::bind(w, join(prefix, "self_attn.k_proj"), dim, dim);
+  l.v = Linear::bind(w, join(prefix, "self_attn.v_proj"), dim, dim);
+  l.out = Linear::bind(w, join(prefix, "self_attn.out_proj"), dim, dim);
+  l.ln2 = LayerNorm::bind(w, join(prefix, "layer_norm2"), dim, eps);
+  l.fc1 = Linear::bind(w, join(prefix, "mlp.fc1"), dim, inner);
+  l.fc2 = Linear::bind(w, join(prefix, "mlp.fc2"), inner, dim);
+  return l;
+}
+
+void TransformerLayer::operator()(float* x, std::size_t batch, std::size_t tokens, bool causal,
+                                  kernels::Context& ctx) const {
+  const std::size_t rows = batch * tokens, d = dim;
+  kernels::Arena& arena = ctx.arena();
+  const std::size_t m = arena.mark();
+  float* norm = arena.alloc(rows * d);
+  float* qkv = arena.alloc(rows * 3 * d);  // q | k | v per token
+  ln1(x, norm, rows, ctx);
+  q(norm, rows, qkv, ctx, 0.0f, 3 * d);
+  k(norm, rows, qkv + d, ctx, 0.0f, 3 * d);
+  v(norm, rows, qkv + 2 * d, ctx, 0.0f, 3 * d);
+  kernels::AttentionArgs a;
+  a.q = qkv, a.k = qkv + d, a.v = qkv + 2 * d, a.o = norm;  // the LN output is no longer needed
+  a.batch = batch, a.heads = heads, a.q_len = a.kv_len = tokens, a.head_dim = d / heads;
+  a.q_batch_stride = a.k_batch_stride = a.v_batch_stride = tokens * 3 * d;
+  a.q_head_stride = a.k_head_stride = a.v_head_stride = a.o_head_stride = d / heads;
+  a.q_row_stride = a.k_row_stride = a.v_row_stride = 3 * d;
+  a.o_batch_stride = tokens * d, a.o_row_stride = d;
+  a.causal = causal;
+  kernels::attention(a, ctx);
+  out(norm, rows, x, ctx, 1.0f);  // x += out_proj(attn)
+  arena.release(m);
+  norm = arena.alloc(rows * d);
+  float* hidden = arena.alloc(rows * fc1.out);
+  ln2(x, norm, rows, ctx);
+  fc1(norm, rows, hidden, ctx);
+  kernels::activation(act, hidden, hidden, rows * fc1.out, ctx);
+  fc2(hidden, rows, x, ctx, 1.0f);  // x += fc2(act(fc1(LN(x))))
   arena.release(m);
 }
 

@@ -8,6 +8,7 @@
 
 #include "diffuse/core/convert.hpp"
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/memory.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace nn {
@@ -24,6 +25,19 @@ WeightStore::WeightStore(const io::ModelDir& dir, std::string model, LoadOptions
       *options_.matrix_dtype != DType::BF16)
     raise<value_error>(model_, "matrix_dtype must be F32, F16 or BF16, got " +
                                    std::string(dtype_name(*options_.matrix_dtype)));
+  limit_ = resolve_memory_limit(options_.memory_limit);
+}
+
+void WeightStore::reserve(std::uint64_t bytes, std::string_view what) {
+  std::uint64_t total = 0;
+  if (__builtin_add_overflow(allocated_, bytes, &total) || total > limit_)
+    raise<memory_error>(model_, "loading " + dir_->path().string() + " needs more than " + format_bytes(limit_) +
+                                    ": " + std::string(what) + " needs " + format_bytes(bytes) + " on top of the " +
+                                    format_bytes(allocated_) + " already allocated; the memory limit is " +
+                                    format_bytes(limit_) +
+                                    (options_.memory_limit ? " (LoadOptions::memory_limit)"
+                                                           : " (3/4 of the physical memory; set LoadOptions::memory_limit)"));
+  allocated_ = total;
 }
 
 bool WeightStore::contains(std::string_view name) const { return dir_->contains(name); }
@@ -60,6 +74,7 @@ const float* WeightStore::f32(std::string_view name, const Shape& shape) {
   const io::TensorView& v = checked(name, shape);
   if (v.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(v.data) % alignof(float) == 0)
     return reinterpret_cast<const float*>(v.data);  // in place from the mapping
+  reserve(std::uint64_t{v.numel()} * sizeof(float), "parameter '" + std::string(name) + "' converted to f32");
   std::vector<float>& copy = f32_copies_.emplace_back(v.numel());
   to_f32(v.dtype, v.data, copy.data(), copy.size());
   return copy.data();
@@ -79,6 +94,8 @@ MatrixRef WeightStore::matrix(std::string_view name, const Shape& shape) {
     return m;
   }
   // Convert once: through f32 (exact for f16/bf16 sources), then to the wanted storage.
+  reserve(std::uint64_t{v.numel()} * (sizeof(float) + (want == DType::F32 ? 0 : 2)),
+          "parameter '" + std::string(name) + "' converted to " + std::string(dtype_name(want)));
   std::vector<float>& f = f32_copies_.emplace_back(v.numel());
   to_f32(v.dtype, v.data, f.data(), f.size());
   m.dtype = want;

@@ -1,13 +1,17 @@
 // SPDX-License-Identifier: MIT
 // pipeline::Generation: options, noise, denoiser (parameterisation + batched CFG), sampler loop.
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdio>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/memory.hpp"
 #include "diffuse/core/random.hpp"
 // GCC 12 at -O3 reports a false -Wfree-nonheap-object inside guidance.hpp's concat_batch (a
 // std::vector assignment from an initializer list) once it is inlined here.
@@ -37,6 +41,9 @@ std::string label_range(const Model& m) {
   return s;
 }
 
+/// The adaptive DPM-Solver, whose steps are trials within a budget (see GenerateOptions::steps).
+bool adaptive(const Sampler<float>& s) { return s.name() == "dpm_adaptive"; }
+
 /// A sampler that accepts flow-space denoisers directly (flow_euler, euler, heun, lms, lcm).
 bool runs_in_flow_space(const Sampler<float>& s) { return s.accepts(NoiseSpace::flow); }
 
@@ -65,14 +72,22 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   const Defaults& d = model.defaults();
   const auto& ni = model.info();
   if (o.sampler.empty()) o.sampler = d.sampler;
+  // The sampler: make_sampler names the known ones when the name is unknown.
+  const auto probe = make_sampler<float>(o.sampler, {1.0f, 0.5f, 0.0f}, o.sampler_params);
+  if (adaptive(*probe)) {
+    // dpm_adaptive picks its own step sizes over the model's whole noise range: the ends of the
+    // karras schedule (as A1111 does); no other schedule's interior points would be used.
+    if (!o.schedule.empty() && o.schedule != "karras")
+      raise<value_error>(where, "sampler 'dpm_adaptive' chooses its own noise levels between the model's largest and "
+                                "smallest; it takes no schedule (got '" + o.schedule + "')");
+    o.schedule = "karras";
+  }
   if (o.schedule.empty()) o.schedule = d.schedule;
   if (!o.steps) o.steps = d.steps;
   if (!o.cfg_scale) o.cfg_scale = model.null_class() ? d.cfg_scale : 1.0f;
   if (!o.width) o.width = ni.sample_size;
   if (!o.height) o.height = ni.sample_size;
 
-  // The sampler: make_sampler names the known ones when the name is unknown.
-  const auto probe = make_sampler<float>(o.sampler, {1.0f, 0.0f}, o.sampler_params);
   if (model.space() == NoiseSpace::ve && !probe->accepts(NoiseSpace::ve))
     raise<value_error>(where, "sampler '" + o.sampler + "' is for flow-matching models; " + model.name() +
                                   " is a diffusion (VP) model");
@@ -115,6 +130,18 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
       raise<value_error>(where, std::string(name) + " must be a multiple of " + std::to_string(mult) + " for " +
                                     model.name() + ", got " + std::to_string(v));
   }
+  {
+    const std::uint64_t need = estimate_generation_bytes(model, o);
+    const std::uint64_t limit = resolve_memory_limit(o.memory_limit);
+    if (need > limit)
+      raise<memory_error>(where, std::to_string(o.batch) + " image" + (o.batch == 1 ? "" : "s") + " of " +
+                                     std::to_string(*o.width) + "x" + std::to_string(*o.height) + " on " + model.name() +
+                                     (o.batch == 1 ? " needs about " : " need about ") + format_bytes(need) + " (the network's activations for a batch of " +
+                                     std::to_string(o.batch * (*o.cfg_scale != 1.0f ? 2 : 1)) +
+                                     (*o.cfg_scale != 1.0f ? " with guidance" : "") + " and the sampler's state); the memory limit is " +
+                                     format_bytes(limit) +
+                                     (o.memory_limit ? "" : " (3/4 of the physical memory; set memory_limit / --memory-limit)"));
+  }
   if (o.initial_noise) {
     const Shape want{o.batch, ni.in_channels, *o.height, *o.width};
     if (o.initial_noise->shape() != want)
@@ -125,6 +152,37 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   }
   return o;
 }
+
+std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOptions& o) {
+  const std::size_t batch = o.batch, h = o.height.value_or(model.info().sample_size), w = o.width.value_or(model.info().sample_size);
+  const bool cfg = o.cfg_scale && *o.cfg_scale != 1.0f;
+  const double state = static_cast<double>(kGenerationStateTensors) * static_cast<double>(batch) *
+                       static_cast<double>(model.info().in_channels) * static_cast<double>(h) * static_cast<double>(w) *
+                       sizeof(float);
+  const double net = static_cast<double>(model.network().forward_bytes(cfg ? 2 * batch : batch, h, w));
+  const double total = state + net;
+  return total >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(total);
+}
+
+namespace {
+/// std::bad_alloc / std::length_error (a vector asked for too much) as the typed memory_error.
+[[noreturn]] void rethrow_allocation_failure(std::string_view where, const std::exception& e) {
+  raise<memory_error>(where, std::string("an allocation failed (out of memory: ") + e.what() + ")");
+}
+
+/// Caps a context's activation arena for the duration of a step.
+class ArenaLimit {
+ public:
+  ArenaLimit(kernels::Arena& a, std::uint64_t limit) : a_(a), old_(a.limit()) { a_.set_limit(limit); }
+  ~ArenaLimit() { a_.set_limit(old_); }
+  ArenaLimit(const ArenaLimit&) = delete;
+  ArenaLimit& operator=(const ArenaLimit&) = delete;
+
+ private:
+  kernels::Arena& a_;
+  std::uint64_t old_;
+};
+}  // namespace
 
 // ---- Generation ----
 
@@ -170,9 +228,18 @@ struct Generation::State {
   };
 };
 
-Generation::Generation(const Model& model, const GenerateOptions& options)
+Generation::Generation(const Model& model, const GenerateOptions& options) try
     : s_(std::make_unique<State>(model, resolve_options(model, options))) {
+  init();
+} catch (const std::bad_alloc& e) {
+  rethrow_allocation_failure("Generation", e);
+} catch (const std::length_error& e) {
+  rethrow_allocation_failure("Generation", e);
+}
+
+void Generation::init() {
   State& s = *s_;
+  const Model& model = s.model;
   const GenerateOptions& o = s.opt;
   const auto& ni = model.info();
   const bool flow = model.space() == NoiseSpace::flow;
@@ -188,13 +255,17 @@ Generation::Generation(const Model& model, const GenerateOptions& options)
   }
 
   // The schedule and the sampler; a flow model with a VE-only sampler goes through flow_to_ve.
-  std::vector<float> sigmas = make_sigmas(model, o.schedule, *o.steps);
-  s.sampler = make_sampler<float>(o.sampler, sigmas, o.sampler_params);
+  // dpm_adaptive: steps is its budget of trials, the interval the ends of the karras schedule.
+  SamplerParams<float> params = o.sampler_params;
+  const bool budgeted = adaptive(*make_sampler<float>(o.sampler, {1.0f, 0.5f, 0.0f}, params));
+  if (budgeted) params.max_steps = static_cast<std::size_t>(*o.steps);
+  std::vector<float> sigmas = make_sigmas(model, o.schedule, budgeted ? 2 : *o.steps);
+  s.sampler = make_sampler<float>(o.sampler, sigmas, params);
   const bool to_ve = flow && !runs_in_flow_space(*s.sampler);
   if (to_ve) {
     const double cap = 1.0 - 1.0 / static_cast<double>(model.schedule_config().num_train_timesteps);
     for (float& v : sigmas) v = static_cast<float>(flow_sigma_to_ve(std::min(static_cast<double>(v), cap)));
-    s.sampler = make_sampler<float>(o.sampler, sigmas, o.sampler_params);
+    s.sampler = make_sampler<float>(o.sampler, sigmas, params);
   }
   s.sigmas = sigmas;
 
@@ -252,8 +323,17 @@ void Generation::step(kernels::Context& ctx) {
   const std::size_t i = s.sampler->step_index();
   const float sigma = s.sigmas[std::min(i, s.sigmas.size() - 1)];
   s.ctx = &ctx;
+  const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
   try {
     s.sampler->step(s.denoiser, s.x, s.noise);
+  } catch (const std::bad_alloc& e) {
+    s.ctx = nullptr;
+    s.failed = true;
+    rethrow_allocation_failure(where, e);
+  } catch (const std::length_error& e) {
+    s.ctx = nullptr;
+    s.failed = true;
+    rethrow_allocation_failure(where, e);
   } catch (const value_error& e) {
     s.ctx = nullptr;
     s.failed = true;

@@ -2,14 +2,17 @@
 // pipeline::Model: loading a model folder with its scheduler config, and the schedules by name.
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
+#include <limits>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/json.hpp"
 #include "diffuse/io/model_dir.hpp"
 #include "diffuse/pipeline/model.hpp"
 #include "diffuse/schedule/sigmas.hpp"
@@ -20,18 +23,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-nlohmann::json read_json(const fs::path& file, std::string_view where) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) raise<io_error>(where, "cannot open " + file.string());
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {
-    raise<format_error>(where, file.string() + ": not valid JSON (" + e.what() + ")");
-  }
-}
-
 bool is_flow_class(SchedulerClass c) {
   return c == SchedulerClass::flow_match_euler || c == SchedulerClass::flow_match_heun;
 }
@@ -40,6 +31,11 @@ template <class V>
 V json_value(const nlohmann::json& j, const char* key, V fallback) {
   const auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
+  if constexpr (std::is_floating_point_v<V>) {  // a double beyond the float range would be UB to convert
+    if (it->is_number() && !(std::fabs(it->get<double>()) <= std::numeric_limits<V>::max()))
+      raise<format_error>("Model", std::string("scheduler config key '") + key + "' is " + it->dump() +
+                                       ", not a finite number in the range of a float");
+  }
   try {
     return it->get<V>();
   } catch (const nlohmann::json::exception&) {
@@ -77,10 +73,18 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   if (!fs::exists(sched_file, ec))
     raise<io_error>(where, path.string() + ": no scheduler config (looked for " + (path / "scheduler_config.json").string() +
                                " and " + sched_file.string() + ")");
-  const nlohmann::json sched = read_json(sched_file, where);
+  const nlohmann::json sched = read_json_file(sched_file, where, "scheduler config");
 
   Model m;
-  m.network_ = models::load_network(net_dir, options);
+  try {
+    m.network_ = models::load_network(net_dir, options);
+  } catch (const std::bad_alloc& e) {
+    raise<memory_error>(where, net_dir.string() + ": an allocation failed while loading the network (out of memory: " +
+                                   e.what() + ")");
+  } catch (const std::length_error& e) {
+    raise<memory_error>(where, net_dir.string() + ": an allocation failed while loading the network (" +
+                                   std::string(e.what()) + ")");
+  }
   m.path_ = net_dir;
   m.name_ = path.filename().string();
   for (const auto& f : io::ModelDir::open(net_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);

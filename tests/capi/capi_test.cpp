@@ -23,7 +23,9 @@
 #include <unistd.h>
 
 #include "capi/capi_internal.hpp"
+#include "diffuse/core/random.hpp"
 #include "diffuse/diffuse.h"
+#include "diffuse/kernels/parallel.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
 
 namespace {
@@ -69,6 +71,37 @@ diffuse_job_options options(int steps, int64_t label, uint64_t seed) {
   o.class_label = label;
   o.seed = seed;
   return o;
+}
+
+/// Pearson correlation of the red channels of two RGBA8 images (0 when either is constant).
+double correlation(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+  const double n = static_cast<double>(a.size() / 4);
+  for (std::size_t i = 0; i < a.size() && i < b.size(); i += 4) {
+    sa += a[i], sb += b[i], saa += double(a[i]) * a[i], sbb += double(b[i]) * b[i], sab += double(a[i]) * b[i];
+  }
+  const double va = saa - sa * sa / n, vb = sbb - sb * sb / n;
+  return va > 0 && vb > 0 ? (sab - sa * sb / n) / std::sqrt(va * vb) : 0.0;
+}
+
+/// Lag-1 spatial autocorrelation of the red channel of a kSide x kSide RGBA8 image: the correlation of each
+/// pixel with its right and its lower neighbour. Images (digits, even the blurry early estimates) are
+/// smooth, about 0.6 to 0.9; independent noise is about 0.
+double smoothness(const std::vector<uint8_t>& im) {
+  std::vector<uint8_t> a, b;
+  for (int y = 0; y < kSide; ++y)
+    for (int x = 0; x < kSide; ++x) {
+      const auto at = [&](int yy, int xx) { return im[(static_cast<std::size_t>(yy) * kSide + xx) * 4]; };
+      if (x + 1 < kSide) a.insert(a.end(), {at(y, x), 0, 0, 0}), b.insert(b.end(), {at(y, x + 1), 0, 0, 0});
+      if (y + 1 < kSide) a.insert(a.end(), {at(y, x), 0, 0, 0}), b.insert(b.end(), {at(y + 1, x), 0, 0, 0});
+    }
+  return correlation(a, b);
+}
+
+/// What a preview of pure noise looks like: N(0, 1) pixels (the initial sample of every job) as RGBA8.
+std::vector<uint8_t> noise_rgba(uint64_t seed) {
+  diffuse::TorchGenerator g(seed);
+  return pl::to_rgba8(diffuse::randn(g, {1, 1, kSide, kSide}), 0).pixels;
 }
 
 struct Images {
@@ -155,17 +188,36 @@ TEST(CApi, WholeRunEqualsStepwiseAndCxx) {
     EXPECT_EQ(diffuse_job_result_rgba8(j.p, 0, preview.data(), preview.size()), DIFFUSE_WRONG_STATE);
     EXPECT_NE(c.error().find("not done"), std::string::npos) << c.error();
     int done = 0, steps = 0;
+    std::vector<std::vector<uint8_t>> previews;
     while (!done) {
       ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << c.error();
       ++steps;
       EXPECT_EQ(diffuse_job_preview_rgba8(j.p, 0, preview.data(), preview.size()), DIFFUSE_OK);
       EXPECT_EQ(c.error(), "");
+      previews.push_back(preview);
     }
     EXPECT_EQ(steps, 4);
     const Images stepwise = results(j.p);
     EXPECT_TRUE(stepwise == whole) << path;
-    // The last preview is the final denoised estimate: an image, not noise.
-    EXPECT_EQ(preview[3], 255);
+    // Each preview is the current denoised estimate: an image, not noise. Its pixels are spatially
+    // smooth (lag-1 autocorrelation >= 0.3; measured 0.43 to 0.90, noise 0.02 to 0.07) and the last one is the result (correlation >= 0.999). A
+    // noise preview fails both: the same checks on the job's own initial noise (the seed's N(0, 1)
+    // sample, which a preview of the noisy sample would show at the start) and on another seed's noise.
+    for (std::size_t k = 0; k < previews.size(); ++k) {
+      const double sm = smoothness(previews[k]);
+      std::printf("[preview] %s step %zu: smoothness %.3f, correlation with the result %.4f\n", path.c_str(), k + 1,
+                  sm, correlation(previews[k], whole.rgba));
+      EXPECT_GE(sm, 0.3) << path << " preview after step " << k + 1;
+    }
+    EXPECT_GE(correlation(previews.back(), whole.rgba), 0.999) << path;
+    for (uint64_t seed : {uint64_t{42}, uint64_t{43}}) {
+      const std::vector<uint8_t> noise = noise_rgba(seed);
+      const double sm = smoothness(noise), r = correlation(noise, whole.rgba);
+      std::printf("[preview] %s noise of seed %llu: smoothness %.3f, correlation with the result %.4f\n",
+                  path.c_str(), static_cast<unsigned long long>(seed), sm, r);
+      EXPECT_LT(sm, 0.3) << "the check must reject a noise preview";
+      EXPECT_LT(r, 0.999) << "the check must reject a noise preview";
+    }
     // A run of a finished job is a no-op; a step is an error.
     EXPECT_EQ(diffuse_job_run(j.p), DIFFUSE_OK);
     EXPECT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_WRONG_STATE);
@@ -335,6 +387,169 @@ TEST(CApi, TwoContextsShareOneModel) {
   for (std::size_t i = 0; i < cases.size(); ++i) EXPECT_TRUE(concurrent[i] == sequential[i]) << "case " << i;
 }
 
+// The header promises diffuse_context_cancel is safe from any thread at any time: one thread
+// cancels whatever context is current in a tight loop while another destroys and recreates it.
+// Before the registry kept references, cancel read the context after dropping the registry lock:
+// a heap-use-after-free under AddressSanitizer, a data race under ThreadSanitizer.
+TEST(CApi, CancelRacesDestroy) {
+  std::atomic<diffuse_context*> current{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<long> ok{0}, invalid{0}, other{0};
+  std::thread canceller([&] {
+    while (!stop.load()) {
+      const diffuse_status st = diffuse_context_cancel(current.load());
+      (st == DIFFUSE_OK ? ok : st == DIFFUSE_INVALID_ARGUMENT ? invalid : other)++;
+    }
+  });
+  for (int i = 0; i < 5000; ++i) {
+    diffuse_context* c = nullptr;
+    if (diffuse_context_create(nullptr, &c) != DIFFUSE_OK) {
+      ADD_FAILURE() << "diffuse_context_create failed";
+      break;
+    }
+    current.store(c);
+    std::this_thread::yield();
+    diffuse_context_destroy(c);  // the canceller may still be about to use c: it must see a dead handle
+  }
+  stop = true;
+  canceller.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_GT(ok.load(), 0);
+  std::printf("cancel racing destroy: %ld ok, %ld on a destroyed context\n", ok.load(), invalid.load());
+}
+
+// The same for the job and model entry points that read a handle another thread may free: each
+// returns DIFFUSE_OK or DIFFUSE_INVALID_ARGUMENT and never reads freed memory.
+TEST(CApi, ReadsRaceFree) {
+  Ctx c;
+  Model m(c, kDit);
+  std::atomic<diffuse_job*> job{nullptr};
+  std::atomic<diffuse_model*> model{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<long> other{0};
+  std::thread reader([&] {
+    diffuse_model_info info;
+    while (!stop.load()) {
+      int step = 0, total = 0, w = 0;
+      const diffuse_status a = diffuse_job_progress(job.load(), &step, &total);
+      const diffuse_status b = diffuse_job_image_size(job.load(), &w, nullptr, nullptr, nullptr);
+      diffuse_model_info_init(&info);
+      const diffuse_status d = diffuse_model_get_info(model.load(), &info);
+      for (const diffuse_status st : {a, b, d})
+        if (st != DIFFUSE_OK && st != DIFFUSE_INVALID_ARGUMENT) ++other;
+    }
+  });
+  const auto o = options(2, 3, 1);
+  for (int i = 0; i < 3000; ++i) {
+    diffuse_job* j = nullptr;
+    if (diffuse_job_create(c.p, m.p, &o, &j) != DIFFUSE_OK) {
+      ADD_FAILURE() << c.error();
+      break;
+    }
+    job.store(j);
+    std::this_thread::yield();
+    diffuse_job_free(j);
+  }
+  for (int i = 0; i < 100; ++i) {
+    diffuse_model* mm = nullptr;
+    if (diffuse_model_load(c.p, kDit.c_str(), nullptr, &mm) != DIFFUSE_OK) {
+      ADD_FAILURE() << c.error();
+      break;
+    }
+    model.store(mm);
+    std::this_thread::yield();
+    diffuse_model_free(mm);
+  }
+  stop = true;
+  reader.join();
+  EXPECT_EQ(other.load(), 0);
+}
+
+// dpm_adaptive through the C ABI: steps is its budget of trials. steps 1 is one Euler step that
+// reaches the end (formerly: no network call, DIFFUSE_NUMERIC_ERROR on the first step and a result
+// that could never be read); the progress total is the budget, then the trials taken, and the
+// progress callback and diffuse_job_progress agree.
+TEST(CApi, AdaptiveStepsAreABudget) {
+  struct Seen {
+    std::vector<std::pair<int, int>> calls;
+  } seen;
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.progress_user_data = &seen;
+  co.progress_callback = [](void* u, diffuse_job* job, int step, int total) {
+    int s = -1, t = -1;
+    EXPECT_EQ(diffuse_job_progress(job, &s, &t), DIFFUSE_OK);
+    EXPECT_EQ(s, step);
+    EXPECT_EQ(t, total);
+    static_cast<Seen*>(u)->calls.emplace_back(step, total);
+  };
+  Ctx c(&co);
+  Model m(c, kDit);
+  for (int steps : {1, 4, 200}) {
+    seen.calls.clear();
+    auto o = options(steps, 3, 5);
+    o.sampler = "dpm_adaptive";
+    Job j(c, m, o);
+    int step = -1, total = -1;
+    ASSERT_EQ(diffuse_job_progress(j.p, &step, &total), DIFFUSE_OK);
+    EXPECT_EQ(step, 0);
+    EXPECT_EQ(total, steps);
+    int done = 0;
+    while (!done) ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << steps << ": " << c.error();
+    ASSERT_EQ(diffuse_job_progress(j.p, &step, &total), DIFFUSE_OK);
+    EXPECT_GE(step, 1);
+    EXPECT_LE(step, steps);
+    EXPECT_EQ(total, step);
+    if (steps == 1) {
+      EXPECT_EQ(step, 1);
+    }
+    ASSERT_EQ(seen.calls.size(), static_cast<std::size_t>(step));
+    for (std::size_t k = 0; k + 1 < seen.calls.size(); ++k) EXPECT_EQ(seen.calls[k], std::make_pair(static_cast<int>(k) + 1, steps));
+    EXPECT_EQ(seen.calls.back(), std::make_pair(step, step));
+    const Images r = results(j.p);  // readable
+    // Not noise: the digit models' images are mostly background (-1) with a bright stroke.
+    std::size_t dark = 0;
+    for (float v : r.f32) dark += v < -0.8f;
+    std::printf("dpm_adaptive, budget %d: %d trials, %zu of %zu pixels dark\n", steps, step, dark, r.f32.size());
+    EXPECT_GT(dark, r.f32.size() / 3) << steps;
+    EXPECT_NE(std::string(diffuse_job_parameters(j.p, 0)).find("Schedule type: karras"), std::string::npos)
+        << diffuse_job_parameters(j.p, 0);
+  }
+}
+
+bool fail_fourth_thread(std::size_t w) { return w != 3; }
+
+// A context whose threads cannot all start is DIFFUSE_OUT_OF_MEMORY with the reason, no context
+// and no thread left running; more than 256 threads is refused before any is started.
+TEST(CApi, ContextThreadStartFailure) {
+  std::vector<std::string> logged;
+  diffuse_context_options co;
+  diffuse_context_options_init(&co);
+  co.threads = 8;
+  co.log_user_data = &logged;
+  co.log_callback = [](void* u, diffuse_log_level, const char* msg) { static_cast<std::vector<std::string>*>(u)->push_back(msg); };
+  diffuse::kernels::testing::set_thread_start_hook(fail_fourth_thread);
+  diffuse_context* c = reinterpret_cast<diffuse_context*>(&co);
+  const diffuse_status st = diffuse_context_create(&co, &c);
+  diffuse::kernels::testing::set_thread_start_hook(nullptr);
+  EXPECT_EQ(st, DIFFUSE_OUT_OF_MEMORY);
+  EXPECT_EQ(c, nullptr);
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_EQ(logged[0].rfind("[ThreadPool] could not start thread 4 of 8 (", 0), 0u) << logged[0];
+  EXPECT_NE(logged[0].find("use fewer threads"), std::string::npos) << logged[0];
+
+  logged.clear();
+  co.threads = 257;
+  EXPECT_EQ(diffuse_context_create(&co, &c), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_EQ(c, nullptr);
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_EQ(logged[0], "[diffuse_context_create] threads must be in 0..256 (0 = one per hardware thread), got 257");
+
+  co.threads = 8;  // and without the hook the same options work
+  Ctx ok(&co);
+  EXPECT_NE(ok.p, nullptr);
+}
+
 // Jobs keep their model and context internals alive.
 TEST(CApi, JobOutlivesModelAndContext) {
   diffuse_context* c = nullptr;
@@ -373,6 +588,40 @@ TEST(CApi, LoadOptions) {
   EXPECT_EQ(diffuse_model_load(c.p, kUnet.c_str(), &mo, &bad), DIFFUSE_INVALID_ARGUMENT);
   EXPECT_EQ(bad, nullptr);
   EXPECT_NE(c.error().find("weight_dtype 9"), std::string::npos) << c.error();
+}
+
+// Issue 10, 2.5: memory limits in the options (ABI 2); a caller built against ABI 1 (smaller
+// struct_size) still loads and creates jobs, with the default limit.
+TEST(CApi, MemoryLimits) {
+  Ctx c;
+  diffuse_model_options mo;
+  diffuse_model_options_init(&mo);
+  EXPECT_EQ(mo.memory_limit, 0u);
+  mo.memory_limit = 1000;  // less than its converted weights
+  diffuse_model* m = nullptr;
+  EXPECT_EQ(diffuse_model_load(c.p, kDit.c_str(), &mo, &m), DIFFUSE_OUT_OF_MEMORY);
+  EXPECT_EQ(m, nullptr);
+  EXPECT_NE(c.error().find("needs more than 1000 bytes"), std::string::npos) << c.error();
+  EXPECT_NE(c.error().find("memory limit is 1000 bytes"), std::string::npos) << c.error();
+  mo.memory_limit = 0;
+  mo.struct_size = offsetof(diffuse_model_options, memory_limit);  // an ABI 1 caller
+  Model dit(c, kDit, &mo);
+  ASSERT_NE(dit.p, nullptr);
+
+  diffuse_job_options o = options(2, 3, 1);
+  o.width = o.height = 4096;
+  o.memory_limit = std::uint64_t{1} << 30;
+  diffuse_job* j = nullptr;
+  EXPECT_EQ(diffuse_job_create(c.p, dit.p, &o, &j), DIFFUSE_OUT_OF_MEMORY);
+  EXPECT_EQ(j, nullptr);
+  EXPECT_NE(c.error().find("4096x4096"), std::string::npos) << c.error();
+  EXPECT_NE(c.error().find("memory limit is 1.0 GiB"), std::string::npos) << c.error();
+  o = options(2, 3, 1);
+  o.struct_size = offsetof(diffuse_job_options, memory_limit);  // an ABI 1 caller
+  Job ok(c, dit, o);
+  EXPECT_EQ(diffuse_job_run(ok.p), DIFFUSE_OK) << c.error();
+  o.struct_size = offsetof(diffuse_job_options, memory_limit) - 1;
+  EXPECT_EQ(diffuse_job_create(c.p, dit.p, &o, &j), DIFFUSE_INVALID_ARGUMENT);
 }
 
 struct LogSink {

@@ -3,16 +3,24 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <vector>
+
+#include "temp_dir.hpp"
 
 namespace {
 
 namespace io = diffuse::io;
 namespace fs = std::filesystem;
 
-fs::path temp_path(const std::string& name) { return fs::temp_directory_path() / ("diffuse_image_test_" + name); }
+/// A path in this process's own fresh temporary folder (removed at exit).
+fs::path temp_path(const std::string& name) {
+  static const diffuse_test::TempDir dir("image");
+  return dir / name;
+}
 
 io::Image gradient(int w, int h, int c) {
   io::Image im{w, h, c, std::vector<std::uint8_t>(static_cast<std::size_t>(w * h * c))};
@@ -37,6 +45,21 @@ TEST(Image, PngRoundTripKeepsPixelsAndText) {
 TEST(Image, EncodingIsDeterministic) {
   const io::Image im = gradient(16, 16, 4);
   EXPECT_EQ(io::encode_png(im, {{"parameters", "x"}}), io::encode_png(im, {{"parameters", "x"}}));
+}
+
+// The tEXt chunks' bytes against PNG's layout, with CRCs from zlib.crc32 (Python) rather than the
+// library's own crc32: length, "tEXt", key, NUL, value, CRC over type and data; an empty value too.
+TEST(Image, TextChunkBytesKnownAnswer) {
+  const io::Image im = gradient(1, 1, 1);
+  const auto plain = io::encode_png(im);
+  const auto png = io::encode_png(im, {{"a", "b"}, {"key", ""}});
+  const std::vector<std::uint8_t> chunks{0, 0, 0, 3, 't', 'E', 'X', 't', 'a', 0, 'b', 0xDC, 0x49, 0xA2, 0x3B,
+                                         0, 0, 0, 4, 't', 'E', 'X', 't', 'k', 'e', 'y', 0, 0xEB, 0x42, 0x6D, 0x3E};
+  ASSERT_EQ(png.size(), plain.size() + chunks.size());
+  constexpr std::size_t kAfterHeader = 8 + 25;  // signature, IHDR
+  EXPECT_TRUE(std::equal(plain.begin(), plain.begin() + kAfterHeader, png.begin()));
+  EXPECT_EQ(std::vector<std::uint8_t>(png.begin() + kAfterHeader, png.begin() + kAfterHeader + 31), chunks);
+  EXPECT_TRUE(std::equal(plain.begin() + kAfterHeader, plain.end(), png.begin() + kAfterHeader + 31));
 }
 
 TEST(Image, TensorConversionRoundTrip) {

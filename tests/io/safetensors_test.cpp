@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include "temp_dir.hpp"
 #include "test_util.hpp"
 
 #include <unistd.h>
@@ -259,7 +260,8 @@ TEST(Safetensors, WriterRejectsBadInput) {
       [&] { serialize_safetensors(std::vector<TensorData>{{"o", DType::F32, {1ull << 62, 8}, four}}); },
       {"overflows"});
   expect_error<diffuse::value_error>([&] { serialize_safetensors({}, {{"k", "\xc0\xaf"}}); }, {"not valid UTF-8"});
-  const fs::path nowhere = fs::temp_directory_path() / "diffuse_no_such_dir_x" / "a.safetensors";
+  const diffuse_test::TempDir scratch("st_nowhere");
+  const fs::path nowhere = scratch / "no_such_dir" / "a.safetensors";
   expect_error<diffuse::io_error>(
       [&] { diffuse::io::save_safetensors(nowhere, std::vector<TensorData>{{"a", DType::U8, {4}, four}}); },
       {"[save_safetensors]", nowhere.string(), "No such file or directory"});

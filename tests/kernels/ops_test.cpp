@@ -140,6 +140,7 @@ struct AttnShape {
 struct AttnProblem {
   AttnShape s;
   Vec q, k, v;
+  bool causal = false;
   AttnProblem(AttnShape sh, std::uint64_t seed, float amp = 1.0f) : s(sh) {
     q = random(s.batch * s.q_len * s.heads * s.head_dim, seed, amp);
     k = random(s.batch * s.kv_len * s.heads * s.head_dim, seed + 1, amp);
@@ -147,7 +148,9 @@ struct AttnProblem {
   }
   Vec run(dk::Context& ctx) const {
     Vec o(q.size(), NAN);
-    dk::attention(dk::attention_bnd(q.data(), k.data(), v.data(), o.data(), s.batch, s.heads, s.q_len, s.kv_len, s.head_dim), ctx);
+    dk::AttentionArgs a = dk::attention_bnd(q.data(), k.data(), v.data(), o.data(), s.batch, s.heads, s.q_len, s.kv_len, s.head_dim);
+    a.causal = causal;
+    dk::attention(a, ctx);
     return o;
   }
   std::vector<double> ref() const {
@@ -159,6 +162,10 @@ struct AttnProblem {
         for (std::size_t i = 0; i < s.q_len; ++i) {
           double m = -INFINITY, sum = 0;
           for (std::size_t j = 0; j < s.kv_len; ++j) {
+            if (causal && j > i) {  // masked: weight 0
+              p[j] = -INFINITY;
+              continue;
+            }
             double dot = 0;
             for (std::size_t t = 0; t < d; ++t)
               dot += static_cast<double>(q[(b * s.q_len + i) * row + h * d + t]) * k[(b * s.kv_len + j) * row + h * d + t];
@@ -314,6 +321,25 @@ TEST(Ops, AttentionScalarVsDouble) {
   }
 }
 
+// Causal attention (CLIP's text encoder), scalar vs the masked double reference, with query
+// blocks and key blocks both straddling the diagonal and q_len != kv_len: same bound.
+TEST(Ops, AttentionCausalScalarVsDouble) {
+  dk::ScopedOpVariant sv(scalar_row());
+  dk::Context ctx(2);
+  for (AttnShape s : {AttnShape{1, 1, 1, 1, 1}, AttnShape{2, 3, 77, 77, 64}, AttnShape{1, 2, 130, 130, 16},
+                      AttnShape{1, 1, 20, 90, 8}, AttnShape{2, 1, 40, 5, 72}}) {
+    AttnProblem p(s, 51 + s.head_dim, 2.0f);
+    p.causal = true;
+    EXPECT_LE(logged("attention causal", rel_diff(p.run(ctx), p.ref())), 1.5e-6)
+        << s.batch << "x" << s.heads << " q" << s.q_len << " kv" << s.kv_len << " d" << s.head_dim;
+  }
+  // Row 0 sees only key 0: its output is v[0] exactly.
+  AttnProblem p(AttnShape{1, 1, 5, 5, 4}, 7);
+  p.causal = true;
+  const Vec o = p.run(ctx);
+  for (std::size_t t = 0; t < 4; ++t) EXPECT_EQ(o[t], p.v[t]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Every variant vs the scalar row, 1 vs 2 threads bit-identical.
 
@@ -376,14 +402,50 @@ TEST(Ops, ActivationVariants) {
       }, 2e-7);
     }
   }
-  // Special values: large |x| saturate correctly (no NaN), NaN propagates.
-  const Vec special = {0.0f, -0.0f, 100.0f, -100.0f, 1e30f, -1e30f, 88.8f, -88.8f, 1e-30f};
-  for (dk::Activation act : kActs)
-    check_variants("activation special", [&](dk::Context& ctx) {
-      Vec y(special.size());
-      dk::activation(act, special.data(), y.data(), special.size(), ctx);
-      return y;
-    }, 2e-7);
+}
+
+// Special values, in every variant at 1 and 2 threads, element by element against the double formula
+// (a bound relative to max|y| means nothing next to 1e30):
+//   - large and tiny |x| saturate to the right value with no NaN: |y - ref| <= 4e-7 |ref| + 1e-37 (the
+//     absolute term admits a denormal result flushed to zero, e.g. silu(-100) = -3.7e-42);
+//   - NaN propagates: a NaN input gives NaN at its own position, at the start, the end and the middle of
+//     a SIMD block and in the tail, with and without the bias path, and leaves its neighbours finite.
+TEST(Ops, ActivationSpecialValues) {
+  const Vec special = {0.0f, -0.0f, 100.0f, -100.0f, 1e30f, -1e30f, 88.8f, -88.8f, 1e-30f, -1e-30f, 3e38f, -3e38f};
+  const std::vector<std::size_t> nan_at = {0, 7, 15, 16, 31, 33, 36};
+  Vec with_nan = random(37, 131, 4.0f);
+  for (std::size_t i : nan_at) with_nan[i] = std::nanf("");
+  const Vec bias = random(3, 132);
+  for (const dk::OpVariant& v : dk::op_variants()) {
+    dk::ScopedOpVariant sv(v);
+    for (std::size_t threads : {1, 2}) {
+      dk::Context ctx(threads);
+      for (dk::Activation act : kActs) {
+        const std::string what = std::string(v.name) + " act " + std::to_string(static_cast<int>(act)) + " threads " +
+                                 std::to_string(threads);
+        Vec y(special.size(), 123.0f);
+        dk::activation(act, special.data(), y.data(), special.size(), ctx);
+        for (std::size_t i = 0; i < special.size(); ++i) {
+          const double ref = act_ref(act, special[i]);
+          ASSERT_FALSE(std::isnan(ref)) << special[i];
+          EXPECT_FALSE(std::isnan(y[i])) << what << " x = " << special[i];
+          EXPECT_LE(std::fabs(y[i] - ref), 4e-7 * std::fabs(ref) + 1e-37) << what << " x = " << special[i] << ": " << y[i]
+                                                                           << " vs " << ref;
+        }
+        for (bool with_bias : {false, true}) {
+          Vec z(with_nan.size(), 123.0f);
+          if (with_bias)
+            dk::activation(act, with_nan.data(), z.data(), z.size(), ctx, bias.data(), 1, bias.size());
+          else
+            dk::activation(act, with_nan.data(), z.data(), z.size(), ctx);
+          for (std::size_t i = 0; i < z.size(); ++i) {
+            const bool is_nan_in = std::find(nan_at.begin(), nan_at.end(), i) != nan_at.end();
+            EXPECT_EQ(std::isnan(z[i]), is_nan_in) << what << (with_bias ? " bias" : "") << " at " << i << ": " << z[i];
+          }
+        }
+      }
+    }
+  }
 }
 
 // Softmax: polynomial exp, vector partial sums: <= 1e-6 * max|y| (measured 2.6e-7).
@@ -449,6 +511,14 @@ TEST(Ops, AttentionVariants) {
                       AttnShape{1, 1, 300, 17, 64}, AttnShape{1, 2, 1, 300, 16}}) {
     const AttnProblem p(s, 111 + s.head_dim, 2.0f);
     check_variants("attention d" + std::to_string(s.head_dim) + " q" + std::to_string(s.q_len),
+                   [&](dk::Context& ctx) { return p.run(ctx); }, 1.5e-6);
+  }
+  // Causal: same bound (diagonal inside and across SIMD query blocks and key blocks).
+  for (AttnShape s : {AttnShape{2, 12, 77, 77, 64}, AttnShape{1, 2, 130, 130, 16}, AttnShape{1, 1, 20, 90, 8},
+                      AttnShape{2, 1, 40, 5, 72}, AttnShape{1, 1, 1, 1, 1}}) {
+    AttnProblem p(s, 131 + s.head_dim, 2.0f);
+    p.causal = true;
+    check_variants("attention causal d" + std::to_string(s.head_dim) + " q" + std::to_string(s.q_len),
                    [&](dk::Context& ctx) { return p.run(ctx); }, 1.5e-6);
   }
   // Strided layout ([B, H, N, d] q with padding between rows) and an explicit scale.

@@ -2,13 +2,20 @@
 // ThreadPool: static contiguous splits, every item exactly once, inline for one thread,
 // exceptions carried back to the caller, and the Context's growing workspace.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <cstdint>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
+#include "diffuse/core/error.hpp"
 #include "diffuse/kernels/parallel.hpp"
 
 namespace {
@@ -76,6 +83,105 @@ TEST(ThreadPool, RethrowsAfterAllChunksFinish) {
   int calls = 0;
   pool.parallel_for(1, [&](std::size_t, std::size_t, std::size_t) { ++calls; });
   EXPECT_EQ(calls, 1);
+}
+
+/// Threads of this process (entries of /proc/self/task).
+std::size_t live_threads() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+std::atomic<std::size_t> g_fail_at{0};
+bool fail_at_hook(std::size_t w) { return w != g_fail_at.load(); }
+
+struct HookGuard {
+  ~HookGuard() { dk::testing::set_thread_start_hook(nullptr); }
+};
+
+// A thread that cannot be started is a resource_error naming the thread, and the workers started
+// before it are joined: no thread is left behind, and no std::terminate (a vector of joinable
+// std::threads destroyed by the unwinding).
+TEST(ThreadPool, ThreadStartFailureIsATypedErrorAndLeavesNoThread) {
+  HookGuard guard;
+  const std::size_t before = live_threads();
+  for (std::size_t fail_at : {1u, 2u, 5u, 7u}) {
+    g_fail_at = fail_at;
+    dk::testing::set_thread_start_hook(fail_at_hook);
+    try {
+      dk::ThreadPool pool(8);
+      ADD_FAILURE() << "no error when thread " << fail_at << " fails to start";
+    } catch (const diffuse::resource_error& e) {
+      const std::string want = "[ThreadPool] could not start thread " + std::to_string(fail_at + 1) + " of 8";
+      EXPECT_EQ(std::string(e.what()).rfind(want, 0), 0u) << e.what();
+      EXPECT_NE(std::string(e.what()).find("use fewer threads"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(live_threads(), before) << "threads left running after a failure at thread " << fail_at;
+  }
+  dk::testing::set_thread_start_hook(nullptr);
+  dk::ThreadPool ok(8);  // the hook removed, pools start again
+  EXPECT_EQ(live_threads(), before + 7);
+}
+
+TEST(ThreadPool, ContextPropagatesTheStartFailure) {
+  HookGuard guard;
+  g_fail_at = 3;
+  dk::testing::set_thread_start_hook(fail_at_hook);
+  EXPECT_THROW(dk::Context ctx(4), diffuse::resource_error);
+}
+
+TEST(ThreadPool, RefusesMoreThanMaxThreads) {
+  try {
+    dk::ThreadPool pool(dk::ThreadPool::kMaxThreads + 1);
+    ADD_FAILURE() << "no error";
+  } catch (const diffuse::value_error& e) {
+    EXPECT_STREQ(e.what(), "[ThreadPool] at most 256 threads, got 257");
+  }
+  dk::ThreadPool all(0);  // 0: the hardware's threads, capped
+  EXPECT_GE(all.size(), 1u);
+  EXPECT_LE(all.size(), dk::ThreadPool::kMaxThreads);
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define DIFFUSE_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define DIFFUSE_TEST_SANITIZED 1
+#endif
+#endif
+
+// The real failure, as `prlimit --as=...` gives it: in a child process whose address space is
+// capped 256 MB above what it uses, 256 threads (8 MB of stack each) cannot all start.
+TEST(ThreadPool, AddressSpaceLimitGivesResourceError) {
+#ifdef DIFFUSE_TEST_SANITIZED
+  GTEST_SKIP() << "sanitizers reserve terabytes of address space; the hook test covers this build";
+#else
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::size_t vm_kb = 0;
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);)
+      if (line.rfind("VmSize:", 0) == 0) vm_kb = std::stoul(line.substr(7));
+    const rlim_t cap = static_cast<rlim_t>(vm_kb) * 1024 + (rlim_t{256} << 20);
+    const rlimit rl{cap, cap};
+    if (vm_kb == 0 || setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
+    int code = 1;
+    try {
+      dk::ThreadPool pool(dk::ThreadPool::kMaxThreads);
+      code = 2;  // all started: the limit did not bite
+    } catch (const diffuse::resource_error&) {
+      code = 0;
+    } catch (...) {
+      code = 1;
+    }
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: another exception, 2: no error, 3: setrlimit failed";
+#endif
 }
 
 TEST(Context, WorkspaceIsAlignedAndStopsGrowing) {

@@ -3,8 +3,9 @@
 // tests/data/models), original facebookresearch/DiT names with and without config.json,
 // determinism across threads and calls, batching, bf16 weights, and the errors.
 //
-// Parity bound: max |out - ref| <= 1e-4 * max |ref| over the returned channels (the reference is
-// diffusers' f32 forward; learned-sigma references keep all 2C channels, we compare the first C).
+// Parity bound: max |out - ref| <= parity_bound(case) * max |ref| over the returned channels, where
+// parity_bound = max(8 x torch's own f32-vs-f64 error on the case, 1e-6) (model_fixture.hpp; the reference
+// is diffusers' f32 forward; learned-sigma references keep all 2C channels, we compare the first C).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -26,6 +27,7 @@
 #include "diffuse/kernels/parallel.hpp"
 #include "diffuse/models/dit.hpp"
 #include "diffuse/models/network.hpp"
+#include "temp_dir.hpp"
 #include "test_util.hpp"
 
 #if __has_include("models/model_fixture.hpp")
@@ -42,7 +44,8 @@ using diffuse_test::expect_error;
 
 const fs::path kData = fs::path(DIFFUSE_TEST_DATA_DIR) / "models";
 const fs::path kModels = fs::path(DIFFUSE_SOURCE_DIR) / "models";
-constexpr double kParity = 1e-4;
+using diffuse_test::parity_bound;
+using diffuse_test::torch_f32_vs_f64;
 
 /// Inputs and diffusers' output of one fixture.
 struct Io {
@@ -94,20 +97,14 @@ bool bit_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-/// A fresh temporary folder, removed at the end of the test.
+/// A fresh temporary folder, removed at the end of the test (unique per process and object).
 class TempDir {
  public:
-  explicit TempDir(const std::string& tag) {
-    path_ = fs::temp_directory_path() / ("diffuse_dit_" + tag + "_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
-                                         std::to_string(reinterpret_cast<std::uintptr_t>(this)));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
+  explicit TempDir(const std::string& tag) : dir_("dit_" + tag) {}
+  const fs::path& path() const { return dir_.path(); }
 
  private:
-  fs::path path_;
+  diffuse_test::TempDir dir_;
 };
 
 void write_json(const fs::path& path, const nlohmann::json& j) { std::ofstream(path) << j.dump(2); }
@@ -253,8 +250,9 @@ TEST(DiT, DigitsMatchesDiffusers) {
   const Tensor out = run(*net, io, 2);
   ASSERT_EQ(out.shape(), io.output.shape());
   const double err = rel_error(out, io.output);
-  std::printf("[ parity ] digits-dit: max|out-ref|/max|ref| = %.2e\n", err);
-  EXPECT_LE(err, kParity);
+  std::printf("[ parity ] digits-dit: max|out-ref|/max|ref| = %.2e (torch f32 vs f64 %.2e, bound %.2e)\n", err,
+              torch_f32_vs_f64("digits-dit"), parity_bound("digits-dit"));
+  EXPECT_LE(err, parity_bound("digits-dit"));
 }
 
 TEST(DiT, DigitsInfo) {
@@ -287,9 +285,10 @@ TEST(DiT, FixturesMatchDiffusers) {
     ASSERT_EQ(out.dim(1), info.out_channels);
     ASSERT_LE(out.dim(1), io.output.dim(1));
     const double err = rel_error(out, io.output);
-    std::printf("[ parity ] %s: max|out-ref|/max|ref| = %.2e (channels %zu of %zu)\n",
-                c.filename().string().c_str(), err, out.dim(1), io.output.dim(1));
-    EXPECT_LE(err, kParity);
+    const std::string name = c.filename().string();
+    std::printf("[ parity ] %s: max|out-ref|/max|ref| = %.2e (channels %zu of %zu; torch f32 vs f64 %.2e, bound %.2e)\n",
+                name.c_str(), err, out.dim(1), io.output.dim(1), torch_f32_vs_f64(name), parity_bound(name));
+    EXPECT_LE(err, parity_bound(name));
   }
 }
 
@@ -299,13 +298,42 @@ TEST(DiT, S2RecipeMatchesDiffusers) {
   // weights regenerated from the recipe's seed; 32x32x4 latents, batch 2.
   const fs::path fixture = kData / "dit_s2_recipe";
   if (!fs::exists(fixture / "manifest.json")) GTEST_SKIP() << "no " << fixture;
-  const fs::path dir = diffuse_test::materialize_recipe(fixture, fs::temp_directory_path() / "diffuse_dit_s2_recipe");
+  const TempDir tmp("s2_recipe");
+  const fs::path dir = diffuse_test::materialize_recipe(fixture, tmp.path());
   auto net = diffuse::models::load_network(dir);
   EXPECT_EQ(net->info().parameters, diffuse_test::read_recipe(fixture).manifest.at("num_parameters").get<std::size_t>());
   const Io io = read_io(fixture / "io.safetensors");
   const double err = rel_error(run(*net, io, 2), io.output);
-  std::printf("[ parity ] dit_s2_recipe: max|out-ref|/max|ref| = %.2e\n", err);
-  EXPECT_LE(err, kParity);
+  std::printf("[ parity ] dit_s2_recipe: max|out-ref|/max|ref| = %.2e (torch f32 vs f64 %.2e, bound %.2e)\n", err,
+              torch_f32_vs_f64("dit_s2_recipe"), parity_bound("dit_s2_recipe"));
+  EXPECT_LE(err, parity_bound("dit_s2_recipe"));
+}
+
+TEST(DiT, B2RecipeMatchesDiffusers) {
+  // DiT-B/2 (hidden 768, 12 layers, 12 heads, learned sigma, per-block embedders all different): 147,439,904
+  // parameters regenerated from the recipe's seed (their checksums: recipe_test.cpp), ~590 MB of f32 in a
+  // fresh temporary folder; 32x32x4 latents, batch 2. About 6 s in Release on 2 cores. Under AddressSanitizer
+  // or ThreadSanitizer the test is skipped: generating and writing the weights dominates there (minutes), and
+  // DiT-S/2 above runs the same code on every path (only the widths differ).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "DiT-B/2 forward skipped under a sanitizer (DiT-S/2 covers the same code)";
+#endif
+  const fs::path fixture = kData / "dit_b2_recipe";
+  const TempDir tmp("b2_recipe");
+  const fs::path dir = diffuse_test::materialize_recipe(fixture, tmp.path());
+  auto net = diffuse::models::load_network(dir);
+  const auto& info = net->info();
+  EXPECT_EQ(info.parameters, 147'439'904u);
+  EXPECT_EQ(info.parameters, diffuse_test::read_recipe(fixture).manifest.at("num_parameters").get<std::size_t>());
+  EXPECT_EQ(info.in_channels, 4u);
+  EXPECT_EQ(info.out_channels, 4u);  // learned sigma: the epsilon half of 8
+  EXPECT_EQ(info.num_classes, 1001u);
+  const Io io = read_io(fixture / "io.safetensors");
+  ASSERT_EQ(io.sample.shape(), (Shape{2, 4, 32, 32}));
+  const double err = rel_error(run(*net, io, 2), io.output);
+  std::printf("[ parity ] dit_b2_recipe: max|out-ref|/max|ref| = %.2e (torch f32 vs f64 %.2e, bound %.2e)\n", err,
+              torch_f32_vs_f64("dit_b2_recipe"), parity_bound("dit_b2_recipe"));
+  EXPECT_LE(err, parity_bound("dit_b2_recipe"));
 }
 #endif
 
@@ -515,6 +543,43 @@ TEST(DiT, ConfigErrors) {
   EXPECT_EQ(defaults.inner_dim(), 1152u);
   EXPECT_TRUE(defaults.learned_sigma() == false);
   EXPECT_EQ(defaults.out_channels_or_in(), 4u);
+}
+
+// Issue 10, 2.1: sizes from config.json whose products wrapped around 64 bits. Before the bounds,
+// sample_size 2^58-2 wrote past the position table on load (SIGSEGV), 2^57+1 heads x 128 and
+// out_channels 2^62+1 read out of bounds in forward, and 2^62+32 heads x 4 (heads * head_dim
+// wrapping to the file's 128) loaded and ran a wrong network. Each is now a format_error naming
+// config.json and the key, raised while reading the config (nothing is allocated).
+TEST(DiT, HostileConfigSizesAreFormatErrors) {
+  const fs::path src = kModels / "digits-dit";
+  struct Case {
+    const char* tag;
+    nlohmann::json edit;
+    const char* key;
+  };
+  const Case cases[] = {
+      {"pos", {{"sample_size", (std::uint64_t{1} << 58) - 2}}, "sample_size"},
+      {"heads128", {{"num_attention_heads", (std::uint64_t{1} << 57) + 1}, {"attention_head_dim", 128}}, "num_attention_heads"},
+      {"outch", {{"out_channels", (std::uint64_t{1} << 62) + 1}}, "out_channels"},
+      {"heads4", {{"num_attention_heads", (std::uint64_t{1} << 62) + 32}, {"attention_head_dim", 4}}, "num_attention_heads"},
+      {"width", {{"num_attention_heads", 1024}, {"attention_head_dim", 1024}}, "num_attention_heads"},  // 2^20 wide
+      {"patch", {{"patch_size", std::uint64_t{1} << 32}}, "patch_size"},
+      {"layers", {{"num_layers", std::uint64_t{1} << 40}}, "num_layers"},
+      {"classes", {{"num_embeds_ada_norm", std::uint64_t{1} << 62}}, "num_embeds_ada_norm"},
+      {"inch", {{"in_channels", std::uint64_t{1} << 63}}, "in_channels"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.tag);
+    TempDir d(c.tag);
+    copy_model(src, d.path(), [](auto&) {}, [&](auto& cfg) { cfg.update(c.edit); });
+    expect_error<diffuse::format_error>([&] { diffuse::models::load_network(d.path()); },
+                                        {(d.path() / "config.json").string(), std::string("\"") + c.key + "\""});
+  }
+  // The bounds themselves: the largest accepted value passes the config check.
+  nlohmann::json ok = {{"sample_size", 16384}, {"patch_size", 64}, {"num_attention_heads", 1024}, {"attention_head_dim", 64}};
+  EXPECT_NO_THROW(diffuse::models::DiTConfig::from_json(ok));
+  ok["sample_size"] = 16385;
+  expect_error<diffuse::format_error>([&] { diffuse::models::DiTConfig::from_json(ok); }, {"\"sample_size\"", "16385", "1..16384"});
 }
 
 TEST(DiT, ForwardArgumentErrors) {

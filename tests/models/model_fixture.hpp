@@ -12,7 +12,8 @@
  *  **Example**
  *  @code
  *  const auto fixture = diffuse_test::models_data_dir() / "ddpm_cifar10_recipe";
- *  const auto dir = diffuse_test::materialize_recipe(fixture, std::filesystem::temp_directory_path() / "cifar10");
+ *  const diffuse_test::TempDir tmp("cifar10");  // tests/temp_dir.hpp: fresh, removed at the end
+ *  const auto dir = diffuse_test::materialize_recipe(fixture, tmp.path());
  *  auto net = diffuse::models::load_network(dir);
  *  const auto io = diffuse_test::read_io(fixture);
  *  diffuse::kernels::Context ctx(2);
@@ -21,6 +22,7 @@
  *  @endcode */
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cmath>
@@ -88,6 +90,31 @@ inline NetworkIO read_io(const std::filesystem::path& fixture_dir) {
   return io;
 }
 
+#ifdef DIFFUSE_TEST_DATA_DIR
+/** torch's own float32 error on network case `name` (a folder of tests/data/models): cases.json's
+ *  `torch_f32_vs_f64` = max |out32 - out64| / max |out64| over the compared channels, out32 being the
+ *  committed diffusers output and out64 the same model and inputs in float64 (written by
+ *  tools/make_network_fixtures.py --torch-f64). */
+inline double torch_f32_vs_f64(const std::string& name);
+
+/** Parity bound of network case `name`: max |ours - diffusers| / max |diffusers| must stay within
+ *  kParityMultiple times torch's own f32-vs-f64 error on the case, and never below kParityFloor.
+ *
+ *  Why these numbers. Ours and torch's f32 outputs are two f32 computations of the same function in
+ *  different summation orders, each about torch_f32_vs_f64 from the exact result, so their difference
+ *  is about 1-2x that figure (measured on the Intel Xeon, AVX-512, over every case and every dispatch
+ *  level scalar / avx2 / avx512: 0.3x to 3.1x; table in the report of issue 10). A multiple of 8 leaves
+ *  a margin of 2.5x over the worst measured case for other CPUs (AMD Zen 4 differs in the last bits:
+ *  other GEMM blockings and thread splits), while a real defect (a wrong term, a dropped
+ *  bias, a half-precision path) is orders of magnitude above it. The floor covers cases where torch's
+ *  own error is unusually small against its output scale (it is a few f32 ulps: 2.4e-7 relative). */
+inline constexpr double kParityMultiple = 8.0;
+inline constexpr double kParityFloor = 1e-6;
+inline double parity_bound(const std::string& name) {
+  return std::max(kParityMultiple * torch_f32_vs_f64(name), kParityFloor);
+}
+#endif
+
 /// zlib's CRC-32 (polynomial 0xEDB88320), continuing from `crc` like `zlib.crc32(data, crc)`.
 inline std::uint32_t crc32(std::span<const std::byte> data, std::uint32_t crc = 0) {
   static const auto table = [] {
@@ -132,6 +159,16 @@ inline nlohmann::json read_json(const std::filesystem::path& path) {
   return nlohmann::json::parse(in);
 }
 
+#ifdef DIFFUSE_TEST_DATA_DIR
+inline double torch_f32_vs_f64(const std::string& name) {
+  const nlohmann::json cases = read_json(models_data_dir() / "cases.json");
+  if (!cases.contains(name) || !cases[name].contains("torch_f32_vs_f64"))
+    diffuse::raise<diffuse::format_error>("torch_f32_vs_f64", (models_data_dir() / "cases.json").string() +
+                                                                  ": no torch_f32_vs_f64 for case '" + name + "'");
+  return cases[name]["torch_f32_vs_f64"].get<double>();
+}
+#endif
+
 /// Reads `<fixture_dir>/manifest.json`.
 inline Recipe read_recipe(const std::filesystem::path& fixture_dir) {
   Recipe r;
@@ -173,8 +210,10 @@ inline void for_each_recipe_param(const Recipe& recipe,
 }
 
 /** Writes a diffusers folder generated from the recipe in `fixture_dir` to `out_dir` (created):
- *  config.json (copied) and diffusion_pytorch_model.safetensors (f32). Skips the work when `out_dir`
- *  already holds the same recipe's output (a `recipe.crc32` stamp written last). Returns out_dir. */
+ *  config.json (always copied afresh) and diffusion_pytorch_model.safetensors (f32). Skips writing the
+ *  weights when `out_dir` already holds the same recipe's (a `recipe.crc32` stamp written last): the
+ *  benchmarks keep such a folder between runs; the tests pass a fresh diffuse_test::TempDir. Returns
+ *  out_dir. */
 inline std::filesystem::path materialize_recipe(const std::filesystem::path& fixture_dir,
                                                 const std::filesystem::path& out_dir) {
   namespace fs = std::filesystem;
@@ -182,15 +221,15 @@ inline std::filesystem::path materialize_recipe(const std::filesystem::path& fix
   const std::string stamp = std::to_string(recipe.manifest.at("checks").at("crc32_all").get<std::uint32_t>()) + " " +
                             std::to_string(recipe.seed);
   const fs::path stamp_path = out_dir / "recipe.crc32";
+  fs::create_directories(out_dir);
+  fs::copy_file(fixture_dir / "config.json", out_dir / "config.json", fs::copy_options::overwrite_existing);
   if (fs::exists(stamp_path) && fs::exists(out_dir / "diffusion_pytorch_model.safetensors")) {
     std::ifstream in(stamp_path);
     std::string have;
     std::getline(in, have);
     if (have == stamp) return out_dir;
   }
-  fs::create_directories(out_dir);
   fs::remove(stamp_path);
-  fs::copy_file(fixture_dir / "config.json", out_dir / "config.json", fs::copy_options::overwrite_existing);
 
   std::size_t total = 0;
   for (const auto& p : recipe.params) total += diffuse::shape_numel(p.shape);

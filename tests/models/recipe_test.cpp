@@ -4,14 +4,18 @@
 // drift in the recipe or in TorchGenerator is caught without running a network.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include "diffuse/io/safetensors.hpp"
 #include "models/model_fixture.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -64,11 +68,32 @@ void check_recipe(const fs::path& dir) {
 
 TEST(Recipe, Cifar10WeightsMatchTorch) { check_recipe(models_data_dir() / "ddpm_cifar10_recipe"); }
 TEST(Recipe, DitS2WeightsMatchTorch) { check_recipe(models_data_dir() / "dit_s2_recipe"); }
+TEST(Recipe, Ddpm256WeightsMatchTorch) { check_recipe(models_data_dir() / "ddpm_256_recipe"); }
+
+TEST(Recipe, EveryRecipeIsChecked) {
+  // A new *_recipe fixture must get its checksum test here (and its forward in unet2d_test / dit_test).
+  const std::vector<std::string> checked = {"ddpm_cifar10_recipe", "ddpm_256_recipe", "dit_s2_recipe", "dit_b2_recipe"};
+  for (const auto& e : fs::directory_iterator(models_data_dir())) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 7 && name.ends_with("_recipe")) {
+      EXPECT_NE(std::find(checked.begin(), checked.end(), name), checked.end()) << name << " is not checked";
+    }
+  }
+}
+
+TEST(Recipe, DitB2WeightsMatchTorch) {
+  const auto r = diffuse_test::read_recipe(models_data_dir() / "dit_b2_recipe");
+  std::size_t n = 0;
+  for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
+  EXPECT_EQ(n, 147'439'904u);
+  EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
+  check_recipe(models_data_dir() / "dit_b2_recipe");
+}
 
 TEST(Recipe, MaterializeWritesADiffusersFolder) {
   const fs::path fixture = models_data_dir() / "ddpm_cifar10_recipe";
-  const fs::path out = fs::temp_directory_path() / ("diffuse_recipe_test_" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
-  fs::remove_all(out);
+  const diffuse_test::TempDir tmp("recipe");
+  const fs::path out = tmp / "cifar10";  // not there yet: materialize_recipe creates it
   diffuse_test::materialize_recipe(fixture, out);
   ASSERT_TRUE(fs::exists(out / "config.json"));
   {
@@ -80,9 +105,10 @@ TEST(Recipe, MaterializeWritesADiffusersFolder) {
     EXPECT_EQ(f.tensor("down_blocks.1.attentions.0.to_q.weight").shape, (diffuse::Shape{256, 256}));
   }
   const auto stamp_time = fs::last_write_time(out / "diffusion_pytorch_model.safetensors");
-  diffuse_test::materialize_recipe(fixture, out);  // cached: not rewritten
+  std::ofstream(out / "config.json") << R"({"_class_name": "edited"})";
+  diffuse_test::materialize_recipe(fixture, out);  // weights cached: not rewritten; config.json copied afresh
   EXPECT_EQ(fs::last_write_time(out / "diffusion_pytorch_model.safetensors"), stamp_time);
-  fs::remove_all(out);
+  EXPECT_EQ(diffuse_test::read_json(out / "config.json"), diffuse_test::read_json(fixture / "config.json"));
 }
 
 TEST(Recipe, ReadIoOfSmallCases) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -13,6 +14,7 @@
 #include "diffuse/io/model_dir.hpp"
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/nn/weights.hpp"
+#include "temp_dir.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -22,9 +24,10 @@ using diffuse::DType;
 using diffuse::Tensor;
 using diffuse_test::expect_error;
 
+/// Writes a small model folder into a fresh temporary folder of its own (removed at exit).
 fs::path make_dir(const std::string& name, DType storage) {
-  const fs::path dir = fs::temp_directory_path() / ("diffuse_weights_test_" + name);
-  fs::create_directories(dir);
+  static std::deque<diffuse_test::TempDir> dirs;
+  const fs::path dir = dirs.emplace_back("weights_" + name).path();
   std::map<std::string, Tensor> t;
   Tensor w({2, 3});
   for (std::size_t i = 0; i < 6; ++i) w.data()[i] = 0.5f * static_cast<float>(i) - 1.0f;

@@ -32,19 +32,28 @@
 //   7e-3 with clip_sample off (the rounding alone). `DiffusersScheduler` reproduces the diffusers
 //   run exactly, with the real network.
 //
-// Tolerance of the parity checks: max |ours - diffusers| <= 1e-3 on samples in about [-1.6, 1.6],
-// on the final sample after 25 steps of CFG 2 and after steps 1, 5, 12, 20 (the networks match
-// diffusers to ~1e-5 relative per forward). Measured (this machine, AVX-512): 7e-7 (DiT, pipeline
-// defaults), 5e-7 (DiT, DiffusersScheduler), 1e-5 (UNet, DDIM), 3e-6 (UNet, DPM-Solver++ Karras),
-// 2e-5 (UNet, pipeline ddim, clip off). Every test prints its figures as [e2e] lines.
+// Tolerance of the parity checks, per case: max |ours - diffusers| <= max(kE2eMultiple x torch's own
+// f32-vs-f64 difference on the case, kE2eFloor), on the final sample after 25 steps of CFG 2 and after
+// steps 1, 5, 12, 20 (samples in about [-1.6, 1.6]). torch's figure (tests/data/e2e/torch_f32_vs_f64.json,
+// tools/make_e2e_fixture.py --torch-f64) is max |committed f32 run - the same run in float64| over the
+// final sample and the latents. Ours and torch's are two f32 runs of the same loop that round differently
+// (the pipeline also steps in VE form and guides x0, not eps), so ours is a small multiple of torch's
+// figure: measured on the Intel Xeon (AVX-512) over every dispatch level (scalar, avx2, avx512): up to
+// 4.6x (UNet, pipeline ddim, clip off). 12x leaves a margin of 2.6x over that for other CPUs (AMD Zen 4
+// rounds the last bits differently) and for the 25-step chain amplifying them; a defect in a network or
+// a step (a wrong coefficient, a missing term) moves the samples by 1e-3 or more. Every test prints its
+// figures as [e2e] lines.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "diffuse/core/random.hpp"
 #include "diffuse/io/safetensors.hpp"
@@ -57,7 +66,8 @@ namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 using diffuse::Tensor;
 
-constexpr double kTol = 1e-3;
+constexpr double kE2eMultiple = 12.0;
+constexpr double kE2eFloor = 1e-6;
 constexpr std::int64_t kNull = 10;
 
 const fs::path kModels = fs::path(DIFFUSE_SOURCE_DIR) / "models";
@@ -73,6 +83,8 @@ struct Fixture {
   std::uint64_t seed = 0;
   int steps = 0;
   float cfg = 1;
+  double torch_f32_vs_f64 = 0;  // max |torch f32 - torch f64| over the final sample and the latents
+  double bound = 0;             // max(kE2eMultiple * torch_f32_vs_f64, kE2eFloor)
 };
 
 Fixture load(const std::string& name) {
@@ -92,6 +104,11 @@ Fixture load(const std::string& name) {
   x.seed = std::stoull(f.metadata().at("seed"));
   x.steps = std::stoi(f.metadata().at("steps"));
   x.cfg = std::stof(f.metadata().at("cfg_scale"));
+  std::ifstream in(kData / "torch_f32_vs_f64.json");
+  const nlohmann::json torch = nlohmann::json::parse(in);
+  const auto& c = torch.at(name);
+  x.torch_f32_vs_f64 = std::max(c.at("final_max_abs").get<double>(), c.at("latents_max_abs").get<double>());
+  x.bound = std::max(kE2eMultiple * x.torch_f32_vs_f64, kE2eFloor);
   return x;
 }
 
@@ -135,13 +152,14 @@ double run_diffusers_loop(const pl::Model& model, diffuse::DiffusersScheduler<fl
     x = sched.step(guided, t, x, &gen);
     if (k < fx.after_steps.size() && fx.after_steps[k] == i + 1) {
       const double d = max_abs_diff(x, fx.latents[k]);
-      EXPECT_LE(d, kTol) << "after step " << i + 1;
+      EXPECT_LE(d, fx.bound) << "after step " << i + 1;
       worst = std::max(worst, d);
       ++k;
     }
   }
   const double d = max_abs_diff(x, fx.final_sample);
-  EXPECT_LE(d, kTol) << "final";
+  EXPECT_LE(d, fx.bound) << "final";
+  std::printf("[e2e]   torch f32 vs f64 %.3g, bound %.3g\n", fx.torch_f32_vs_f64, fx.bound);
   return std::max(worst, d);
 }
 
@@ -182,8 +200,9 @@ TEST(E2E, DitPipelineDefaultsMatchFlowMatchEuler) {
   const auto [latent, final_err] = run_pipeline(model, o, fx);
   std::printf("[e2e] digits-dit pipeline flow_euler/default vs FlowMatchEulerDiscreteScheduler, %d steps cfg %g: "
               "max|diff| latents %.3g, final %.3g\n", fx.steps, double(fx.cfg), latent, final_err);
-  EXPECT_LE(latent, kTol);
-  EXPECT_LE(final_err, kTol);
+  std::printf("[e2e]   torch f32 vs f64 %.3g, bound %.3g\n", fx.torch_f32_vs_f64, fx.bound);
+  EXPECT_LE(latent, fx.bound);
+  EXPECT_LE(final_err, fx.bound);
 }
 
 TEST(E2E, DitNetworkWithDiffusersSchedulerMatches) {
@@ -235,8 +254,9 @@ TEST(E2E, UnetPipelineDdimMatchesDdimWithoutClipping) {
   const auto [latent, final_err] = run_pipeline(unclipped_unet(), o, fx);
   std::printf("[e2e] digits-unet (clip_sample off) pipeline ddim/default vs DDIMScheduler(clip_sample=False), "
               "%d steps cfg %g: max|diff| latents %.3g, final %.3g\n", fx.steps, double(fx.cfg), latent, final_err);
-  EXPECT_LE(latent, kTol);
-  EXPECT_LE(final_err, kTol);
+  std::printf("[e2e]   torch f32 vs f64 %.3g, bound %.3g\n", fx.torch_f32_vs_f64, fx.bound);
+  EXPECT_LE(latent, fx.bound);
+  EXPECT_LE(final_err, fx.bound);
 }
 
 TEST(E2E, UnetPipelineDefaultsVersusDiffusers) {

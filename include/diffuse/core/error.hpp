@@ -2,12 +2,15 @@
 /** @file error.hpp
  *  The error types of diffuse. Callers catch by category:
  *
- *  | type           | raised for                                                              |
- *  |----------------|-------------------------------------------------------------------------|
- *  | `io_error`     | a file that cannot be opened, mapped, read or written                   |
- *  | `format_error` | a malformed file or config: bad safetensors header, unknown dtype, key  |
- *  | `shape_error`  | a tensor whose shape is not the one required                            |
- *  | `value_error`  | an argument out of its domain: unknown sampler name, steps < 1, NaN     |
+ *  | type             | raised for                                                            |
+ *  |------------------|-----------------------------------------------------------------------|
+ *  | `io_error`       | a file that cannot be opened, mapped, read or written                 |
+ *  | `format_error`   | a malformed file or config: bad safetensors header, unknown dtype, key|
+ *  | `shape_error`    | a tensor whose shape is not the one required                          |
+ *  | `value_error`    | an argument out of its domain: unknown sampler name, steps < 1, NaN   |
+ *  | `resource_error` | the system refused a resource: a thread that could not be started     |
+ *  | `memory_error`   | a load or generation that needs more memory than its limit, or an     |
+ *  |                  | allocation that failed (std::bad_alloc turned into a typed error)     |
  *
  *  All derive from `diffuse::error`, itself a `std::runtime_error`. Messages start with the
  *  function that raised them in brackets and name the file, tensor or key involved:
@@ -49,6 +52,20 @@ class shape_error : public error {
 
 /// An argument is outside its domain (unknown name, non-positive count, NaN in an output).
 class value_error : public error {
+ public:
+  using error::error;
+};
+
+/// A load or a generation needs more memory than its memory limit allows (the message says how
+/// much and what for), or an allocation failed.
+class memory_error : public error {
+ public:
+  using error::error;
+};
+
+/// The system refused a resource the operation needs (a thread could not be started: the limit on
+/// threads or on memory was reached). Retrying with fewer threads may succeed.
+class resource_error : public error {
  public:
   using error::error;
 };

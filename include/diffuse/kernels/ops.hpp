@@ -167,7 +167,7 @@ DIFFUSE_API void softmax(float* x, std::size_t rows, std::size_t cols, Context& 
 // Attention
 
 /** Scaled dot-product attention, softmax(Q K^T * scale) V, per (batch, head), as
- *  F.scaled_dot_product_attention without mask or dropout. Element (b, h, n, i) of q lives at
+ *  F.scaled_dot_product_attention without dropout, unmasked or with the causal mask. Element (b, h, n, i) of q lives at
  *  `q[b * q_batch_stride + h * q_head_stride + n * q_row_stride + i]` (i < head_dim contiguous);
  *  k, v and o likewise with their own strides. For [B, N, heads*d] tokens: batch stride N*heads*d,
  *  head stride d, row stride heads*d.
@@ -186,6 +186,11 @@ struct AttentionArgs {
   std::size_t v_batch_stride = 0, v_head_stride = 0, v_row_stride = 0;
   std::size_t o_batch_stride = 0, o_head_stride = 0, o_row_stride = 0;
   float scale = 0.0f;  ///< 0 means 1/sqrt(head_dim)
+  /// Causal mask (F.scaled_dot_product_attention(is_causal=True), top-left aligned): query n sees
+  /// keys 0..n only; key blocks wholly past a query block are skipped. (SIMD rows give a masked
+  /// key the weight 2^-126 of the row maximum, as their exp2 clamp gives any score that far below
+  /// it: invisible in f32.)
+  bool causal = false;
 };
 DIFFUSE_API void attention(const AttentionArgs& a, Context& ctx);
 

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <type_traits>
@@ -39,8 +40,14 @@ namespace kernels {
 /// A fixed set of worker threads, created in the constructor and joined in the destructor.
 class DIFFUSE_API ThreadPool {
  public:
-  /// A pool that runs `parallel_for` on `n_threads` threads: the caller plus `n_threads - 1`
-  /// workers. `n_threads == 0` means `std::thread::hardware_concurrency()` (at least 1).
+  /// The largest pool: more threads than this only add spinning and stack memory.
+  static constexpr std::size_t kMaxThreads = 256;
+
+  /** A pool that runs `parallel_for` on `n_threads` threads: the caller plus `n_threads - 1`
+   *  workers. `n_threads == 0` means `std::thread::hardware_concurrency()` (at least 1, at most
+   *  kMaxThreads). Throws value_error for more than kMaxThreads, and resource_error when the
+   *  system refuses to start a thread (its limit on threads or memory); the workers already
+   *  started are then stopped and joined, so nothing is left running. */
   explicit ThreadPool(std::size_t n_threads = 1);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -68,10 +75,21 @@ class DIFFUSE_API ThreadPool {
   using Trampoline = void (*)(void*, std::size_t, std::size_t, std::size_t);
   void run(std::size_t n_items, Trampoline call, void* ctx);
 
-  struct State;
+ public:
+  struct State;  // defined in thread_pool.cpp
+
+ private:
   std::size_t n_threads_;
   std::unique_ptr<State> state_;  // null when n_threads_ == 1
 };
+
+namespace testing {
+/// Called before worker `w` (1-based; the caller is thread 0) is started; returning false makes
+/// that start fail as if the system had refused it (EAGAIN). For tests of the failure path.
+using ThreadStartHook = bool (*)(std::size_t w);
+/// Installs `hook` for every pool constructed from now on (nullptr: none, the default).
+DIFFUSE_API void set_thread_start_hook(ThreadStartHook hook) noexcept;
+}  // namespace testing
 
 /** Activation memory of a network forward, handed out as a stack. A forward calls `reset()`,
  *  then `alloc()`s its buffers in the same order on every call; `mark()` / `release()` free the
@@ -98,6 +116,11 @@ class DIFFUSE_API Arena {
   std::size_t peak_bytes() const noexcept { return peak_ * sizeof(float); }
   /// Bytes currently reserved.
   std::size_t capacity_bytes() const noexcept;
+  /// Caps the bytes the arena may reserve (0: no cap): an alloc() that would need a new chunk
+  /// beyond it raises memory_error, before allocating. The pipeline sets it for each step from
+  /// GenerateOptions::memory_limit.
+  void set_limit(std::uint64_t bytes) noexcept { limit_ = bytes; }
+  std::uint64_t limit() const noexcept { return limit_; }
 
  private:
   struct Chunk {
@@ -108,6 +131,7 @@ class DIFFUSE_API Arena {
   std::vector<Chunk> chunks_;
   std::size_t used_ = 0;  // floats, stack offset of the top
   std::size_t peak_ = 0;
+  std::uint64_t limit_ = 0;
 };
 
 /// What a sequence of kernel calls shares: the thread pool, a scratch arena for packing, and the

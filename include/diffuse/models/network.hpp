@@ -62,6 +62,15 @@ class DIFFUSE_API Network {
    *  argument for a wrong shape or a label out of range. */
   virtual Tensor forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,
                          kernels::Context& ctx) const = 0;
+
+  /** An estimate of the bytes one forward of [batch, in_channels, height, width] allocates (the
+   *  activations it keeps from the context's arena at its peak, and its output), saturating at
+   *  UINT64_MAX; 0 when the network cannot tell (the default). The pipeline refuses a generation
+   *  whose estimate exceeds its memory limit before allocating anything. */
+  virtual std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const {
+    (void)batch, (void)height, (void)width;
+    return 0;
+  }
 };
 
 /** Loads the network of a diffusers folder (config.json + safetensors), picking the class from the

@@ -11,6 +11,7 @@
  *  | GroupNorm | nn.GroupNorm | `P.weight` [C], `P.bias` [C] |
  *  | LayerNorm | nn.LayerNorm (affine or not) | `P.weight` [D], `P.bias` [D] |
  *  | TimestepEmbedding | diffusers TimestepEmbedding | `P.linear_1`, `P.linear_2` |
+ *  | TransformerLayer | transformers CLIPEncoderLayer (pre-LN) | `P.layer_norm1`, `P.self_attn.{q,k,v,out}_proj`, `P.layer_norm2`, `P.mlp.fc1`, `P.mlp.fc2` |
  *
  *  **Example**
  *  @code
@@ -118,6 +119,27 @@ struct DIFFUSE_API TimestepEmbedding {
                                 std::size_t out, kernels::Activation act = kernels::Activation::silu);
   /// y[batch, out] from x[batch, in]; uses `batch * hidden` floats of the context's arena.
   void operator()(const float* x, std::size_t batch, float* y, kernels::Context& ctx) const;
+};
+
+/** A pre-LN transformer encoder layer (CLIP's text and vision towers, and the encoders that
+ *  follow their layout):
+ *
+ *      x = x + out_proj(MHA(layer_norm1(x)))        (q, k, v, out with bias; scale 1/sqrt(head_dim))
+ *      x = x + fc2(act(fc1(layer_norm2(x))))
+ *
+ *  `bind` takes transformers' CLIP names under `prefix`; the fields can also be filled from
+ *  other spellings (q, k, v are separate Linears or the row blocks of one fused [3D, D] weight). */
+struct DIFFUSE_API TransformerLayer {
+  LayerNorm ln1, ln2;
+  Linear q, k, v, out, fc1, fc2;
+  std::size_t dim = 0, heads = 1;
+  kernels::Activation act = kernels::Activation::quick_gelu;
+
+  static TransformerLayer bind(WeightStore& w, std::string_view prefix, std::size_t dim, std::size_t heads,
+                               std::size_t inner, float eps, kernels::Activation act);
+  /// x [batch, tokens, dim] updated in place; attention causal or not. Uses
+  /// `tokens * batch * (4 * dim + inner)` floats of the context's arena (released on return).
+  void operator()(float* x, std::size_t batch, std::size_t tokens, bool causal, kernels::Context& ctx) const;
 };
 
 }  // namespace nn

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <initializer_list>
 #include <optional>
@@ -55,6 +56,12 @@ struct LoadOptions {
   /// kernels::kWinogradMinChannels channels in and out (16/9 of those weights in extra memory,
   /// e.g. +250 MB for ddpm-cifar10-32; about 1.2x faster forwards). Off: im2col only.
   bool winograd = true;
+  /// Bytes the load may allocate: converted weights (f16/bf16 -> f32, matrix_dtype), fused q/k/v,
+  /// Winograd weights and tables computed from the config (DiT's position table). The weights
+  /// file's mapping is not counted (the kernel pages it in and out as needed). 0: the default,
+  /// 3/4 of the physical memory (core/memory.hpp). A load that would exceed it is refused with a
+  /// memory_error saying how much it needs and for what, before the allocation.
+  std::uint64_t memory_limit = 0;
 };
 
 /// A GEMM B operand: the weight as stored (or converted), with its dtype.
@@ -97,6 +104,12 @@ class DIFFUSE_API WeightStore {
   /// The options the store was made with.
   const LoadOptions& options() const noexcept { return options_; }
 
+  /// Accounts `bytes` the load is about to allocate for `what` ("the position table"), or
+  /// raises memory_error when the total would exceed LoadOptions::memory_limit.
+  void reserve(std::uint64_t bytes, std::string_view what);
+  /// Bytes accounted by reserve() so far (converted copies included).
+  std::uint64_t allocated_bytes() const noexcept { return allocated_; }
+
  private:
   const io::TensorView& checked(std::string_view name, const Shape& shape);
 
@@ -108,6 +121,8 @@ class DIFFUSE_API WeightStore {
   std::deque<std::vector<float>> f32_copies_;
   std::deque<std::vector<std::uint16_t>> half_copies_;
   std::size_t parameters_ = 0;
+  std::uint64_t allocated_ = 0;
+  std::uint64_t limit_ = 0;
 };
 
 }  // namespace nn

@@ -49,8 +49,10 @@ namespace pipeline {
 /// What to generate. Unset fields take the model's defaults (`Model::defaults()`).
 struct GenerateOptions {
   std::string sampler;              ///< registry name or alias; empty: model default
-  std::string schedule;             ///< see `make_sigmas`; empty: model default
-  std::optional<int> steps;         ///< >= 1
+  std::string schedule;             ///< see `make_sigmas`; empty: model default (dpm_adaptive: karras only)
+  /// Sampler steps, 1..10000. For `dpm_adaptive`, which chooses its own step sizes, the budget:
+  /// at most this many trial steps (see DpmAdaptiveOptions::max_steps); it usually ends sooner.
+  std::optional<int> steps;
   std::optional<float> cfg_scale;   ///< finite; 1 = no guidance (needs no null class)
   std::uint64_t seed = 0;
   std::size_t batch = 1;            ///< images generated together (one forward per step)
@@ -64,12 +66,25 @@ struct GenerateOptions {
   /// place of torch.randn for `seed`, e.g. a slerp of two seeds' noise. The per-step noise of a
   /// stochastic sampler still comes from `seed`'s stream, continued as if the seed had drawn it.
   std::optional<Tensor> initial_noise;
+  /// Bytes the generation may use: the estimate of `estimate_generation_bytes` is checked against
+  /// it before anything is allocated, and each step caps the context's activation arena at it.
+  /// 0: the default, 3/4 of the physical memory (core/memory.hpp). Exceeding it is a memory_error.
+  std::uint64_t memory_limit = 0;
 };
+
+/** An estimate of the bytes a generation with these (resolved) options needs: the network's
+ *  activations for one forward (of 2 x batch images with classifier-free guidance,
+ *  Network::forward_bytes) plus the sampler's state (kGenerationStateTensors tensors of
+ *  [batch, C, H, W]: the sample, the noise, denoised estimates, multistep history, the guidance
+ *  batch). */
+DIFFUSE_API std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOptions& resolved);
+inline constexpr std::size_t kGenerationStateTensors = 12;
 
 /** `options` with every unset field filled from the model's defaults and every field checked.
  *  Throws value_error naming the option: unknown sampler or schedule, steps < 1 or > 10000,
  *  cfg_scale not finite (or != 1 without a null class), batch 0 or > 4096, labels missing, of the
- *  wrong count or out of range, width/height 0, > 4096 or not a multiple of the network's. */
+ *  wrong count or out of range, width/height 0, > 4096 or not a multiple of the network's. Throws
+ *  memory_error when estimate_generation_bytes exceeds the memory limit (how much, for what). */
 DIFFUSE_API GenerateOptions resolve_options(const Model& model, const GenerateOptions& options);
 
 /** Warnings about resolved `options` that are valid but will not give a sensible image: so far,
@@ -96,7 +111,8 @@ class DIFFUSE_API Generation {
   bool done() const;
   /// Steps taken so far.
   std::size_t step_index() const;
-  /// Steps in the schedule.
+  /// Steps in all: the schedule's. For dpm_adaptive, its budget (`options().steps`) until it is
+  /// done, then the trials it took (so that step_index() == num_steps() at the end).
   std::size_t num_steps() const;
   /// Network forwards so far (a CFG step is one batched forward).
   std::size_t nfe() const;
@@ -116,6 +132,7 @@ class DIFFUSE_API Generation {
   const Model& model() const;
 
  private:
+  void init();
   struct State;
   std::unique_ptr<State> s_;
 };

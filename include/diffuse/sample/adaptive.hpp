@@ -187,10 +187,17 @@ struct DpmAdaptiveOptions {
   T eta = T(0);
   T s_noise = T(1);
   std::size_t max_trials = 10000;  ///< value_error beyond this (a stuck controller)
+  /** A budget of trials (step() calls); 0: none, k-diffusion's algorithm as it is. With a budget
+   *  N, trial N (if the solver gets that far) goes straight to the end of the interval with a
+   *  first-order step (DPM-Solver-1 = DDIM/Euler, stable for any step size; one network call, none
+   *  after a rejection), so the solve always ends within N trials: N = 1 is one Euler step over
+   *  the whole interval. Before trial N nothing changes. */
+  std::size_t max_steps = 0;
 };
 
 /** DPM-Solver adaptive, Lu et al. 2022 (arXiv:2206.00927) Algorithm 5 with k-diffusion's PID
- *  controller (`sample_dpm_adaptive`). One step() = one trial. */
+ *  controller (`sample_dpm_adaptive`). One step() = one trial. It integrates from sigmas[0] to the
+ *  smallest positive sigma of `sigmas` (which need no other entries); the two must differ. */
 template <class T>
 class DpmAdaptiveSampler : public Sampler<T> {
  public:
@@ -203,6 +210,9 @@ class DpmAdaptiveSampler : public Sampler<T> {
       raise<value_error>("sample_dpm_adaptive", "rtol, atol and h_init must be > 0");
     s_ = -std::log(this->sigmas_.front());
     t_end_ = -std::log(detail::smallest_positive(this->sigmas_, "sample_dpm_adaptive"));
+    if (!(s_ < t_end_ - T(1e-5)))
+      raise<value_error>("sample_dpm_adaptive", "the interval is empty: sigmas[0] = " + std::to_string(this->sigmas_.front()) +
+                                                    " is the smallest positive sigma (a schedule of one step?)");
     h_ = o_.h_init;
     const T ord = o_.eta > T(0) ? T(1.5) : static_cast<T>(o_.order);
     b1_ = (o_.pcoeff + o_.icoeff + o_.dcoeff) / ord;
@@ -211,7 +221,15 @@ class DpmAdaptiveSampler : public Sampler<T> {
   }
   DIFFUSE_SAMPLER_BOILERPLATE(DpmAdaptiveSampler, "dpm_adaptive")
   bool done() const override { return !(s_ < t_end_ - T(1e-5)); }
-  std::size_t num_steps() const override { return 0; }  // not known in advance
+  /** Trials in all: when done, the number taken; before, the budget (`max_steps`) if there is
+   *  one, else an estimate (trials so far + the rest of the interval at the current step size),
+   *  which becomes exact at the end. */
+  std::size_t num_steps() const override {
+    if (done()) return this->index_;
+    if (o_.max_steps > 0) return o_.max_steps;
+    const double rest = std::ceil(static_cast<double>((t_end_ - s_) / h_));
+    return this->index_ + static_cast<std::size_t>(std::clamp(rest, 1.0, 1e6));
+  }
   std::size_t accepted() const { return n_accept_; }
   std::size_t rejected() const { return n_reject_; }
   /// The current noise level.
@@ -222,7 +240,8 @@ class DpmAdaptiveSampler : public Sampler<T> {
     using Core = detail::DpmSolverCore<T>;
     if (n_accept_ + n_reject_ >= o_.max_trials)
       raise<value_error>(this->where(), "no convergence after " + std::to_string(o_.max_trials) + " trials");
-    const T t = std::min(t_end_, s_ + h_);
+    const bool last = o_.max_steps > 0 && n_accept_ + n_reject_ + 1 >= o_.max_steps;  // the budget's last trial
+    const T t = last ? t_end_ : std::min(t_end_, s_ + h_);
     T t_ = t, su = T(0);
     if (o_.eta > T(0)) {
       const auto [sd, up] = detail::ancestral_step(Core::sigma_of(s_), Core::sigma_of(t), o_.eta);
@@ -240,6 +259,11 @@ class DpmAdaptiveSampler : public Sampler<T> {
       for (std::size_t k = 0; k < x.size(); ++k) e_[k] = (x[k] - this->denoised_[k]) / sigma;
       have_eps_ = true;
       if (x_prev_.empty() || !x_prev_.same_shape(x)) detail::copy_into(x_prev_, x);
+    }
+    if (last) {  // the budget's last trial: a first-order step (stable for any h) to the end, accepted
+      Core::step1(x, s_, t_, e_, high_);
+      finish_trial(x, noise, t, su, true, T(1));
+      return;
     }
     if (o_.order == 2) {
       Core::step1(x, s_, t_, e_, low_);
@@ -269,6 +293,14 @@ class DpmAdaptiveSampler : public Sampler<T> {
       errs_[2] = errs_[1];
       errs_[1] = errs_[0];
       std::swap(x_prev_, low_);
+    }
+    finish_trial(x, noise, t, su, accept, factor);
+  }
+
+  /// Takes the trial's result `high_` (to t, plus noise su) when accepted; scales h either way.
+  void finish_trial(BasicTensor<T>& x, NoiseSource<T>& noise, T t, T su, bool accept, T factor) {
+    using Core = detail::DpmSolverCore<T>;
+    if (accept) {
       detail::copy_into(x, high_);
       if (su > T(0)) {
         detail::ensure_like(this->noise_, x);

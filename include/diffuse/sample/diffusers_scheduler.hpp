@@ -60,6 +60,7 @@
 
 #include "diffuse/config.hpp"
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/json.hpp"
 #include "diffuse/core/random.hpp"
 #include "diffuse/core/tensor.hpp"
 #include "diffuse/denoise/parameterization.hpp"
@@ -264,15 +265,11 @@ class DiffusersScheduler {
     cfg_ = DiffusersStepConfig::from_json(config, cls_);
   }
 
-  /// Reads and parses `scheduler_config.json`. io_error if unreadable, format_error if not JSON.
+  /// Reads and parses `scheduler_config.json` with the strict reader (core/json.hpp): io_error if
+  /// unreadable, format_error if not a regular file, over 4 MiB, not JSON, too deep or with a
+  /// duplicate key.
   static DiffusersScheduler from_file(const std::filesystem::path& path, std::string_view class_name = {}) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) raise<io_error>(detail::kDfsWhere, path.string() + ": cannot open the scheduler config");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
-    if (j.is_discarded()) raise<format_error>(detail::kDfsWhere, path.string() + ": not valid JSON");
-    return DiffusersScheduler(j, class_name);
+    return DiffusersScheduler(read_json_file(path, detail::kDfsWhere, "scheduler config"), class_name);
   }
 
   DiffusersScheduler(const DiffusersScheduler& o) { *this = o; }

@@ -57,6 +57,7 @@ struct SamplerParams {
   VarianceType variance_type = VarianceType::fixed_small;  ///< ddpm
   std::vector<T> alphas_cumprod;                   ///< ddpm
   T rtol = T(0.05), atol = T(0.0078), h_init = T(0.05);  ///< dpm_adaptive
+  std::size_t max_steps = 0;                       ///< dpm_adaptive: budget of trials (0: none)
   T r = T(0.5);                                    ///< dpmpp_sde
 };
 
@@ -126,6 +127,7 @@ const std::vector<RegistryEntry<T>>& registry() {
       o.rtol = p.rtol;
       o.atol = p.atol;
       o.h_init = p.h_init;
+      o.max_steps = p.max_steps;
       o.eta = p.eta.value_or(T(0));
       o.s_noise = p.s_noise;
       return std::make_unique<DpmAdaptiveSampler<T>>(std::move(s), o);

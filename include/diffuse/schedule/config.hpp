@@ -93,6 +93,8 @@ inline SchedulerClass scheduler_class_from_name(std::string_view name) {
 struct ScheduleConfig {
   std::string class_name;  ///< "_class_name", if present
   std::int64_t num_train_timesteps = 1000;
+  /// Largest num_train_timesteps accepted (the per-timestep tables are 8 bytes x this each).
+  static constexpr std::int64_t kMaxTrainTimesteps = 100000;
   std::optional<double> beta_start;             ///< default 1e-4 (0.00085 for Heun, LCM)
   std::optional<double> beta_end;               ///< default 0.02 (0.012 for Heun, LCM)
   std::optional<BetaSchedule> beta_schedule;    ///< default linear (scaled_linear for LCM)
@@ -229,6 +231,10 @@ inline ScheduleConfig ScheduleConfig::from_json(const nlohmann::json& j) {
   ScheduleConfig c;
   read(j, "_class_name", c.class_name);
   read(j, "num_train_timesteps", c.num_train_timesteps);
+  if (c.num_train_timesteps < 1 || c.num_train_timesteps > kMaxTrainTimesteps)
+    raise<format_error>(detail::kConfigWhere, "key 'num_train_timesteps' is " + std::to_string(c.num_train_timesteps) +
+                                                  ", outside 1.." + std::to_string(kMaxTrainTimesteps) +
+                                                  " (published models use 1000 to 4000)");
   read(j, "beta_start", c.beta_start);
   read(j, "beta_end", c.beta_end);
   if (const auto* v = detail::present(j, "beta_schedule")) {
@@ -237,6 +243,9 @@ inline ScheduleConfig ScheduleConfig::from_json(const nlohmann::json& j) {
   }
   if (const auto* v = detail::present(j, "trained_betas")) {
     if (!v->is_array()) detail::wrong_type("trained_betas", "an array of numbers", *v);
+    if (v->size() > static_cast<std::size_t>(kMaxTrainTimesteps))
+      raise<format_error>(detail::kConfigWhere, "key 'trained_betas' has " + std::to_string(v->size()) +
+                                                    " entries, more than " + std::to_string(kMaxTrainTimesteps));
     std::vector<double> b;
     for (const auto& e : *v) {
       if (!e.is_number()) detail::wrong_type("trained_betas", "an array of numbers", e);
