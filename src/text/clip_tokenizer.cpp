@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../io/json_strict.hpp"
+#include "diffuse/core/json.hpp"
 #include "diffuse/core/error.hpp"
 #include "unicode.hpp"
 
@@ -213,7 +213,7 @@ ClipTokenizer ClipTokenizer::load(const fs::path& path) {
   if (!is_file(vocab_path)) raise<io_error>(kWhere, path.string() + ": no vocab.json (nor tokenizer/vocab.json)");
   if (!is_file(merges_path)) raise<io_error>(kWhere, dir.string() + ": no merges.txt");
 
-  const json vj = io::detail::parse_json_strict(read_text(vocab_path), kWhere, vocab_path.string(), "vocabulary");
+  const json vj = parse_json_strict(read_text(vocab_path), kWhere, vocab_path.string(), "vocabulary");
   if (!vj.is_object()) raise<format_error>(kWhere, vocab_path.string() + ": not a JSON object");
   std::unordered_map<std::string, std::int32_t> vocab;
   vocab.reserve(vj.size());
@@ -247,7 +247,7 @@ ClipTokenizer ClipTokenizer::load(const fs::path& path) {
   for (const char* name : {"special_tokens_map.json", "tokenizer_config.json"}) {
     const fs::path p = dir / name;
     if (!is_file(p)) continue;
-    read_special(io::detail::parse_json_strict(read_text(p), kWhere, p.string(), "config"), p.string(), config,
+    read_special(parse_json_strict(read_text(p), kWhere, p.string(), "config"), p.string(), config,
                  std::string_view(name) == "tokenizer_config.json");
   }
   try {
