@@ -110,18 +110,14 @@ void Model::init(const nlohmann::json& j) {
     prediction_ = parse_prediction(schedule_.prediction_type);
     train_sigmas_ = diffuse::train_sigmas(make_schedule(class_, schedule_, 1).alphas_cumprod);
   }
-  // Read as double and range-checked before the float cast (a 1e300 must not become inf unseen).
+  // Read as float (json_value refuses a value beyond the float range), then range-checked.
   param_.clip_sample = json_value(j, "clip_sample", false);
   param_.thresholding = json_value(j, "thresholding", false);
-  const double clip_range = json_value(j, "clip_sample_range", 1.0);
-  const double ratio = json_value(j, "dynamic_thresholding_ratio", 0.995);
-  const double max_value = json_value(j, "sample_max_value", 1.0);
-  check_x0_post_keys(where, param_.clip_sample, clip_range, param_.thresholding, ratio, max_value);
-  param_.clip_sample_range = static_cast<float>(clip_range);
-  param_.dynamic_thresholding_ratio = static_cast<float>(ratio);
-  param_.sample_max_value = static_cast<float>(max_value);
+  param_.clip_sample_range = json_value(j, "clip_sample_range", 1.0f);
+  param_.dynamic_thresholding_ratio = json_value(j, "dynamic_thresholding_ratio", 0.995f);
+  param_.sample_max_value = json_value(j, "sample_max_value", 1.0f);
   check_x0_post_keys(where, param_.clip_sample, param_.clip_sample_range, param_.thresholding,
-                     param_.dynamic_thresholding_ratio, param_.sample_max_value);  // after rounding to float
+                     param_.dynamic_thresholding_ratio, param_.sample_max_value);
   param_.flow_time_scale = static_cast<float>(schedule_.num_train_timesteps);
   const auto& ni = info();
   if (ni.in_channels == 0 || ni.sample_size == 0)

@@ -403,6 +403,27 @@ TEST(Pipeline, SchedulerConfigRangesAreChecked) {
   for (float v : x.values()) EXPECT_TRUE(std::isfinite(v));
 }
 
+TEST(Pipeline, FewStepsWarning) {
+  // Issue 10, 4.4: heun / dpm_2 / dpm_2_a / dpm_fast at 3 steps give noise (their algorithm);
+  // the options say so instead of passing in silence.
+  const auto m = eps_model();
+  auto o = opts({3});
+  o.sampler = "heun";
+  o.steps = 3;
+  const auto w = pl::option_warnings(m, o);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("heun"), std::string::npos) << w[0];
+  EXPECT_NE(w[0].find("at least 6 steps"), std::string::npos) << w[0];
+  o.steps = 6;
+  EXPECT_TRUE(pl::option_warnings(m, o).empty());
+  o.sampler = "k_dpm_2_a";
+  o.steps = 4;
+  EXPECT_EQ(pl::option_warnings(m, o).size(), 1u);
+  o.sampler = "euler";
+  o.steps = 1;
+  EXPECT_TRUE(pl::option_warnings(m, o).empty());
+}
+
 TEST(Pipeline, ImagesAndParameters) {
   const auto m = flow_model();
   Context ctx(1);

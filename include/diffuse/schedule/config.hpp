@@ -127,7 +127,6 @@ struct ScheduleConfig {
   std::int64_t max_image_seq_len = 4096;
   std::int64_t original_inference_steps = 50;  ///< LCM
 
-
   /// Parses a scheduler config object. Raises format_error for a non-object or a key of the wrong
   /// type (naming the key), value_error for an unknown name in a known key or an integer out of
   /// range (see `validate`).
