@@ -64,8 +64,13 @@ V vexp2(V x) {
   return Simd::mul(p, Simd::pow2i(n));
 }
 
-/// x * sigmoid(k x) = x / (1 + e^(-k x)).
-V vsigmoid_mul(V x, float k) { return Simd::div(x, Simd::add(Simd::set1(1.0f), vexp(Simd::mul(Simd::set1(-k), x)))); }
+/// x * sigmoid(k x) = x / (1 + e^(-k x)). x is first raised to at least -100: vexp saturates at
+/// e^88.3, so a huge negative x (-1e30) would otherwise give x / 2e38 = -5e-9 instead of -0; from
+/// -100 the result is below 5e-37 in magnitude, as the exact one is (NaN passes through max).
+V vsigmoid_mul(V x, float k) {
+  x = Simd::max(Simd::set1(-100.0f), x);
+  return Simd::div(x, Simd::add(Simd::set1(1.0f), vexp(Simd::mul(Simd::set1(-k), x))));
+}
 
 /// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), the formula PyTorch's vectorised
 /// erf uses too.
@@ -100,6 +105,7 @@ struct ActGeluErf {
 /// 0.5 x (1 + tanh(u)) = x sigmoid(2u) = x / (1 + e^(-2u)): no cancellation for negative x.
 struct ActGeluTanh {
   V operator()(V x) const {
+    x = Simd::max(Simd::set1(-100.0f), x);  // as in vsigmoid_mul: -1e30 gives -0, not x / e^88.3
     const V x3 = Simd::mul(Simd::mul(x, x), x);
     const V u = Simd::mul(Simd::set1(0.79788456080286536f), Simd::fma(Simd::set1(0.044715f), x3, x));
     return Simd::div(x, Simd::add(Simd::set1(1.0f), vexp(Simd::mul(Simd::set1(-2.0f), u))));
