@@ -27,6 +27,7 @@
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
+#include "diffuse/nn/blocks.hpp"
 #include "diffuse/nn/config.hpp"
 #include "diffuse/nn/layers.hpp"
 #include "registry.hpp"
@@ -181,43 +182,17 @@ namespace {
 constexpr const char* kModel = "UNet2DModel";
 constexpr const char* kForward = "UNet2DModel::forward";
 
-/// diffusers ResnetBlock2D (time_embedding_norm "default" or "scale_shift").
-struct Resnet {
-  nn::GroupNorm norm1, norm2;
-  nn::Conv2d conv1, conv2, shortcut;
-  bool has_shortcut = false;
-  nn::Linear time_emb_proj;
-  std::size_t in = 0, out = 0;
-  float output_scale_factor = 1.0f;
-};
-
-/// diffusers Attention as built by the UNet2D blocks (_from_deprecated_attn_block): optional
-/// GroupNorm, q/k/v fused into one [3 * inner, C] matrix at load, to_out.0, residual, rescale.
-struct Attn {
-  bool has_norm = false;
-  nn::GroupNorm norm;
-  nn::Linear qkv;  ///< to_q | to_k | to_v fused at load: [3 * inner, channels] and bias [3 * inner]
-  nn::Linear to_out;              ///< inner -> channels
-  std::size_t channels = 0, heads = 1, head_dim = 0, inner = 0;
-  float rescale_output_factor = 1.0f;
-};
+using Resnet = nn::ResnetBlock2D;
+using Attn = nn::SpatialAttention;
+using nn::Dest;
 
 struct Block {
   std::vector<Resnet> resnets;
   std::vector<Attn> attentions;  ///< empty for DownBlock2D / UpBlock2D
   bool has_sampler = false;
-  nn::Conv2d sampler;            ///< downsamplers.0.conv or upsamplers.0.conv
-  /// Upsamplers: nearest 2x then the 3x3 conv, as four 2x2 convs on the low-resolution input, one
-  /// per output phase (py, px) (see make_upsample_phases).
-  std::array<nn::Conv2d, 4> phases;
+  nn::Downsample2D down;         ///< downsamplers.0 (down blocks)
+  nn::Upsample2D up;             ///< upsamplers.0 (up blocks)
   std::vector<std::size_t> skip_channels;  ///< up blocks: channels of the skip each resnet takes
-};
-
-/// An output destination: [batch, C, H, W] with the given batch stride (floats), so that an op
-/// can write h into the first channels of a torch.cat([h, skip]) buffer.
-struct Dest {
-  float* p;
-  std::size_t batch_stride;
 };
 
 struct Skip {
@@ -243,20 +218,11 @@ class UNet2D final : public Network {
   void check_groups(const std::string& name, std::size_t channels, std::size_t groups) const;
 
   void time_proj(const float* t, std::size_t batch, float* out) const;
-  void run_conv(const nn::Conv2d& c, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
-                kernels::Context& ctx, const float* residual = nullptr) const;
-  void run_resnet(const Resnet& r, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
-                  const float* temb, kernels::Context& ctx) const;
-  void run_attention(const Attn& a, Dest x, std::size_t batch, std::size_t spatial, kernels::Context& ctx) const;
-  void make_upsample_phases(Block& b);
-  void run_upsample(const Block& blk, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
-                    kernels::Context& ctx) const;
 
   io::ModelDir dir_;  // the mapping f32 weights are used from
   UNet2DConfig cfg_;
   NetworkInfo info_;
   std::unique_ptr<nn::WeightStore> store_;    // owns converted weights
-  std::deque<std::vector<float>> owned_;       // fused q/k/v weights and biases
 
   kernels::Activation act_ = kernels::Activation::silu;
   std::size_t time_in_ = 0;   // width of the time projection
@@ -284,79 +250,24 @@ void UNet2D::check_groups(const std::string& name, std::size_t channels, std::si
 }
 
 Resnet UNet2D::bind_resnet(const std::string& p, std::size_t in, std::size_t out, float scale) {
-  nn::WeightStore& w = *store_;
-  const std::size_t g = *cfg_.norm_num_groups;
-  const float eps = static_cast<float>(cfg_.norm_eps);
-  check_groups(p + ".norm1", in, g);
-  check_groups(p + ".norm2", out, g);
-  Resnet r;
-  r.in = in;
-  r.out = out;
-  r.output_scale_factor = scale;
-  r.norm1 = nn::GroupNorm::bind(w, p + ".norm1", g, in, eps);
-  r.conv1 = nn::Conv2d::bind(w, p + ".conv1", in, out, 3, 1, 1);
-  const std::size_t tp = cfg_.resnet_time_scale_shift == "scale_shift" ? 2 * out : out;
-  r.time_emb_proj = nn::Linear::bind(w, p + ".time_emb_proj", temb_dim_, tp);
-  r.norm2 = nn::GroupNorm::bind(w, p + ".norm2", g, out, eps);
-  r.conv2 = nn::Conv2d::bind(w, p + ".conv2", out, out, 3, 1, 1);
-  if (in != out) {
-    r.has_shortcut = true;
-    r.shortcut = nn::Conv2d::bind(w, p + ".conv_shortcut", in, out, 1, 1, 0);
-  }
-  return r;
+  nn::ResnetBlock2D::Options o;
+  o.groups = *cfg_.norm_num_groups;
+  o.eps = static_cast<float>(cfg_.norm_eps);
+  o.temb_channels = temb_dim_;
+  o.scale_shift = cfg_.resnet_time_scale_shift == "scale_shift";
+  o.output_scale_factor = scale;
+  o.act = act_;
+  return nn::ResnetBlock2D::bind(*store_, p, in, out, o);
 }
 
 Attn UNet2D::bind_attention(const std::string& p, std::size_t channels, std::size_t head_dim,
                             std::optional<std::size_t> groups, float rescale) {
-  nn::WeightStore& w = *store_;
-  Attn a;
-  a.channels = channels;
-  a.head_dim = head_dim;
-  a.heads = channels / head_dim;  // heads = C // attention_head_dim, dim_head = attention_head_dim
-  if (a.heads == 0)
-    raise<format_error>(kModel, dir_.path().string() + ": " + p + ": attention_head_dim " + std::to_string(head_dim) +
-                                    " exceeds the " + std::to_string(channels) + " channels (zero heads)");
-  a.inner = a.heads * head_dim;
-  a.rescale_output_factor = rescale;
-  if (groups) {
-    check_groups(p + ".group_norm", channels, *groups);
-    a.has_norm = true;
-    a.norm = nn::GroupNorm::bind(w, p + ".group_norm", *groups, channels, static_cast<float>(cfg_.norm_eps));
-  }
-  // Both namings: diffusers >= 0.14 and the legacy deprecated attention block.
-  const std::string names[3][2] = {{"to_q", "query"}, {"to_k", "key"}, {"to_v", "value"}};
-  nn::MatrixRef m[3];
-  const float* b[3];
-  for (int i = 0; i < 3; ++i) {
-    const std::string nw = p + "." + names[i][0] + ".weight", lw = p + "." + names[i][1] + ".weight";
-    const std::string nb = p + "." + names[i][0] + ".bias", lb = p + "." + names[i][1] + ".bias";
-    m[i] = w.matrix(w.pick({nw, lw}), {a.inner, channels});
-    b[i] = w.f32(w.pick({nb, lb}), {a.inner});
-  }
-  const std::size_t n = a.inner * channels;
-  const bool same = m[0].dtype == m[1].dtype && m[1].dtype == m[2].dtype;
-  const DType dt = same ? m[0].dtype : DType::F32;
-  const std::size_t bytes = dtype_bits(dt) / 8 * n;
-  w.reserve(3 * bytes + 3 * a.inner * sizeof(float), "the fused q/k/v weights of '" + p + "'");
-  std::vector<float>& fused = owned_.emplace_back((3 * bytes + sizeof(float) - 1) / sizeof(float));
-  auto* dst = reinterpret_cast<std::byte*>(fused.data());
-  for (int i = 0; i < 3; ++i) {
-    if (same)
-      std::memcpy(dst + i * bytes, m[i].data, bytes);
-    else
-      to_f32(m[i].dtype, m[i].data, reinterpret_cast<float*>(dst + i * bytes), n);
-  }
-  std::vector<float>& bias = owned_.emplace_back(3 * a.inner);
-  for (int i = 0; i < 3; ++i) std::memcpy(bias.data() + i * a.inner, b[i], a.inner * sizeof(float));
-  a.qkv.weight = nn::MatrixRef{fused.data(), dt, 3 * a.inner, channels};
-  a.qkv.bias = bias.data();
-  a.qkv.in = channels;
-  a.qkv.out = 3 * a.inner;
-  const std::string out = w.contains(p + ".to_out.0.weight") || !w.contains(p + ".proj_attn.weight")
-                              ? p + ".to_out.0"
-                              : p + ".proj_attn";
-  a.to_out = nn::Linear::bind(w, out, a.inner, channels);
-  return a;
+  nn::SpatialAttention::Options o;
+  o.head_dim = head_dim;
+  o.groups = groups;
+  o.eps = static_cast<float>(cfg_.norm_eps);
+  o.rescale_output_factor = rescale;
+  return nn::SpatialAttention::bind(*store_, p, channels, o);
 }
 
 UNet2D::UNet2D(io::ModelDir dir, const nn::LoadOptions& options) : dir_(std::move(dir)) {
@@ -414,8 +325,7 @@ UNet2D::UNet2D(io::ModelDir dir, const nn::LoadOptions& options) : dir_(std::mov
     }
     if (i + 1 < nb) {
       b.has_sampler = true;
-      b.sampler = nn::Conv2d::bind(w, p + ".downsamplers.0.conv", out_ch, out_ch, 3, 2, c.downsample_padding);
-      if (c.downsample_padding == 0) b.sampler.pad = {0, 0, 1, 1};  // F.pad(x, (0, 1, 0, 1)) first
+      b.down = nn::Downsample2D::bind(w, p + ".downsamplers.0", out_ch, c.downsample_padding);
       skips.push_back(out_ch);
     }
     down_.push_back(std::move(b));
@@ -469,8 +379,7 @@ UNet2D::UNet2D(io::ModelDir dir, const nn::LoadOptions& options) : dir_(std::mov
     }
     if (i + 1 < nb) {
       b.has_sampler = true;
-      b.sampler = nn::Conv2d::bind(w, p + ".upsamplers.0.conv", out_ch, out_ch, 3, 1, 1);
-      make_upsample_phases(b);
+      b.up = nn::Upsample2D::bind(w, p + ".upsamplers.0", out_ch);
     }
     up_.push_back(std::move(b));
   }
@@ -523,201 +432,6 @@ void UNet2D::time_proj(const float* t, std::size_t batch, float* out) const {
   }
 }
 
-void UNet2D::run_conv(const nn::Conv2d& c, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
-                      kernels::Context& ctx, const float* residual) const {
-  const std::size_t out_plane = c.out_height(h) * c.out_width(w);
-  if (y.batch_stride == c.out * out_plane) {
-    c(x, batch, h, w, y.p, ctx, residual);
-    return;
-  }
-  for (std::size_t b = 0; b < batch; ++b)
-    c(x + b * c.in * h * w, 1, h, w, y.p + b * y.batch_stride, ctx,
-      residual ? residual + b * c.out * out_plane : nullptr);
-}
-
-void UNet2D::run_resnet(const Resnet& r, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
-                        const float* temb, kernels::Context& ctx) const {
-  kernels::Arena& arena = ctx.arena();
-  const std::size_t hw = h * w;
-  const std::size_t m = arena.mark();
-  const bool fused = act_ == kernels::Activation::silu;
-  float* a = arena.alloc(batch * std::max(r.in, r.has_shortcut ? r.out : 0) * hw);
-  r.norm1(x, a, batch, hw, ctx, fused);
-  if (!fused) kernels::activation(act_, a, a, batch * r.in * hw, ctx);
-  float* hbuf = arena.alloc(batch * r.out * hw);
-  r.conv1(a, batch, h, w, hbuf, ctx);
-  const std::size_t tp = r.time_emb_proj.out;
-  float* t = arena.alloc(batch * tp);
-  r.time_emb_proj(temb, batch, t, ctx);
-  if (tp == r.out) {
-    kernels::add_channel_bias(hbuf, batch, r.out, hw, t, tp, ctx);
-    r.norm2(hbuf, hbuf, batch, hw, ctx, fused);
-  } else {
-    // scale_shift: norm2(h) * (1 + scale) + shift, scale/shift = chunk(time_emb_proj(temb), 2, dim=1).
-    r.norm2(hbuf, hbuf, batch, hw, ctx, false);
-    for (std::size_t b = 0; b < batch; ++b)
-      for (std::size_t c = 0; c < r.out; ++c) {
-        const float scale = 1.0f + t[b * tp + c], shift = t[b * tp + r.out + c];
-        float* p = hbuf + (b * r.out + c) * hw;
-        for (std::size_t s = 0; s < hw; ++s) p[s] = p[s] * scale + shift;
-      }
-    if (act_ != kernels::Activation::identity) kernels::activation(act_, hbuf, hbuf, batch * r.out * hw, ctx);
-  }
-  if (!fused && tp == r.out) kernels::activation(act_, hbuf, hbuf, batch * r.out * hw, ctx);
-  const float* residual = x;
-  if (r.has_shortcut) {
-    r.shortcut(x, batch, h, w, a, ctx);  // a (norm1's output) is free again
-    residual = a;
-  }
-  run_conv(r.conv2, hbuf, batch, h, w, y, ctx, residual);
-  if (r.output_scale_factor != 1.0f) {
-    const float s = r.output_scale_factor;
-    for (std::size_t b = 0; b < batch; ++b) {
-      float* p = y.p + b * y.batch_stride;
-      for (std::size_t i = 0; i < r.out * hw; ++i) p[i] /= s;
-    }
-  }
-  arena.release(m);
-}
-
-void UNet2D::run_attention(const Attn& a, Dest x, std::size_t batch, std::size_t hw, kernels::Context& ctx) const {
-  kernels::Arena& arena = ctx.arena();
-  const std::size_t m = arena.mark();
-  const std::size_t C = a.channels, inner = a.inner;
-  // tokens [B, HW, C] = GroupNorm(x) transposed.
-  float* tok = arena.alloc(batch * hw * C);
-  for (std::size_t b = 0; b < batch; ++b) {
-    const float* xb = x.p + b * x.batch_stride;
-    float* tb = tok + b * hw * C;
-    if (a.has_norm) {
-      kernels::GroupNormArgs g;
-      g.x = xb;
-      g.y = tb;
-      g.batch = 1;
-      g.channels = C;
-      g.spatial = hw;
-      g.groups = a.norm.groups;
-      g.eps = a.norm.eps;
-      g.gamma = a.norm.gamma;
-      g.beta = a.norm.beta;
-      g.transpose_out = true;
-      kernels::group_norm(g, ctx);
-    } else {
-      for (std::size_t c = 0; c < C; ++c)
-        for (std::size_t s = 0; s < hw; ++s) tb[s * C + c] = xb[c * hw + s];
-    }
-  }
-  // q | k | v in one GEMM: [B*HW, 3*inner].
-  float* qkv = arena.alloc(batch * hw * 3 * inner);
-  a.qkv(tok, batch * hw, qkv, ctx);
-  float* o = arena.alloc(batch * hw * inner);
-  {
-    kernels::AttentionArgs at;
-    at.q = qkv;
-    at.k = qkv + inner;
-    at.v = qkv + 2 * inner;
-    at.o = o;
-    at.batch = batch;
-    at.heads = a.heads;
-    at.q_len = at.kv_len = hw;
-    at.head_dim = a.head_dim;
-    at.q_batch_stride = at.k_batch_stride = at.v_batch_stride = hw * 3 * inner;
-    at.q_head_stride = at.k_head_stride = at.v_head_stride = a.head_dim;
-    at.q_row_stride = at.k_row_stride = at.v_row_stride = 3 * inner;
-    at.o_batch_stride = hw * inner;
-    at.o_head_stride = a.head_dim;
-    at.o_row_stride = inner;
-    kernels::attention(at, ctx);
-  }
-  float* proj = tok;  // the tokens are consumed
-  a.to_out(o, batch * hw, proj, ctx);
-  // x[b, c, s] = (proj[b, s, c] + x[b, c, s]) / rescale_output_factor, in tiles of 16 channels.
-  constexpr std::size_t kTile = 16;
-  const std::size_t tiles = (C + kTile - 1) / kTile;
-  const float r = a.rescale_output_factor;
-  ctx.pool().parallel_for(batch * tiles, [&](std::size_t begin, std::size_t end, std::size_t) {
-    for (std::size_t item = begin; item < end; ++item) {
-      const std::size_t b = item / tiles, c0 = (item % tiles) * kTile, c1 = std::min(C, c0 + kTile);
-      float* xb = x.p + b * x.batch_stride;
-      const float* pb = proj + b * hw * C;
-      for (std::size_t s0 = 0; s0 < hw; s0 += 64) {
-        const std::size_t s1 = std::min(hw, s0 + 64);
-        for (std::size_t c = c0; c < c1; ++c) {
-          float* xc = xb + c * hw;
-          if (r == 1.0f)
-            for (std::size_t s = s0; s < s1; ++s) xc[s] = pb[s * C + c] + xc[s];
-          else
-            for (std::size_t s = s0; s < s1; ++s) xc[s] = (pb[s * C + c] + xc[s]) / r;
-        }
-      }
-    }
-  });
-  arena.release(m);
-}
-
-// conv3x3(nearest2x(x)) without the 4x larger intermediate: output pixel (2i + py, 2j + px) reads
-// up[2i + py + d - 1] = x[i + floor((py + d - 1) / 2)] for taps d = 0, 1, 2, so rows of the kernel that
-// land on the same input row are summed: phase 0 uses x[i-1] (tap 0) and x[i] (taps 1 + 2), phase 1 uses
-// x[i] (taps 0 + 1) and x[i+1] (tap 2); likewise for columns. Each phase is a 2x2 conv with one-sided
-// padding on x: 4 instead of 9 multiply-adds per output (the same sums in another order).
-void UNet2D::make_upsample_phases(Block& b) {
-  const nn::Conv2d& c = b.sampler;
-  const std::size_t O = c.out, I = c.in;
-  static constexpr int kTaps[2][2][2] = {{{0, -1}, {1, 2}}, {{0, 1}, {2, -1}}};  // [phase][row of 2x2][taps]
-  for (std::size_t py = 0; py < 2; ++py)
-    for (std::size_t px = 0; px < 2; ++px) {
-      std::vector<float>& wp = owned_.emplace_back(O * I * 4);
-      for (std::size_t oi = 0; oi < O * I; ++oi) {
-        const float* k = c.weight + oi * 9;
-        for (int a = 0; a < 2; ++a)
-          for (int bb = 0; bb < 2; ++bb) {
-            float sum = 0.0f;
-            for (int dy : kTaps[py][a])
-              for (int dx : kTaps[px][bb])
-                if (dy >= 0 && dx >= 0) sum += k[dy * 3 + dx];
-            wp[oi * 4 + static_cast<std::size_t>(a * 2 + bb)] = sum;
-          }
-      }
-      nn::Conv2d& ph = b.phases[py * 2 + px];
-      ph = c;
-      ph.weight = wp.data();
-      ph.kh = ph.kw = 2;
-      ph.stride = 1;
-      ph.pad = {py == 0 ? 1u : 0u, px == 0 ? 1u : 0u, py == 0 ? 0u : 1u, px == 0 ? 0u : 1u};
-      ph.winograd.reset();  // 2x2 phases never run Winograd
-    }
-  b.sampler.winograd.reset();  // the 3x3 conv itself only runs as its four phases
-}
-
-void UNet2D::run_upsample(const Block& blk, const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
-                          kernels::Context& ctx) const {
-  kernels::Arena& arena = ctx.arena();
-  const std::size_t m = arena.mark();
-  const std::size_t C = blk.sampler.out, plane = h * w;
-  float* ph = arena.alloc(4 * batch * C * plane);
-  for (std::size_t p = 0; p < 4; ++p) blk.phases[p](x, batch, h, w, ph + p * batch * C * plane, ctx);
-  // Interleave: y[b, o, 2i + py, 2j + px] = phase[py * 2 + px][b, o, i, j].
-  ctx.pool().parallel_for(batch * C, [&](std::size_t begin, std::size_t end, std::size_t) {
-    for (std::size_t item = begin; item < end; ++item) {
-      const std::size_t b = item / C, o = item % C;
-      float* yo = y.p + b * y.batch_stride + o * 4 * plane;
-      const float* src[4];
-      for (std::size_t p = 0; p < 4; ++p) src[p] = ph + p * batch * C * plane + item * plane;
-      for (std::size_t i = 0; i < h; ++i)
-        for (std::size_t py = 0; py < 2; ++py) {
-          float* row = yo + (2 * i + py) * 2 * w;
-          const float* s0 = src[py * 2] + i * w;
-          const float* s1 = src[py * 2 + 1] + i * w;
-          for (std::size_t j = 0; j < w; ++j) {
-            row[2 * j] = s0[j];
-            row[2 * j + 1] = s1[j];
-          }
-        }
-    }
-  });
-  arena.release(m);
-}
-
 // The arena allocations of forward() at their peak: the kept skips, the two ping-pong buffers,
 // the largest temporary of one resnet / attention / upsampler, plus the output. In double
 // (exact far beyond any real size), saturating.
@@ -727,11 +441,10 @@ std::uint64_t UNet2D::forward_bytes(std::size_t batch, std::size_t height, std::
   double h = static_cast<double>(height), w = static_cast<double>(width);
   double temp = 0;  // the largest temporary
   auto resnet_temp = [&](const Resnet& r, double hw) {
-    const double tp = c.resnet_time_scale_shift == "scale_shift" ? 2.0 * static_cast<double>(r.out) : static_cast<double>(r.out);
-    temp = std::max(temp, B * hw * (static_cast<double>(std::max(r.in, r.has_shortcut ? r.out : 0)) + static_cast<double>(r.out)) + B * tp);
+    temp = std::max(temp, r.arena_floats(batch, static_cast<std::size_t>(hw)));
   };
   auto attn_temp = [&](const Attn& a, double hw) {
-    temp = std::max(temp, B * hw * (static_cast<double>(a.channels) + 4.0 * static_cast<double>(a.inner)));
+    temp = std::max(temp, a.arena_floats(batch, static_cast<std::size_t>(hw)));
   };
   double floats = B * static_cast<double>(c.in_channels) * h * w * (c.center_input_sample ? 1 : 0) + B +
                   B * static_cast<double>(time_in_) * 2 + 3 * B * T;
@@ -743,9 +456,10 @@ std::uint64_t UNet2D::forward_bytes(std::size_t batch, std::size_t height, std::
       floats += B * static_cast<double>(blk.resnets[j].out) * h * w;
     }
     if (blk.has_sampler) {
-      h = std::floor((h + static_cast<double>(blk.sampler.pad[0] + blk.sampler.pad[2]) - 3) / 2) + 1;
-      w = std::floor((w + static_cast<double>(blk.sampler.pad[1] + blk.sampler.pad[3]) - 3) / 2) + 1;
-      floats += B * static_cast<double>(blk.sampler.out) * h * w;
+      const nn::Conv2d& sc = blk.down.conv;
+      h = std::floor((h + static_cast<double>(sc.pad[0] + sc.pad[2]) - 3) / 2) + 1;
+      w = std::floor((w + static_cast<double>(sc.pad[1] + sc.pad[3]) - 3) / 2) + 1;
+      floats += B * static_cast<double>(sc.out) * h * w;
     }
   }
   for (const Resnet& r : mid_.resnets) resnet_temp(r, h * w);
@@ -758,7 +472,7 @@ std::uint64_t UNet2D::forward_bytes(std::size_t batch, std::size_t height, std::
       if (!blk.attentions.empty()) attn_temp(blk.attentions[j], h * w);
     }
     if (blk.has_sampler) {
-      temp = std::max(temp, 4 * B * static_cast<double>(blk.sampler.out) * h * w);
+      temp = std::max(temp, 4 * B * static_cast<double>(blk.up.conv.out) * h * w);
       h *= 2;
       w *= 2;
     }
@@ -870,16 +584,16 @@ Tensor UNet2D::forward(const Tensor& x, std::span<const float> timesteps, std::s
     for (std::size_t j = 0; j < blk.resnets.size(); ++j) {
       const Resnet& r = blk.resnets[j];
       float* out = arena.alloc(B * r.out * h * w);
-      run_resnet(r, cur, B, h, w, {out, r.out * h * w}, temb, ctx);
-      if (!blk.attentions.empty()) run_attention(blk.attentions[j], {out, r.out * h * w}, B, h * w, ctx);
+      r(cur, B, h, w, {out, r.out * h * w}, temb, ctx);
+      if (!blk.attentions.empty()) blk.attentions[j]({out, r.out * h * w}, B, h * w, ctx);
       cur = out;
       cur_c = r.out;
       skips[n_skips++] = {cur, cur_c};
     }
     if (blk.has_sampler) {
-      const std::size_t ho = blk.sampler.out_height(h), wo = blk.sampler.out_width(w);
+      const std::size_t ho = blk.down.out_height(h), wo = blk.down.out_width(w);
       float* out = arena.alloc(B * cur_c * ho * wo);
-      blk.sampler(cur, B, h, w, out, ctx);
+      blk.down(cur, B, h, w, {out, cur_c * ho * wo}, ctx);
       h = ho;
       w = wo;
       cur = out;
@@ -911,8 +625,8 @@ Tensor UNet2D::forward(const Tensor& x, std::span<const float> timesteps, std::s
       const bool last = k + 1 == mid_.resnets.size();
       float* dst = ping[side];
       const Dest d{dst, (cur_c + (last ? first_skip : 0)) * h * w};
-      run_resnet(mid_.resnets[k], hcur, B, h, w, d, temb, ctx);
-      if (!last && k < mid_.attentions.size()) run_attention(mid_.attentions[k], d, B, h * w, ctx);
+      mid_.resnets[k](hcur, B, h, w, d, temb, ctx);
+      if (!last && k < mid_.attentions.size()) mid_.attentions[k](d, B, h * w, ctx);
       hcur = dst;
       side ^= 1;
     }
@@ -935,8 +649,8 @@ Tensor UNet2D::forward(const Tensor& x, std::span<const float> timesteps, std::s
       if (j + 1 < L) next_skip = blk.skip_channels[j + 1];
       float* dst = ping[side];
       const Dest d{dst, (r.out + next_skip) * h * w};
-      run_resnet(r, hcur, B, h, w, d, temb, ctx);
-      if (!blk.attentions.empty()) run_attention(blk.attentions[j], d, B, h * w, ctx);
+      r(hcur, B, h, w, d, temb, ctx);
+      if (!blk.attentions.empty()) blk.attentions[j](d, B, h * w, ctx);
       hcur = dst;
       side ^= 1;
       cur_c = r.out;
@@ -945,7 +659,7 @@ Tensor UNet2D::forward(const Tensor& x, std::span<const float> timesteps, std::s
     if (blk.has_sampler) {
       const std::size_t ns = up_[i + 1].skip_channels.front();
       float* dst = ping[side];
-      run_upsample(blk, hcur, B, h, w, {dst, (cur_c + ns) * 4 * h * w}, ctx);
+      blk.up(hcur, B, h, w, {dst, (cur_c + ns) * 4 * h * w}, ctx);
       h *= 2;
       w *= 2;
       hcur = dst;
