@@ -40,33 +40,40 @@ void WeightStore::reserve(std::uint64_t bytes, std::string_view what) {
   allocated_ = total;
 }
 
-bool WeightStore::contains(std::string_view name) const { return dir_->contains(name); }
+bool WeightStore::contains(std::string_view name) const { return dir_->contains(file_name(name)); }
 
 std::string WeightStore::pick(std::initializer_list<std::string_view> names) const {
   for (std::string_view n : names)
-    if (dir_->contains(n)) return std::string(n);
+    if (contains(n)) return std::string(n);
   return names.size() ? std::string(*names.begin()) : std::string();
 }
 
+// 'file name' (or 'file name' (asked as 'name') when a name map renamed it).
+std::string WeightStore::describe(std::string_view name) const {
+  const std::string f = file_name(name);
+  return "'" + f + "'" + (f == name ? std::string() : " (asked as '" + std::string(name) + "')");
+}
+
 Shape WeightStore::shape_of(std::string_view name) const {
-  const io::TensorView* v = dir_->find(name);
-  if (!v) raise<format_error>(model_, "missing parameter '" + std::string(name) + "' in " + dir_->path().string());
+  const io::TensorView* v = dir_->find(file_name(name));
+  if (!v) raise<format_error>(model_, "missing parameter " + describe(name) + " in " + dir_->path().string());
   return v->shape;
 }
 
 const io::TensorView& WeightStore::checked(std::string_view name, const Shape& shape) {
-  const io::TensorView* v = dir_->find(name);
+  const std::string f = file_name(name);
+  const io::TensorView* v = dir_->find(f);
   if (!v)
-    raise<format_error>(model_, "missing parameter '" + std::string(name) + "' (expected shape " +
-                                    shape_string(shape) + ") in " + dir_->path().string());
+    raise<format_error>(model_, "missing parameter " + describe(name) + " (expected shape " + shape_string(shape) +
+                                    ") in " + dir_->path().string());
   if (v->shape != shape)
-    raise<shape_error>(model_, "parameter '" + std::string(name) + "' has shape " + shape_string(v->shape) +
+    raise<shape_error>(model_, "parameter " + describe(name) + " has shape " + shape_string(v->shape) +
                                    ", expected " + shape_string(shape) + " (from config.json) in " +
                                    dir_->path().string());
   if (!is_float(v->dtype))
-    raise<format_error>(model_, "parameter '" + std::string(name) + "' has dtype " +
-                                    std::string(dtype_name(v->dtype)) + ", expected F32, F16, BF16 or F64");
-  if (used_.insert(std::string(name)).second) parameters_ += v->numel();
+    raise<format_error>(model_, "parameter " + describe(name) + " has dtype " + std::string(dtype_name(v->dtype)) +
+                                    ", expected F32, F16, BF16 or F64");
+  if (used_.insert(f).second) parameters_ += v->numel();
   return *v;
 }
 
@@ -118,7 +125,7 @@ void WeightStore::ignore(std::string_view name_or_prefix) { ignored_.emplace_bac
 void WeightStore::check_all_used() const {
   std::vector<std::string> extra;
   for (const std::string& n : dir_->names()) {
-    if (used_.count(n)) continue;
+    if (used_.count(n) || n.compare(0, scope_.size(), scope_) != 0) continue;
     bool skip = false;
     for (const std::string& ig : ignored_)
       if (n == ig || (!ig.empty() && ig.back() == '.' && n.compare(0, ig.size(), ig) == 0)) skip = true;

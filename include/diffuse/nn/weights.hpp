@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <set>
@@ -91,6 +92,17 @@ class DIFFUSE_API WeightStore {
   /// A GEMM B operand [shape[0], prod(shape[1:])], checked against `shape`.
   MatrixRef matrix(std::string_view name, const Shape& shape);
 
+  /// Maps each name a network asks for (its diffusers spelling) to the name in the file, for
+  /// checkpoints saved under other names (an LDM single file's `first_stage_model.decoder.up.3.block.0.norm1.weight`
+  /// for the VAE's `decoder.up_blocks.0.resnets.0.norm1.weight`). Every lookup (contains, pick,
+  /// shape_of, f32, matrix) goes through it; errors name the file's spelling and the asked one.
+  /// Set it before binding. Null: names are used as they are.
+  using NameMap = std::function<std::string(std::string_view)>;
+  void set_name_map(NameMap map) { map_ = std::move(map); }
+  /// Restricts check_all_used() to the file's tensors whose names start with `prefix` (a single
+  /// file holds several networks: `first_stage_model.` is the VAE's part). Empty: every tensor.
+  void set_scope(std::string prefix) { scope_ = std::move(prefix); }
+
   /// Names (exact, or prefixes ending in '.') that check_all_used() does not report.
   void ignore(std::string_view name_or_prefix);
   /// format_error listing (up to 10 of) the tensors that were neither bound nor ignored.
@@ -112,12 +124,16 @@ class DIFFUSE_API WeightStore {
 
  private:
   const io::TensorView& checked(std::string_view name, const Shape& shape);
+  std::string file_name(std::string_view name) const { return map_ ? map_(name) : std::string(name); }
+  std::string describe(std::string_view name) const;
 
   const io::ModelDir* dir_;
   std::string model_;
   LoadOptions options_;
   std::set<std::string, std::less<>> used_;
   std::vector<std::string> ignored_;
+  NameMap map_;
+  std::string scope_;
   std::deque<std::vector<float>> f32_copies_;
   std::deque<std::vector<std::uint16_t>> half_copies_;
   std::size_t parameters_ = 0;
