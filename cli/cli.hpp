@@ -44,6 +44,9 @@ struct GenerateArgs {
   std::string output = "diffuse.png";
   bool grid = false;
   bool quiet = false;
+  std::string vae;            ///< another VAE folder for a latent model
+  int tiled = -1;             ///< --tiled 1, --no-tiled 0, automatic -1
+  std::string preview_every;  ///< write a preview frame every N steps (empty: none)
 };
 
 /// The options of `diffuse tokenize`.

@@ -2,6 +2,8 @@
 // `diffuse generate`: options -> pipeline::Generation -> PNG file(s) with the parameters text.
 #include <algorithm>
 #include <charconv>
+#include <chrono>
+#include <memory>
 #include <cstdint>
 #include <limits>
 #include <cmath>
@@ -23,10 +25,19 @@ namespace {
 namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 
-/// "3", "0,1,2" or "all" (every class but the null one).
+/** "3", "0,1,2", "all" (every class but the null one) or class names ("golden retriever",
+ *  "tench,goldfish"): a name may contain no comma, but a whole label (which may) is tried first. */
 std::vector<std::int64_t> parse_classes(const std::string& text, const pl::Model& model) {
+  if (text.empty()) return {};
+  if (!model.class_names().empty() && text.find(',') != std::string::npos && text != "all") {
+    try {
+      return {model.class_label(text)};
+    } catch (const diffuse::value_error&) {
+      // not one name: a list
+    }
+  }
   std::vector<std::string> items;
-  for (std::size_t at = 0; !text.empty() && at <= text.size();) {
+  for (std::size_t at = 0; at <= text.size();) {
     const std::size_t comma = std::min(text.find(',', at), text.size());
     items.push_back(text.substr(at, comma - at));
     at = comma + 1;
@@ -39,24 +50,42 @@ std::vector<std::int64_t> parse_classes(const std::string& text, const pl::Model
           out.push_back(static_cast<std::int64_t>(c));
       continue;
     }
-    std::size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(s, &used);
-    } catch (const std::exception&) {
-      used = 0;
+    const bool number = !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || c == '-'; });
+    if (number || model.class_names().empty()) {
+      std::size_t used = 0;
+      long long v = 0;
+      try {
+        v = std::stoll(s, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != s.size())
+        throw UsageError("--class: '" + s + "' is not a class number (or 'all')" +
+                         (model.class_names().empty() ? "; " + model.name() + " has no class names" : ""));
+      out.push_back(v);
+      continue;
     }
-    if (used == 0 || used != s.size()) throw UsageError("--class: '" + s + "' is not a class number (or 'all')");
-    out.push_back(v);
+    try {
+      out.push_back(model.class_label(s));
+    } catch (const diffuse::value_error& e) {
+      throw UsageError(std::string("--class: ") + e.what());
+    }
   }
   return out;
 }
 
+/// "out.png" + "-step-5" -> "out-step-5.png".
+fs::path suffixed(const fs::path& p, const std::string& suffix) {
+  fs::path r = p;
+  r.replace_filename(p.stem().string() + suffix + p.extension().string());
+  return r;
+}
+
 /// "out.png" -> "out-3.png".
 fs::path numbered(const fs::path& p, std::size_t i) {
-  fs::path r = p;
-  r.replace_filename(p.stem().string() + "-" + std::to_string(i) + p.extension().string());
-  return r;
+  std::string suffix = "-";
+  suffix += std::to_string(i);
+  return suffixed(p, suffix);
 }
 
 /** The whole number `text` given to `option`, checked to lie in [lo, hi]: decimal digits only (no
@@ -72,6 +101,14 @@ std::uint64_t whole_number(const char* option, const std::string& text, std::uin
     throw UsageError(std::string(option) + " must be a whole number in " + std::to_string(lo) + ".." + std::to_string(hi) +
                      note + ", got '" + text + "'");
   return v;
+}
+
+/// ", VAE decode 1.23 s" for the summary line of a latent model.
+std::string decode_note(bool latent, double secs) {
+  if (!latent) return {};
+  char buf[64];
+  std::snprintf(buf, sizeof buf, " (VAE decode %.2f s)", secs);
+  return buf;
 }
 
 void check_writable_dir(const fs::path& file) {
@@ -108,7 +145,25 @@ int run_generate(const GenerateArgs& a) {
   }
   diffuse::nn::LoadOptions load;
   load.memory_limit = memory_limit;
-  const pl::Model model = pl::Model::load(a.model, load);
+  const std::size_t preview_every =
+      a.preview_every.empty() ? 0 : whole_number("--preview-every", a.preview_every, 1, 10000);
+  pl::Model model = pl::Model::load(a.model, load);
+  if (!a.vae.empty()) {
+    if (!model.latent())
+      throw UsageError("--vae: " + model.name() + " generates images, not latents; it needs no VAE");
+    auto vae = std::make_shared<const diffuse::models::AutoencoderKL>(diffuse::models::AutoencoderKL::load(a.vae, load));
+    try {
+      model.set_vae(std::move(vae));
+    } catch (const diffuse::value_error& e) {
+      throw UsageError(std::string("--vae ") + a.vae + ": " + e.what());
+    }
+  }
+  if (a.tiled >= 0 && !model.latent()) {
+    std::string msg = a.tiled ? "--tiled: " : "--no-tiled: ";
+    msg += model.name();
+    msg += " generates images directly; there is no decode to tile";
+    throw UsageError(msg);
+  }
 
   pl::GenerateOptions o;
   o.labels = parse_classes(a.classes, model);
@@ -124,6 +179,8 @@ int run_generate(const GenerateArgs& a) {
     const std::vector<std::int64_t> one = o.labels;
     while (o.labels.size() < o.batch) o.labels.insert(o.labels.end(), one.begin(), one.end());
   }
+  if (a.tiled >= 0) o.decode.tiling = a.tiled ? diffuse::models::VaeDecodeOptions::Tiling::on
+                                             : diffuse::models::VaeDecodeOptions::Tiling::off;
   if (width > 0) o.width = width;
   if (height > 0) o.height = height;
   try {
@@ -142,9 +199,23 @@ int run_generate(const GenerateArgs& a) {
   diffuse::kernels::Context ctx(threads);
   pl::Generation gen(model, o);
   Progress progress(gen.num_steps(), !a.quiet);
+  double decode_secs = 0;
   while (!gen.done()) {
+    if (gen.stage() == pl::Generation::Stage::decode) {
+      const auto t0 = std::chrono::steady_clock::now();
+      gen.step(ctx);
+      decode_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      continue;
+    }
     gen.step(ctx);
     progress.update(gen.step_index(), gen.num_steps());
+    if (preview_every > 0 && (gen.step_index() % preview_every == 0 || gen.step_index() == gen.num_steps())) {
+      const auto frames = pl::to_images(gen.preview_image(ctx), scale);
+      const fs::path f = suffixed(out, "-step-" + std::to_string(gen.step_index()));
+      const std::string what = "step " + std::to_string(gen.step_index()) + " of " + std::to_string(gen.num_steps());
+      diffuse::io::write_png(f, frames.size() == 1 ? frames[0] : pl::grid(frames),
+                             {{"parameters", pl::parameters_text(model, o, std::nullopt, {{"Preview", what}})}});
+    }
   }
   const double secs = progress.finish();
 
@@ -165,12 +236,13 @@ int run_generate(const GenerateArgs& a) {
   for (const auto& p : written) std::printf("%s\n", printable(p.string()).c_str());
   if (!a.quiet)
     std::fprintf(stderr, "diffuse: %zu image%s from %s (%s, %s, %zu steps, %zu network calls, cfg %g) in %.2f s: %.2f steps/s, "
-                 "%.2f images/s, %zu threads\n",
+                 "%.2f images/s, %zu threads%s\n",
                  images.size(), images.size() == 1 ? "" : "s", printable(model.name()).c_str(), printable(o.sampler).c_str(),
                  printable(o.schedule).c_str(),
                  gen.step_index(), gen.nfe(), static_cast<double>(*o.cfg_scale), secs,
-                 secs > 0 ? static_cast<double>(gen.step_index()) / secs : 0.0,
-                 secs > 0 ? static_cast<double>(images.size()) / secs : 0.0, ctx.threads());
+                 secs - decode_secs > 0 ? static_cast<double>(gen.step_index()) / (secs - decode_secs) : 0.0,
+                 secs > 0 ? static_cast<double>(images.size()) / secs : 0.0, ctx.threads(),
+                 decode_note(model.latent(), decode_secs).c_str());
   return kOk;
 }
 

@@ -90,13 +90,24 @@ int run_info(const std::string& path) {
     dtypes += std::to_string(n);
   }
   std::printf("dtypes        %s (tensors per dtype)\n", printable(dtypes).c_str());
-  std::printf("sample        %zu channel%s, %zux%zu (sizes: multiples of %zu)\n", ni.in_channels,
-              ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size, ni.size_multiple);
+  if (m.latent()) {
+    const auto& vc = m.vae()->config();
+    std::printf("pipeline      %s\n", printable(m.pipeline_class().empty() ? "(none)" : m.pipeline_class()).c_str());
+    std::printf("latents       %zu channel%s, %zux%zu, decoded by the VAE (AutoencoderKL, %s parameters, scaling %g) to "
+                "%zu-channel images of %zux%zu (sizes: multiples of %zu)\n",
+                ni.in_channels, ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size,
+                thousands(m.vae()->parameters()).c_str(), vc.scaling_factor, m.image_channels(), m.image_size(),
+                m.image_size(), ni.size_multiple * m.latent_scale());
+  } else {
+    std::printf("sample        %zu channel%s, %zux%zu (sizes: multiples of %zu)\n", ni.in_channels,
+                ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size, ni.size_multiple);
+  }
   if (m.class_conditional()) {
     std::size_t top = ni.num_classes;
     if (m.null_class() && static_cast<std::size_t>(*m.null_class()) + 1 == top) --top;
     std::printf("classes       0..%zu", top - 1);
     if (m.null_class()) std::printf(" (%lld = unconditional, used for guidance)", static_cast<long long>(*m.null_class()));
+    if (!m.class_names().empty()) std::printf("; names listed below (--class takes a number or a name)");
     std::printf("\n");
   } else {
     std::printf("classes       none (unconditional)\n");
@@ -121,6 +132,12 @@ int run_info(const std::string& path) {
   std::printf("defaults      --sampler %s --schedule %s --steps %d --cfg-scale %g\n", printable(d.sampler).c_str(),
               printable(d.schedule).c_str(),
               d.steps, static_cast<double>(d.cfg_scale));
+  if (!m.class_names().empty()) {
+    std::printf("\nclass names:\n");
+    const auto& labels = m.class_names().labels();
+    for (std::size_t id = 0; id < labels.size(); ++id)
+      if (!labels[id].empty()) std::printf("  %4zu %s\n", id, printable(labels[id]).c_str());
+  }
   return kOk;
 }
 

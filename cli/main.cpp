@@ -49,21 +49,29 @@ int main(int argc, char** argv) {
   // A repeated option takes its last value, so wrappers can put defaults before "$@".
   gen->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   gen->add_option("-m,--model", g.model, "model folder (diffusers layout), e.g. models/digits-dit")->required();
-  gen->add_option("-c,--class", g.classes, "class label(s): N (all images), a list 0,1,2 (one per image, repeated to fill --batch) or 'all'");
+  gen->add_option("-c,--class", g.classes,
+                  "class label(s): N or a class name (all images), a list 0,1,2 (one per image, repeated to fill "
+                  "--batch) or 'all'; `diffuse info` lists a model's class names");
   gen->add_option("--sampler", g.sampler, "sampler name (see `diffuse list`)");
   gen->add_option("--schedule", g.schedule, "noise schedule name (see `diffuse list`)");
   gen->add_option("--steps", g.steps, "sampling steps, 1..10000 (dpm_adaptive: the most trial steps, see `diffuse list`)");
   CLI::Option* cfg = gen->add_option("--cfg-scale", g.cfg_scale, "classifier-free guidance scale (1 = none)");
   gen->add_option("--seed", g.seed, "seed of the torch-identical noise")->capture_default_str();
   gen->add_option("--batch", g.batch, "images generated together, 1..1024 (default: one per class given, else 1)");
-  gen->add_option("--width", g.width, "image width, 1..4096 (default: the model's sample size)");
-  gen->add_option("--height", g.height, "image height, 1..4096 (default: the model's sample size)");
+  gen->add_option("--width", g.width, "image width in pixels, 1..4096 (default: the model's native size)");
+  gen->add_option("--height", g.height, "image height in pixels, 1..4096 (default: the model's native size)");
   gen->add_option("-t,--threads", g.threads, "threads, 0..256 (0 = one per hardware thread)")->capture_default_str();
   gen->add_option("--scale", g.scale, "upscale the saved images K times, nearest (0 = to at least 128 px)")->capture_default_str();
   gen->add_option("-o,--output", g.output, "output PNG file")->capture_default_str();
   gen->add_option("--memory-limit", g.memory_limit,
                   "memory the load and the generation may use, e.g. 4G or 512M (default: 3/4 of the physical memory)");
   gen->add_flag("--grid", g.grid, "write a batch as one grid image");
+  gen->add_option("--vae", g.vae, "decode a latent model's latents with this VAE folder (AutoencoderKL) instead of its own");
+  gen->add_flag_function("--tiled,!--no-tiled", [&g](std::int64_t v) { g.tiled = v > 0 ? 1 : 0; },
+                         "decode latents in tiles (or never); default: tiled when the decode would need more than 1 GiB");
+  gen->add_option("--preview-every", g.preview_every,
+                  "every N steps, write the current estimate as OUTPUT-step-K.png (a latent model's through its "
+                  "latent-to-RGB preview)");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
   TokenizeArgs tk;

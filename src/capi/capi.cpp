@@ -683,9 +683,7 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
     }
 
     // The job's own view of the model: the same network (shared, immutable) behind the cancel check.
-    dp::Model jm(std::make_shared<CancellableNetwork>(base.shared_network(), &s->cancel), base.scheduler_json(),
-                 base.name());
-    jm.set_defaults(base.defaults());
+    const dp::Model jm = base.with_network(std::make_shared<CancellableNetwork>(base.shared_network(), &s->cancel));
     auto j = std::make_unique<diffuse_job>(c->s, dp::Generation(jm, g));
     s->log(DIFFUSE_LOG_DEBUG, "job created: " + dp::parameters_text(jm, j->gen.options()));
     *out = publish(std::move(j), Kind::job);
@@ -745,7 +743,7 @@ diffuse_status diffuse_job_image_size(const diffuse_job* job, int* width, int* h
   const auto& o = j->gen.options();
   if (width) *width = static_cast<int>(*o.width);
   if (height) *height = static_cast<int>(*o.height);
-  if (channels) *channels = static_cast<int>(j->gen.model().info().in_channels);
+  if (channels) *channels = static_cast<int>(j->gen.model().image_channels());
   if (batch) *batch = static_cast<int>(o.batch);
   return DIFFUSE_OK;
 }
@@ -756,9 +754,8 @@ diffuse_status diffuse_job_preview_rgba8(const diffuse_job* job, int index, std:
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   return guarded(j->ctx.get(), where, DIFFUSE_NUMERIC_ERROR, [&] {
     check_output(*j, index, pixels, size, rgba_bytes(*j), where, "bytes");
-    const diffuse::Tensor& p = j->gen.preview();
-    if (p.size() == 0) api_fail(DIFFUSE_WRONG_STATE, where, "no preview before the first step");
-    copy_rgba8(p, index, pixels);
+    if (j->gen.preview().size() == 0) api_fail(DIFFUSE_WRONG_STATE, where, "no preview before the first step");
+    copy_rgba8(j->gen.preview_image(j->ctx->kctx), index, pixels);
     return DIFFUSE_OK;
   });
 }

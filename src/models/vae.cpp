@@ -669,6 +669,22 @@ Tensor AutoencoderKL::decode(const Tensor& z, kernels::Context& ctx, const VaeDe
   return out;
 }
 
+std::uint64_t AutoencoderKL::decode_peak_bytes(std::size_t h, std::size_t w, const VaeDecodeOptions& options) const {
+  const Impl& m = *impl_;
+  const std::size_t tile = std::max<std::size_t>(1, m.cfg.sample_size / m.factor);
+  const bool larger_than_tile = h > tile || w > tile;
+  const std::uint64_t bytes = decode_bytes(1, h, w);
+  const std::uint64_t above = options.tile_above ? options.tile_above : std::uint64_t{1} << 30;
+  const bool tiled = larger_than_tile && (options.tiling == VaeDecodeOptions::Tiling::on ||
+                                          (options.tiling == VaeDecodeOptions::Tiling::automatic && bytes > above));
+  if (!tiled) return bytes;
+  // One tile's activations, the decoded tiles kept until they are blended (about (4/3)^2 of the
+  // image) and the image itself.
+  const double image = d(m.cfg.out_channels) * d(h) * d(w) * d(m.factor) * d(m.factor) * sizeof(float);
+  const double total = d(decode_bytes(1, std::min(tile, h), std::min(tile, w))) + 3.0 * image;
+  return total >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(total);
+}
+
 Tensor AutoencoderKL::decode_tiled(const Tensor& z, kernels::Context& ctx) const {
   const Impl& m = *impl_;
   check_input(z, m.cfg.latent_channels, 1, "AutoencoderKL::decode_tiled", "z");

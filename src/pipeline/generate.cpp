@@ -21,6 +21,7 @@
 #include "diffuse/denoise/guidance.hpp"
 #include "diffuse/denoise/parameterization.hpp"
 #include "diffuse/pipeline/generate.hpp"
+#include "diffuse/pipeline/preview.hpp"
 #include "diffuse/sample/torch_noise.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -85,8 +86,8 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   if (o.schedule.empty()) o.schedule = d.schedule;
   if (!o.steps) o.steps = d.steps;
   if (!o.cfg_scale) o.cfg_scale = model.null_class() ? d.cfg_scale : 1.0f;
-  if (!o.width) o.width = ni.sample_size;
-  if (!o.height) o.height = ni.sample_size;
+  if (!o.width) o.width = model.image_size();
+  if (!o.height) o.height = model.image_size();
 
   if (model.space() == NoiseSpace::ve && !probe->accepts(NoiseSpace::ve))
     raise<value_error>(where, "sampler '" + o.sampler + "' is for flow-matching models; " + model.name() +
@@ -122,7 +123,7 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
     raise<value_error>(where, model.name() + " is unconditional: it takes no class label");
   }
 
-  const std::size_t mult = std::max<std::size_t>(ni.size_multiple, 1);
+  const std::size_t mult = std::max<std::size_t>(ni.size_multiple, 1) * model.latent_scale();
   for (const auto& [name, v] : {std::pair{"width", *o.width}, std::pair{"height", *o.height}}) {
     if (v < 1 || v > kMaxSide)
       raise<value_error>(where, std::string(name) + " must be in 1.." + std::to_string(kMaxSide) + ", got " + std::to_string(v));
@@ -143,7 +144,8 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
                                      (o.memory_limit ? "" : " (3/4 of the physical memory; set memory_limit / --memory-limit)"));
   }
   if (o.initial_noise) {
-    const Shape want{o.batch, ni.in_channels, *o.height, *o.width};
+    const std::size_t ls = model.latent_scale();
+    const Shape want{o.batch, ni.in_channels, *o.height / ls, *o.width / ls};
     if (o.initial_noise->shape() != want)
       raise<value_error>(where, "initial_noise has shape " + shape_string(o.initial_noise->shape()) + ", expected " +
                                     shape_string(want));
@@ -154,13 +156,21 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
 }
 
 std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOptions& o) {
-  const std::size_t batch = o.batch, h = o.height.value_or(model.info().sample_size), w = o.width.value_or(model.info().sample_size);
+  const std::size_t ls = model.latent_scale();
+  const std::size_t batch = o.batch, h = o.height.value_or(model.image_size()) / ls,
+                    w = o.width.value_or(model.image_size()) / ls;
   const bool cfg = o.cfg_scale && *o.cfg_scale != 1.0f;
   const double state = static_cast<double>(kGenerationStateTensors) * static_cast<double>(batch) *
                        static_cast<double>(model.info().in_channels) * static_cast<double>(h) * static_cast<double>(w) *
                        sizeof(float);
   const double net = static_cast<double>(model.network().forward_bytes(cfg ? 2 * batch : batch, h, w));
-  const double total = state + net;
+  double total = state + net;
+  if (model.latent()) {  // the decode runs image by image, after the sampler: whichever is larger
+    const double images = static_cast<double>(batch) * static_cast<double>(model.image_channels()) *
+                          static_cast<double>(h * ls) * static_cast<double>(w * ls) * sizeof(float);
+    const double decode = static_cast<double>(model.vae()->decode_peak_bytes(h, w, o.decode));
+    total = std::max(total, state + images + decode);
+  }
   return total >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(total);
 }
 
@@ -197,6 +207,8 @@ struct Generation::State {
   TorchGenerator gen;
   NoiseSource<float> noise;
   Tensor x;
+  Tensor images;  // the decoded result of a latent model
+  bool decoded = false;
   Tensor empty;
   bool failed = false;
 
@@ -297,7 +309,8 @@ void Generation::init() {
 
   // Initial noise, torch.randn(batch, C, H, W) for the seed; per-step noise continues the stream.
   // Given initial noise replaces the draw, which is still made so the per-step stream is unchanged.
-  s.x = randn(s.gen, {o.batch, ni.in_channels, *o.height, *o.width});
+  const std::size_t ls = model.latent_scale();
+  s.x = randn(s.gen, {o.batch, ni.in_channels, *o.height / ls, *o.width / ls});
   if (o.initial_noise) s.x = *o.initial_noise;
   const float s0 = sigmas.front();
   float scale = 1.0f;
@@ -319,7 +332,27 @@ void Generation::step(kernels::Context& ctx) {
   constexpr std::string_view where = "Generation::step";
   State& s = *s_;
   if (s.failed) raise<value_error>(where, "an earlier step failed; start a new generation");
-  if (s.sampler->done()) raise<value_error>(where, "the generation is done (" + std::to_string(num_steps()) + " steps)");
+  if (done()) raise<value_error>(where, "the generation is done (" + std::to_string(num_steps()) + " steps)");
+  if (s.sampler->done()) {  // a latent model's last stage: the decode
+    const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
+    try {
+      s.images = decode_latents(s.model, s.x, ctx, s.opt.decode);
+      s.decoded = true;
+    } catch (const std::bad_alloc& e) {
+      s.failed = true;
+      rethrow_allocation_failure(where, e);
+    } catch (const std::length_error& e) {
+      s.failed = true;
+      rethrow_allocation_failure(where, e);
+    } catch (const value_error& e) {
+      s.failed = true;
+      raise<value_error>(where, std::string("decoding the latents: ") + e.what());
+    } catch (...) {
+      s.failed = true;
+      throw;
+    }
+    return;
+  }
   const std::size_t i = s.sampler->step_index();
   const float sigma = s.sigmas[std::min(i, s.sigmas.size() - 1)];
   s.ctx = &ctx;
@@ -347,7 +380,12 @@ void Generation::step(kernels::Context& ctx) {
   s.ctx = nullptr;
 }
 
-bool Generation::done() const { return s_->sampler->done(); }
+Generation::Stage Generation::stage() const {
+  if (!s_->sampler->done()) return Stage::denoise;
+  if (s_->model.latent() && !s_->decoded) return Stage::decode;
+  return Stage::done;
+}
+bool Generation::done() const { return stage() == Stage::done; }
 std::size_t Generation::step_index() const { return s_->sampler->step_index(); }
 std::size_t Generation::num_steps() const { return s_->sampler->num_steps(); }
 std::size_t Generation::nfe() const { return s_->sampler->nfe(); }
@@ -360,8 +398,48 @@ const Model& Generation::model() const { return s_->model; }
 const Tensor& Generation::result() const {
   if (!done())
     raise<value_error>("Generation::result", "the generation is not done: " + std::to_string(step_index()) + " of " +
-                                                 std::to_string(num_steps()) + " steps taken");
+                                                 std::to_string(num_steps()) + " steps taken" +
+                                                 (stage() == Stage::decode ? ", the latents not decoded yet" : ""));
+  return s_->model.latent() ? s_->images : s_->x;
+}
+
+const Tensor& Generation::latents() const {
+  if (!s_->sampler->done())
+    raise<value_error>("Generation::latents", "the sampler is not done: " + std::to_string(step_index()) + " of " +
+                                                  std::to_string(num_steps()) + " steps taken");
   return s_->x;
+}
+
+Tensor Generation::preview_image(kernels::Context& ctx) const {
+  const Tensor& p = preview();
+  if (p.size() == 0) raise<value_error>("Generation::preview_image", "no preview before the first step");
+  const Model& m = s_->model;
+  if (!m.latent()) return p;
+  if (const auto proj = latent_rgb_projection(m.vae()->config())) return project_latents(p, *proj, m.latent_scale());
+  const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s_->opt.memory_limit));
+  return decode_latents(m, p, ctx, s_->opt.decode);
+}
+
+Tensor decode_latents(const Model& model, const Tensor& latents, kernels::Context& ctx,
+                      const models::VaeDecodeOptions& options) {
+  constexpr std::string_view where = "decode_latents";
+  if (!model.latent()) raise<value_error>(where, model.name() + " is not a latent model: its samples are images");
+  const models::AutoencoderKL& vae = *model.vae();
+  if (latents.ndim() != 4 || latents.dim(1) != vae.config().latent_channels)
+    raise<shape_error>(where, "latents must be [B, " + std::to_string(vae.config().latent_channels) + ", h, w], got " +
+                                  shape_string(latents.shape()));
+  const std::size_t B = latents.dim(0), C = latents.dim(1), h = latents.dim(2), w = latents.dim(3);
+  Tensor out;
+  for (std::size_t b = 0; b < B; ++b) {  // one image at a time: the activations of one decode
+    Tensor one({1, C, h, w});
+    std::copy_n(latents.data() + b * C * h * w, C * h * w, one.data());
+    const Tensor img = vae.decode(vae.to_vae_latents(one), ctx, options);
+    if (b == 0) out = Tensor({B, img.dim(1), img.dim(2), img.dim(3)});
+    std::copy_n(img.data(), img.size(), out.data() + b * img.size());
+  }
+  for (float v : out.values())
+    if (!std::isfinite(v)) raise<value_error>(where, "the VAE decode gave a non-finite value");
+  return out;
 }
 
 Tensor generate(const Model& model, const GenerateOptions& options, kernels::Context& ctx, const StepCallback& callback) {

@@ -45,6 +45,43 @@ V json_value(const nlohmann::json& j, const char* key, V fallback) {
 
 }  // namespace
 
+namespace {
+
+/// What diffuse can run of each pipeline component; a message when it cannot.
+std::string unsupported_component(const PipelineComponent& c) {
+  const std::string& k = c.class_name;
+  if (c.name == "unet" || c.name == "transformer") {
+    if (k == "UNet2DModel" || k == "DiTTransformer2DModel" || k == "Transformer2DModel") return {};
+    if (k == "UNet2DConditionModel")
+      return "the text-conditional U-Net (UNet2DConditionModel) of Stable Diffusion is not supported yet";
+    return "diffuse runs UNet2DModel and DiTTransformer2DModel networks";
+  }
+  if (c.name == "vae") {
+    if (k == "AutoencoderKL") return {};
+    return "diffuse decodes latents with AutoencoderKL";
+  }
+  if (c.name == "scheduler") {
+    try {
+      (void)scheduler_class_from_name(k);
+      return {};
+    } catch (const value_error&) {
+      return "an unknown scheduler class";
+    }
+  }
+  if (c.name == "text_encoder" || c.name == "text_encoder_2" || c.name == "tokenizer" || c.name == "tokenizer_2")
+    return "text-conditional pipelines are not supported yet (the text encoder can be used on its own: "
+           "models/clip_text.hpp)";
+  return "diffuse does not know this component";
+}
+
+/// Pipelines whose network generates latents (a VAE must come with them).
+bool latent_pipeline_class(std::string_view c) {
+  return c == "DiTPipeline" || c == "LDMPipeline" || c.rfind("StableDiffusion", 0) == 0 || c.rfind("Flux", 0) == 0 ||
+         c.rfind("PixArt", 0) == 0;
+}
+
+}  // namespace
+
 Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   constexpr std::string_view where = "Model::load";
   fs::path path = path_in.lexically_normal();
@@ -53,15 +90,44 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   if (!fs::is_directory(path, ec))
     raise<io_error>(where, fs::exists(path, ec) ? path.string() + " is not a model folder"
                                                 : "no such model folder: " + path.string());
+  // The network folder of a pipeline: load the pipeline, so its VAE and class names come along.
+  if (!fs::exists(path / "model_index.json", ec) && path.has_parent_path() &&
+      fs::exists(path.parent_path() / "model_index.json", ec)) {
+    const PipelineIndex index = PipelineIndex::read(path.parent_path() / "model_index.json");
+    const std::string sub = path.filename().string();
+    if ((sub == "unet" || sub == "transformer") && index.find(sub)) return load(path.parent_path(), options);
+  }
   fs::path net_dir = path;
   fs::path sched_file;
-  if (fs::exists(path / "model_index.json", ec)) {  // a diffusers pipeline folder
-    for (const char* sub : {"unet", "transformer"})
-      if (fs::exists(path / sub / "config.json", ec)) {
-        net_dir = path / sub;
-        break;
-      }
-    if (net_dir == path) raise<io_error>(where, path.string() + ": a pipeline folder without unet/ or transformer/");
+  PipelineIndex index;
+  const bool pipeline = fs::exists(path / "model_index.json", ec);
+  if (pipeline) {  // a diffusers pipeline folder: check every component before reading weights
+    index = PipelineIndex::read(path / "model_index.json");
+    std::string refused;
+    for (const auto& c : index.components) {
+      const std::string why = unsupported_component(c);
+      if (!why.empty())
+        refused += (refused.empty() ? "" : "; ") + ("'" + c.name + "' (" + c.library + " " + c.class_name + "): " + why);
+    }
+    if (!refused.empty())
+      raise<value_error>(where, path.string() + (index.class_name.empty() ? "" : " (" + index.class_name + ")") +
+                                    ": cannot run component " + refused);
+    const PipelineComponent* net = index.find("unet");
+    if (net && index.find("transformer"))
+      raise<format_error>(where, path.string() + ": model_index.json lists both a unet and a transformer");
+    if (!net) net = index.find("transformer");
+    if (!net) raise<io_error>(where, path.string() + ": a pipeline without a unet or transformer component");
+    if (!index.find("scheduler")) raise<io_error>(where, path.string() + ": a pipeline without a scheduler component");
+    if (!index.find("vae") && latent_pipeline_class(index.class_name))
+      raise<io_error>(where, path.string() + ": a " + index.class_name +
+                                 " generates latents, but its model_index.json lists no vae to decode them");
+    for (const auto& c : index.components)
+      if (!fs::is_directory(path / c.name, ec))
+        raise<io_error>(where, path.string() + ": model_index.json lists '" + c.name + "' (" + c.class_name +
+                                   ") but there is no " + c.name + "/ folder");
+    net_dir = path / net->name;
+    if (!fs::exists(net_dir / "config.json", ec))
+      raise<io_error>(where, net_dir.string() + " has no config.json");
     sched_file = path / "scheduler" / "scheduler_config.json";
   } else if (fs::exists(path / "scheduler_config.json", ec)) {
     sched_file = path / "scheduler_config.json";
@@ -78,18 +144,78 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   Model m;
   try {
     m.network_ = models::load_network(net_dir, options);
+    if (pipeline && index.find("vae")) {
+      const fs::path vae_dir = path / "vae";
+      auto vae = std::make_shared<const models::AutoencoderKL>(models::AutoencoderKL::load(vae_dir, options));
+      for (const auto& f : io::ModelDir::open(vae_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);
+      m.vae_ = std::move(vae);
+    }
   } catch (const std::bad_alloc& e) {
-    raise<memory_error>(where, net_dir.string() + ": an allocation failed while loading the network (out of memory: " +
+    raise<memory_error>(where, path.string() + ": an allocation failed while loading the model (out of memory: " +
                                    e.what() + ")");
   } catch (const std::length_error& e) {
-    raise<memory_error>(where, net_dir.string() + ": an allocation failed while loading the network (" +
+    raise<memory_error>(where, path.string() + ": an allocation failed while loading the model (" +
                                    std::string(e.what()) + ")");
   }
   m.path_ = net_dir;
   m.name_ = path.filename().string();
+  m.pipeline_class_ = index.class_name;
   for (const auto& f : io::ModelDir::open(net_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);
+  if (m.vae_) m.check_vae(*m.vae_, where);
+  if (!index.id2label.empty()) {
+    if (index.id2label.size() > m.info().num_classes)
+      raise<value_error>(where, path.string() + ": model_index.json names class " +
+                                    std::to_string(index.id2label.size() - 1) + ", but the network has " +
+                                    std::to_string(m.info().num_classes) + " classes");
+    m.class_names_ = ClassNames(index.id2label);
+  }
   m.init(sched);
   return m;
+}
+
+void Model::check_vae(const models::AutoencoderKL& vae, std::string_view where) const {
+  const auto& ni = info();
+  const std::size_t lc = vae.config().latent_channels;
+  if (lc != ni.in_channels || lc != ni.out_channels)
+    raise<value_error>(where, "the VAE's latents have " + std::to_string(lc) + " channels, but the network (" +
+                                  ni.architecture + ") takes " + std::to_string(ni.in_channels) + " and gives " +
+                                  std::to_string(ni.out_channels) + " channels: they do not belong together");
+}
+
+void Model::set_vae(std::shared_ptr<const models::AutoencoderKL> vae) {
+  if (vae) check_vae(*vae, "Model::set_vae");
+  vae_ = std::move(vae);
+}
+
+Model Model::with_network(std::shared_ptr<const models::Network> network) const {
+  constexpr std::string_view where = "Model::with_network";
+  if (!network) raise<value_error>(where, "the network is null");
+  const auto &a = network->info(), &b = info();
+  if (a.in_channels != b.in_channels || a.out_channels != b.out_channels || a.num_classes != b.num_classes ||
+      a.null_class != b.null_class)
+    raise<value_error>(where, "the network does not take the same inputs as " + name_ + "'s");
+  Model m = *this;
+  m.network_ = std::move(network);
+  return m;
+}
+
+std::int64_t Model::class_label(std::string_view text) const {
+  constexpr std::string_view where = "Model::class_label";
+  const bool digits = !text.empty() && text.size() <= 18 &&
+                      std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  std::int64_t id = 0;
+  if (digits) {
+    id = std::stoll(std::string(text));
+  } else {
+    if (class_names_.empty())
+      raise<value_error>(where, name_ + " has no class names; give the class as a number (" +
+                                    std::to_string(info().num_classes) + " classes)");
+    id = class_names_.find(text);
+  }
+  if (!valid_label(id))
+    raise<value_error>(where, "class " + std::string(text) + " is out of range for " + name_ + " (" +
+                                  std::to_string(info().num_classes) + " classes)");
+  return id;
 }
 
 Model::Model(std::shared_ptr<const models::Network> network, const nlohmann::json& scheduler_config, std::string name)
@@ -147,6 +273,7 @@ Defaults default_settings(const Model& model) {
     d.steps = 25;
   }
   d.cfg_scale = model.null_class() ? 2.0f : 1.0f;
+  if (model.null_class() && model.pipeline_class() == "DiTPipeline") d.cfg_scale = 4.0f;  // DiTPipeline's guidance_scale
   return d;
 }
 

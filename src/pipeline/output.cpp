@@ -120,8 +120,8 @@ std::string parameters_text(const Model& model, const GenerateOptions& o, std::o
   add("Schedule type", o.schedule.empty() ? model.defaults().schedule : o.schedule);
   if (o.cfg_scale) add("CFG scale", fmt_float(*o.cfg_scale));
   add("Seed", std::to_string(o.seed));
-  add("Size", std::to_string(o.width.value_or(model.info().sample_size)) + "x" +
-                  std::to_string(o.height.value_or(model.info().sample_size)));
+  add("Size", std::to_string(o.width.value_or(model.image_size())) + "x" +
+                  std::to_string(o.height.value_or(model.image_size())));
   add("Model", model.name());
   if (o.batch > 1) add("Batch size", std::to_string(o.batch));
   if (index && o.batch > 1) add("Batch pos", std::to_string(*index));

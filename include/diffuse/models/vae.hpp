@@ -148,6 +148,9 @@ class DIFFUSE_API AutoencoderKL {
   /// uses. Saturates instead of overflowing.
   std::uint64_t decode_bytes(std::size_t batch, std::size_t latent_h, std::size_t latent_w) const;
   std::uint64_t encode_bytes(std::size_t batch, std::size_t height, std::size_t width) const;
+  /// Peak bytes of decode() of one [1, C, h, w] latent with `options`: decode_bytes when it does
+  /// not tile, else one tile's activations plus the decoded tiles and the image.
+  std::uint64_t decode_peak_bytes(std::size_t latent_h, std::size_t latent_w, const VaeDecodeOptions& options = {}) const;
   /// The spatial factor between image and latent (2^(number of blocks - 1), 8 for every published VAE).
   std::size_t scale_factor() const noexcept;
 

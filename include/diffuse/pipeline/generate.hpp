@@ -10,6 +10,12 @@
  *  `generate()` is the loop over it. The result depends only on the model and the options: the
  *  networks give the same bits for any thread count, and nothing else here uses threads.
  *
+ *  Latent models (Model::latent()): the sampler walks latents [batch, C, H/8, W/8]; once its last
+ *  step is taken, one more `step(ctx)` decodes them with the model's VAE, image by image (tiled
+ *  when large, see GenerateOptions::decode), and only then is the generation `done()`. So the
+ *  usual `while (!g.done()) g.step(ctx);` loop, `generate()` and `result()` always give images;
+ *  `stage()` tells a progress display which part is running, `latents()` keeps the latents.
+ *
  *  Noise: `torch.manual_seed(seed); torch.randn(batch, C, H, W)` is the initial noise; stochastic
  *  samplers continue the same stream (diffusers passing one generator). VP models start at
  *  x = noise * sqrt(1 + sigma_0^2) (the VE form of a pure-noise VP sample), flow models at
@@ -59,13 +65,17 @@ struct GenerateOptions {
   /// Class labels: one for every image, or one per image (size `batch`). Required by a
   /// class-conditional model, refused by an unconditional one. The null class is accepted.
   std::vector<std::int64_t> labels;
-  std::optional<std::size_t> width;   ///< default: the network's sample_size
-  std::optional<std::size_t> height;  ///< default: the network's sample_size
+  /// Image width and height in pixels; default: Model::image_size(). A latent model's must be
+  /// multiples of its latent_scale() (8) times the network's size multiple.
+  std::optional<std::size_t> width;
+  std::optional<std::size_t> height;
   SamplerParams<float> sampler_params;  ///< eta, s_noise, order, ... (unset: the sampler's defaults)
   /// The initial noise [batch, C, H, W] (unit-variance values, scaled like the seed's noise) in
   /// place of torch.randn for `seed`, e.g. a slerp of two seeds' noise. The per-step noise of a
   /// stochastic sampler still comes from `seed`'s stream, continued as if the seed had drawn it.
   std::optional<Tensor> initial_noise;
+  /// How a latent model's VAE decodes the result (tiling: automatic above 1 GiB, on, off).
+  models::VaeDecodeOptions decode;
   /// Bytes the generation may use: the estimate of `estimate_generation_bytes` is checked against
   /// it before anything is allocated, and each step caps the context's activation arena at it.
   /// 0: the default, 3/4 of the physical memory (core/memory.hpp). Exceeding it is a memory_error.
@@ -75,8 +85,8 @@ struct GenerateOptions {
 /** An estimate of the bytes a generation with these (resolved) options needs: the network's
  *  activations for one forward (of 2 x batch images with classifier-free guidance,
  *  Network::forward_bytes) plus the sampler's state (kGenerationStateTensors tensors of
- *  [batch, C, H, W]: the sample, the noise, denoised estimates, multistep history, the guidance
- *  batch). */
+ *  [batch, C, h, w]: the sample, the noise, denoised estimates, multistep history, the guidance
+ *  batch), or, when larger, a latent model's decode of one image plus the decoded batch. */
 DIFFUSE_API std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOptions& resolved);
 inline constexpr std::size_t kGenerationStateTensors = 12;
 
@@ -108,6 +118,10 @@ class DIFFUSE_API Generation {
    *  or the sampler produce a non-finite value. After an exception the generation is unusable. */
   void step(kernels::Context& ctx);
 
+  /// Which part runs at the next step(): the sampler, then (latent models) the VAE decode.
+  enum class Stage { denoise, decode, done };
+  Stage stage() const;
+  /// True once the images are ready (after the decode of a latent model).
   bool done() const;
   /// Steps taken so far.
   std::size_t step_index() const;
@@ -117,11 +131,20 @@ class DIFFUSE_API Generation {
   /// Network forwards so far (a CFG step is one batched forward).
   std::size_t nfe() const;
 
-  /// The current denoised estimate [batch, C, H, W] (x0, in [-1, 1] for image models): a
-  /// preview of the result. Empty before the first step.
+  /// The current denoised estimate [batch, C, h, w] (x0, in [-1, 1] for image models; latents
+  /// for a latent model): a preview of the result. Empty before the first step.
   const Tensor& preview() const;
-  /// The final sample [batch, C, H, W]. Throws value_error before `done()`.
+  /** The preview as an image [batch, image channels, H, W] about [-1, 1]: preview() itself for a
+   *  pixel model; for a latent model the latent-to-RGB projection of its VAE family
+   *  (preview.hpp), each latent pixel shown as latent_scale() x latent_scale() pixels, or the VAE
+   *  decode on `ctx` when the family has no projection. value_error before the first step. */
+  Tensor preview_image(kernels::Context& ctx) const;
+  /// The images [batch, image channels, H, W] (decoded for a latent model; about [-1, 1], not
+  /// clamped). Throws value_error before `done()`.
   const Tensor& result() const;
+  /// The final latents of a latent model (the sampler's result; result() for a pixel model).
+  /// Throws value_error before the sampler's last step.
+  const Tensor& latents() const;
   /// The current sample (noisy, in the sampler's space).
   const Tensor& sample() const;
 
@@ -137,10 +160,17 @@ class DIFFUSE_API Generation {
   std::unique_ptr<State> s_;
 };
 
+/** A latent model's latents [B, C, h, w] (model space, as a generation's latents()) decoded to
+ *  images [B, image channels, 8h, 8w], one image at a time on `ctx`. value_error for a pixel
+ *  model or a non-finite value, shape_error for the wrong channels. */
+DIFFUSE_API Tensor decode_latents(const Model& model, const Tensor& latents, kernels::Context& ctx,
+                                  const models::VaeDecodeOptions& options = {});
+
 /// Called after each step, with the generation (step_index(), preview(), ...).
 using StepCallback = std::function<void(const Generation&)>;
 
-/// Runs a whole generation and returns the images [batch, C, H, W] (values in [-1, 1]).
+/// Runs a whole generation (a latent model's decode included) and returns the images
+/// [batch, C, H, W] (values about [-1, 1]). The callback is called after each step, the decode too.
 DIFFUSE_API Tensor generate(const Model& model, const GenerateOptions& options, kernels::Context& ctx,
                             const StepCallback& callback = {});
 

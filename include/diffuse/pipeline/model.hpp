@@ -8,8 +8,19 @@
  *  - a model folder with `config.json` + weights and `scheduler_config.json` next to them (the
  *    shipped `models/digits-*`), or in `../scheduler/` (a diffusers pipeline's `unet/` or
  *    `transformer/` subfolder);
- *  - a diffusers pipeline folder (`model_index.json`): its `unet/` or `transformer/` subfolder
- *    with `scheduler/scheduler_config.json`.
+ *  - a diffusers pipeline folder (`model_index.json`, pipeline_index.hpp): every component it
+ *    lists is loaded: the network (`unet/` or `transformer/`), `scheduler/`, and `vae/` (an
+ *    AutoencoderKL) for a latent pipeline such as DiTPipeline, with its class names (`id2label`).
+ *    A component diffuse cannot run (a text encoder, a text-conditional U-Net, a VQ-VAE, a
+ *    scheduler class it does not know) is refused by name before any weight is read, and so is a
+ *    latent pipeline without its VAE, or a VAE whose latent channels are not the network's;
+ *  - the `unet/` or `transformer/` subfolder of a pipeline folder: the whole pipeline is loaded
+ *    (so a latent model always comes with its decoder).
+ *
+ *  **Latent models** (`latent()`): the network works on latents; a generation ends by decoding
+ *  them with the VAE (generate.hpp), so what a generation returns is always an image. Sizes given
+ *  to a generation (width, height) are image pixels; the latents are `latent_scale()` (8) times
+ *  smaller.
  *
  *  The prediction type is `flow` for the FlowMatch* scheduler classes (and for
  *  `prediction_type: "flow_prediction"`), else the config's `prediction_type` (epsilon,
@@ -40,7 +51,9 @@
 #include "diffuse/denoise/denoiser.hpp"
 #include "diffuse/denoise/parameterization.hpp"
 #include "diffuse/models/network.hpp"
+#include "diffuse/models/vae.hpp"
 #include "diffuse/nn/weights.hpp"
+#include "diffuse/pipeline/pipeline_index.hpp"
 #include "diffuse/schedule/config.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -58,15 +71,19 @@ struct Defaults {
 /// A loaded model (see the file comment).
 class DIFFUSE_API Model {
  public:
-  /// Loads the model at `path` (see the file comment). Throws io_error for a missing folder or
-  /// scheduler config, format_error for a malformed one, value_error for an unsupported scheduler
-  /// class or prediction type.
+  /// Loads the model at `path` (see the file comment). Throws io_error for a missing folder,
+  /// component or scheduler config, format_error for a malformed one, value_error for an
+  /// unsupported component, scheduler class or prediction type, or components that do not fit.
   static Model load(const std::filesystem::path& path, const nn::LoadOptions& options = {});
 
   /** A model from a network built elsewhere (a stand-in network in a test, a host's own network)
    *  and the parsed `scheduler_config.json`. `name` is what the parameters text records. */
   Model(std::shared_ptr<const models::Network> network, const nlohmann::json& scheduler_config,
         std::string name = "custom");
+
+  /** This model with another network (same scheduler, VAE, class names, defaults): e.g. the
+   *  model's own network behind a host's wrapper. The network must take the same inputs. */
+  Model with_network(std::shared_ptr<const models::Network> network) const;
 
   const models::Network& network() const noexcept { return *network_; }
   const std::shared_ptr<const models::Network>& shared_network() const noexcept { return network_; }
@@ -99,12 +116,37 @@ class DIFFUSE_API Model {
   /// True when `label` is accepted: 0 .. num_classes-1, or the null class.
   bool valid_label(std::int64_t label) const noexcept;
 
+  /// The class names (a DiTPipeline's id2label; empty when the folder has none).
+  const ClassNames& class_names() const noexcept { return class_names_; }
+  /** The class label for `text`: a number ("207"), or a name or synonym ("golden retriever"),
+   *  see ClassNames::find. value_error for an unknown name (with the nearest ones), a number out
+   *  of range, or a name given to a model without class names. */
+  std::int64_t class_label(std::string_view text) const;
+
+  /// True when the network generates latents that the VAE decodes (see the file comment).
+  bool latent() const noexcept { return vae_ != nullptr; }
+  /// The VAE of a latent model (nullptr for a pixel model).
+  const std::shared_ptr<const models::AutoencoderKL>& vae() const noexcept { return vae_; }
+  /** Uses `vae` to decode this model's latents (a pipeline's own, or another one: `--vae`);
+   *  nullptr makes the model a pixel model again. value_error when the VAE's latent channels are
+   *  not the network's. */
+  void set_vae(std::shared_ptr<const models::AutoencoderKL> vae);
+  /// Image pixels per latent pixel: the VAE's scale factor (8), 1 for a pixel model.
+  std::size_t latent_scale() const noexcept { return vae_ ? vae_->scale_factor() : 1; }
+  /// Channels of the generated image (the VAE's out_channels, else the network's).
+  std::size_t image_channels() const noexcept { return vae_ ? vae_->config().out_channels : info().in_channels; }
+  /// The native image side in pixels: sample_size x latent_scale().
+  std::size_t image_size() const noexcept { return info().sample_size * latent_scale(); }
+  /// `_class_name` of the pipeline folder ("DiTPipeline"); empty when not loaded from one.
+  const std::string& pipeline_class() const noexcept { return pipeline_class_; }
+
   const Defaults& defaults() const noexcept { return defaults_; }
   void set_defaults(Defaults d) { defaults_ = std::move(d); }
 
  private:
   Model() = default;
   void init(const nlohmann::json& scheduler_config);
+  void check_vae(const models::AutoencoderKL& vae, std::string_view where) const;
 
   std::shared_ptr<const models::Network> network_;
   std::string name_;
@@ -117,11 +159,14 @@ class DIFFUSE_API Model {
   std::vector<float> train_sigmas_;
   ParameterizationOptions<float> param_;
   Defaults defaults_;
+  std::shared_ptr<const models::AutoencoderKL> vae_;
+  ClassNames class_names_;
+  std::string pipeline_class_;
 };
 
 /** The defaults for a model of this kind: flow models flow_euler on the scheduler's own sigmas,
  *  VP models the sampler and schedule that worked best on digits-unet; cfg 2 when the network has
- *  a null class, else 1. */
+ *  a null class, else 1; a DiTPipeline's cfg is diffusers' default for it, 4. */
 DIFFUSE_API Defaults default_settings(const Model& model);
 
 /// A schedule name with a one-line description, for `diffuse list`.
