@@ -10,8 +10,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 
+#include "diffuse/core/convert.hpp"
 #include "diffuse/core/error.hpp"
 #include "diffuse/core/random.hpp"
 #include "diffuse/io/safetensors.hpp"
@@ -117,6 +119,33 @@ TEST(AutoencoderTiny, OriginalNamesGiveIdenticalOutput) {
   EXPECT_TRUE(same_bits(dec_only.decode(io.to_f32("z"), ctx), diff.decode(io.to_f32("z"), ctx)));
   diffuse_test::expect_error<diffuse::value_error>([&] { dec_only.encode(io.to_f32("image"), ctx); },
                                                    {"without an encoder"});
+}
+
+// BF16 storage: the weights stored as BF16 give the bits of the same (bf16-rounded) weights stored as F32,
+// and stay near diffusers' f32 output (bf16 has 8 bits of mantissa).
+TEST(AutoencoderTiny, Bf16StorageIsTheRoundedWeights) {
+  const auto w = diffuse::io::SafetensorsFile::open(case_dir("taesd_small") / "diffusion_pytorch_model.safetensors");
+  std::map<std::string, Tensor> rounded;
+  for (const std::string& n : w.names()) {
+    Tensor t = w.to_f32(n);
+    for (std::size_t i = 0; i < t.size(); ++i)
+      t.data()[i] = diffuse::bf16_to_f32_scalar(diffuse::f32_to_bf16_scalar(t.data()[i]));
+    rounded.emplace(n, std::move(t));
+  }
+  diffuse_test::TempDir tmp("taesd_bf16");
+  for (const char* sub : {"bf16", "f32"}) {
+    fs::create_directories(tmp.path() / sub);
+    fs::copy_file(case_dir("taesd_small") / "config.json", tmp.path() / sub / "config.json");
+    diffuse::io::save_safetensors(tmp.path() / sub / "diffusion_pytorch_model.safetensors", rounded, {},
+                                  sub[0] == 'b' ? diffuse::DType::BF16 : diffuse::DType::F32);
+  }
+  const AutoencoderTiny a = AutoencoderTiny::load(tmp.path() / "bf16"), b = AutoencoderTiny::load(tmp.path() / "f32");
+  const auto io = diffuse::io::SafetensorsFile::open(case_dir("taesd_small") / "io.safetensors");
+  diffuse::kernels::Context ctx(2);
+  const Tensor dec = a.decode(io.to_f32("z"), ctx);
+  EXPECT_TRUE(same_bits(dec, b.decode(io.to_f32("z"), ctx)));
+  EXPECT_TRUE(same_bits(a.encode(io.to_f32("image"), ctx), b.encode(io.to_f32("image"), ctx)));
+  EXPECT_LE(rel(dec, io.to_f32("decoded")), 0.05);
 }
 
 TEST(AutoencoderTiny, LatentScalings) {
