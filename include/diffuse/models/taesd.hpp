@@ -24,8 +24,10 @@
  *  what diffusers' pipelines pass to `vae.decode`: to_vae_latents / to_model_latents apply that
  *  relation as for AutoencoderKL. For taesd and taesdxl scaling_factor is 1.0: TAESD was
  *  distilled on the *scaled* latents of SD / SDXL (the UNet's own latents), so the UNet's latents go
- *  to decode() unchanged. taesd3 and taef1 publish the SD3 / Flux VAE's scaling and shift (1.5305 /
- *  0.0609 and 0.3611 / 0.1159), so their decode() takes the unscaled VAE latents, as AutoencoderKL.
+ *  to decode() unchanged. family("taesd3") / family("taef1") carry the SD3 / Flux VAE's scaling and
+ *  shift (1.5305 / 0.0609, 0.3611 / 0.1159), which the SD3 / Flux pipelines read from the TAE's config
+ *  (so its decode() takes the unscaled VAE latents, as AutoencoderKL); a folder's config.json, when
+ *  present, is what counts.
  *  scale_latents / unscale_latents are diffusers' mapping of raw latents to [0, 1] (latent_magnitude,
  *  latent_shift) for storing latents as 8-bit images, as AutoencoderTiny.forward uses it.
  *
