@@ -159,13 +159,13 @@ Activation parse_activation(const char* name) {
       {"gelu", Activation::gelu_erf},     {"gelu-approximate", Activation::gelu_tanh},
       {"gelu_tanh", Activation::gelu_tanh}, {"gelu_pytorch_tanh", Activation::gelu_tanh},
       {"quick_gelu", Activation::quick_gelu}, {"identity", Activation::identity},
-      {"linear", Activation::identity},
+      {"linear", Activation::identity},   {"relu", Activation::relu},
   };
   for (const Entry& e : kNames)
     if (std::strcmp(e.name, name) == 0) return e.act;
   raise<value_error>(kWhere, std::string("unknown activation '") + name +
                                  "' (silu, swish, gelu, gelu-approximate, gelu_tanh, gelu_pytorch_tanh, quick_gelu, "
-                                 "identity, linear)");
+                                 "relu, identity, linear)");
 }
 
 void activation(Activation act, const float* x, float* y, size_t n, Context& ctx, const float* bias, size_t inner,
@@ -173,7 +173,7 @@ void activation(Activation act, const float* x, float* y, size_t n, Context& ctx
   constexpr const char* kWhere = "kernels::activation";
   switch (act) {
     case Activation::identity: case Activation::silu: case Activation::gelu_erf: case Activation::gelu_tanh:
-    case Activation::quick_gelu: break;
+    case Activation::quick_gelu: case Activation::relu: break;
     default: raise<value_error>(kWhere, "unknown Activation " + to_string(static_cast<int>(act)));
   }
   if (bias) {

@@ -25,6 +25,7 @@ float apply(Activation act, float x) {
       const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
       return 0.5f * x * (1.0f + std::tanh(inner));
     }
+    case Activation::relu: return x < 0.0f ? 0.0f : x;  // NaN passes through
     case Activation::identity: break;
   }
   return x;

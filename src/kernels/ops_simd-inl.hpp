@@ -90,6 +90,11 @@ V verf(V x) {
 struct ActIdentity {
   V operator()(V x) const { return x; }
 };
+/// max(0, x): the max returns its second operand when either is NaN, so NaN propagates (as the
+/// scalar x < 0 ? 0 : x and torch.relu).
+struct ActRelu {
+  V operator()(V x) const { return Simd::max(Simd::zero(), x); }
+};
 struct ActSilu {
   V operator()(V x) const { return vsigmoid_mul(x, 1.0f); }
 };
@@ -393,6 +398,7 @@ void activation_body(Activation act, const float* x, float* y, size_t begin, siz
     case Activation::gelu_erf: activation_range(ActGeluErf{}, x, y, begin, end, bias, inner, bias_len); break;
     case Activation::gelu_tanh: activation_range(ActGeluTanh{}, x, y, begin, end, bias, inner, bias_len); break;
     case Activation::quick_gelu: activation_range(ActQuickGelu{}, x, y, begin, end, bias, inner, bias_len); break;
+    case Activation::relu: activation_range(ActRelu{}, x, y, begin, end, bias, inner, bias_len); break;
   }
 }
 

@@ -285,11 +285,16 @@ void Downsample2D::operator()(const float* x, std::size_t batch, std::size_t h, 
 }
 
 Upsample2D Upsample2D::bind(WeightStore& w, std::string_view prefix, std::size_t channels) {
+  return from_conv(w, Conv2d::bind(w, join(prefix, "conv"), channels, channels, 3, 1, 1), prefix);
+}
+
+Upsample2D Upsample2D::from_conv(WeightStore& w, const Conv2d& conv, std::string_view what) {
+  DIFFUSE_ASSERT(conv.kh == 3 && conv.kw == 3 && conv.stride == 1 && conv.in == conv.out, "a 3x3 stride-1 conv with in == out");
   Upsample2D u;
-  u.conv = Conv2d::bind(w, join(prefix, "conv"), channels, channels, 3, 1, 1);
+  u.conv = conv;
   const Conv2d& c = u.conv;
   const std::size_t O = c.out, I = c.in;
-  w.reserve(std::uint64_t{16} * O * I * sizeof(float), "the upsampling phases of '" + std::string(prefix) + "'");
+  w.reserve(std::uint64_t{16} * O * I * sizeof(float), "the upsampling phases of '" + std::string(what) + "'");
   std::shared_ptr<float[]> buf(new float[16 * O * I]);
   // kTaps[phase][row of the 2x2 kernel]: the 3x3 taps that land on that input row (-1: none).
   static constexpr int kTaps[2][2][2] = {{{0, -1}, {1, 2}}, {{0, 1}, {2, -1}}};
@@ -348,6 +353,50 @@ void Upsample2D::operator()(const float* x, std::size_t batch, std::size_t h, st
         }
     }
   });
+  arena.release(m);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AutoencoderTinyBlock
+
+AutoencoderTinyBlock AutoencoderTinyBlock::bind(WeightStore& w, std::string_view prefix, std::size_t in,
+                                                std::size_t out, kernels::Activation act) {
+  AutoencoderTinyBlock b;
+  b.in = in;
+  b.out = out;
+  b.act = act;
+  b.conv0 = Conv2d::bind(w, join(prefix, "conv.0"), in, out, 3, 1, 1);
+  b.conv2 = Conv2d::bind(w, join(prefix, "conv.2"), out, out, 3, 1, 1);
+  b.conv4 = Conv2d::bind(w, join(prefix, "conv.4"), out, out, 3, 1, 1);
+  if (in != out) {
+    b.has_skip = true;
+    b.skip = Conv2d::bind(w, join(prefix, "skip"), in, out, 1, 1, 0, false);
+  }
+  return b;
+}
+
+double AutoencoderTinyBlock::arena_floats(std::size_t batch, std::size_t hw) const {
+  return d(batch) * d(out) * d(hw);
+}
+
+void AutoencoderTinyBlock::operator()(const float* x, std::size_t batch, std::size_t h, std::size_t w, float* y,
+                                      kernels::Context& ctx) const {
+  kernels::Arena& arena = ctx.arena();
+  const std::size_t m = arena.mark();
+  const std::size_t n = batch * out * h * w;
+  // One temporary: t = act(conv.0(x)); y = act(conv.2(t)); t = conv.4(y) + skip(x); y = relu(t).
+  float* t = arena.alloc(n);
+  conv0(x, batch, h, w, t, ctx);
+  kernels::activation(act, t, t, n, ctx);
+  conv2(t, batch, h, w, y, ctx);
+  kernels::activation(act, y, y, n, ctx);
+  if (has_skip) {
+    skip(x, batch, h, w, t, ctx);
+    conv4(y, batch, h, w, t, ctx, t);  // the residual may be the output itself
+  } else {
+    conv4(y, batch, h, w, t, ctx, x);
+  }
+  kernels::activation(kernels::Activation::relu, t, y, n, ctx);
   arena.release(m);
 }
 

@@ -125,12 +125,13 @@ double act_ref(dk::Activation a, double x) {
     case dk::Activation::quick_gelu: return x / (1 + std::exp(-1.702 * x));
     case dk::Activation::gelu_erf: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
     case dk::Activation::gelu_tanh: return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+    case dk::Activation::relu: return x < 0 ? 0.0 : x;
     default: return x;
   }
 }
 
 constexpr dk::Activation kActs[] = {dk::Activation::identity, dk::Activation::silu, dk::Activation::gelu_erf,
-                                    dk::Activation::gelu_tanh, dk::Activation::quick_gelu};
+                                    dk::Activation::gelu_tanh, dk::Activation::quick_gelu, dk::Activation::relu};
 
 struct AttnShape {
   std::size_t batch, heads, q_len, kv_len, head_dim;
@@ -285,6 +286,7 @@ TEST(Ops, ActivationScalarVsDouble) {
   EXPECT_EQ(dk::parse_activation("gelu_pytorch_tanh"), dk::Activation::gelu_tanh);
   EXPECT_EQ(dk::parse_activation("quick_gelu"), dk::Activation::quick_gelu);
   EXPECT_EQ(dk::parse_activation("linear"), dk::Activation::identity);
+  EXPECT_EQ(dk::parse_activation("relu"), dk::Activation::relu);
 }
 
 // Softmax, scalar vs double: <= 1e-6 * max|y| (f32 exp within 1 ulp, f32 sum of <= 300 terms;

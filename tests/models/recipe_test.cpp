@@ -73,7 +73,7 @@ TEST(Recipe, Ddpm256WeightsMatchTorch) { check_recipe(models_data_dir() / "ddpm_
 TEST(Recipe, EveryRecipeIsChecked) {
   // A new *_recipe fixture must get its checksum test here (and its forward in unet2d_test / dit_test).
   const std::vector<std::string> checked = {"ddpm_cifar10_recipe", "ddpm_256_recipe", "dit_s2_recipe", "dit_b2_recipe",
-                                             "vae_sd_recipe"};
+                                             "vae_sd_recipe", "taesd_recipe"};
   for (const auto& e : fs::directory_iterator(models_data_dir())) {
     const std::string name = e.path().filename().string();
     if (name.size() > 7 && name.ends_with("_recipe")) {
@@ -98,6 +98,17 @@ TEST(Recipe, SdVaeWeightsMatchTorch) {  // its forward: tests/models/vae_test.cp
   EXPECT_EQ(n, 83'653'863u);
   EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
   check_recipe(models_data_dir() / "vae_sd_recipe");
+}
+
+TEST(Recipe, TaesdWeightsMatchTorch) {  // its forward: tests/models/taesd_test.cpp
+  const auto r = diffuse_test::read_recipe(models_data_dir() / "taesd_recipe");
+  std::size_t n = 0;
+  for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
+  EXPECT_EQ(n, 2'445'063u);  // /work/shared/reference/keys/taesd_diffusers.txt
+  EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
+  EXPECT_EQ(r.params.front().name, "encoder.layers.0.weight");
+  EXPECT_EQ(r.params.back().name, "decoder.layers.18.bias");
+  check_recipe(models_data_dir() / "taesd_recipe");
 }
 
 TEST(Recipe, MaterializeWritesADiffusersFolder) {

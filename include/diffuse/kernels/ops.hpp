@@ -138,11 +138,12 @@ DIFFUSE_API void layer_norm(const LayerNormArgs& a, Context& ctx);
 // Element-wise
 
 /// Activation functions, as in torch: silu x*sigmoid(x); gelu_erf 0.5x(1+erf(x/sqrt2));
-/// gelu_tanh 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))); quick_gelu x*sigmoid(1.702x).
-enum class Activation { identity, silu, gelu_erf, gelu_tanh, quick_gelu };
+/// gelu_tanh 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))); quick_gelu x*sigmoid(1.702x); relu
+/// max(x, 0) (NaN propagates, as torch.relu).
+enum class Activation { identity, silu, gelu_erf, gelu_tanh, quick_gelu, relu };
 
 /// "silu"/"swish", "gelu", "gelu-approximate"/"gelu_tanh"/"gelu_pytorch_tanh", "quick_gelu",
-/// "identity"/"linear"; value_error naming the string otherwise.
+/// "relu", "identity"/"linear"; value_error naming the string otherwise.
 DIFFUSE_API Activation parse_activation(const char* name);
 
 /// y[i] = act(x[i] + (bias ? bias[(i / inner) % bias_len] : 0)) for i < n. In place allowed.

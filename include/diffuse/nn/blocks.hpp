@@ -10,6 +10,7 @@
  *  | SpatialAttention | Attention built by `_from_deprecated_attn_block` (AttnDownBlock2D, the mid blocks) | `group_norm`, `to_q`, `to_k`, `to_v`, `to_out.0` (or the pre-0.14 `query`, `key`, `value`, `proj_attn`) |
  *  | Downsample2D | Downsample2D (use_conv) | `conv` |
  *  | Upsample2D | Upsample2D (use_conv, nearest 2x) | `conv` |
+ *  | AutoencoderTinyBlock | AutoencoderTinyBlock (unets/unet_2d_blocks.py) | `conv.0`, `conv.2`, `conv.4`, `skip` (when in != out) |
  *
  *  Every block writes its output through a Dest, a destination with its own batch stride, so that
  *  a U-Net can write a block's output straight into the first channels of the torch.cat([h, skip])
@@ -137,9 +138,35 @@ struct DIFFUSE_API Upsample2D {
   std::shared_ptr<const float[]> phase_weights;
 
   static Upsample2D bind(WeightStore& w, std::string_view prefix, std::size_t channels);
+  /// The same from a conv bound by the caller (3x3, padding 1, stride 1, in == out, with or without
+  /// bias), e.g. the bias-free `nn.Upsample` + `nn.Conv2d` pair of AutoencoderTiny's decoder, whose
+  /// conv is `layers.N` itself. `what` names it in the memory accounting.
+  static Upsample2D from_conv(WeightStore& w, const Conv2d& conv, std::string_view what);
   /// x contiguous [batch, C, h, w] -> y [batch, C, 2h, 2w].
   void operator()(const float* x, std::size_t batch, std::size_t h, std::size_t w, Dest y,
                   kernels::Context& ctx) const;
+  double arena_floats(std::size_t batch, std::size_t hw) const;
+};
+
+/** diffusers AutoencoderTinyBlock (TAESD's `Block`), a residual stack of plain convs:
+ *
+ *      y = relu(conv.4(act(conv.2(act(conv.0(x))))) + skip(x))
+ *
+ *  conv.N are 3x3 convs with bias (padding 1); skip is the identity, or a 1x1 conv without bias
+ *  when in != out; the final ReLU (`fuse`) is always a ReLU, `act` is the config's act_fn (ReLU in
+ *  every published TAESD). The skip is added in the last conv's epilogue (no extra pass). */
+struct DIFFUSE_API AutoencoderTinyBlock {
+  Conv2d conv0, conv2, conv4, skip;
+  bool has_skip = false;
+  std::size_t in = 0, out = 0;
+  kernels::Activation act = kernels::Activation::relu;
+
+  static AutoencoderTinyBlock bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out,
+                                   kernels::Activation act = kernels::Activation::relu);
+  /// x contiguous [batch, in, h, w] -> y contiguous [batch, out, h, w]; y must not overlap x.
+  void operator()(const float* x, std::size_t batch, std::size_t h, std::size_t w, float* y,
+                  kernels::Context& ctx) const;
+  /// Floats of the arena the forward uses at most.
   double arena_floats(std::size_t batch, std::size_t hw) const;
 };
 
