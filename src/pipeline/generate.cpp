@@ -131,6 +131,9 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
       raise<value_error>(where, std::string(name) + " must be a multiple of " + std::to_string(mult) + " for " +
                                     model.name() + ", got " + std::to_string(v));
   }
+  if (o.tiny_decode && !model.tiny_vae())
+    raise<value_error>(where, model.name() + (model.latent() ? " has no tiny VAE (TAESD) for tiny_decode"
+                                                             : " generates images directly: there is nothing to decode"));
   {
     const std::uint64_t need = estimate_generation_bytes(model, o);
     const std::uint64_t limit = resolve_memory_limit(o.memory_limit);
@@ -168,7 +171,9 @@ std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOption
   if (model.latent()) {  // the decode runs image by image, after the sampler: whichever is larger
     const double images = static_cast<double>(batch) * static_cast<double>(model.image_channels()) *
                           static_cast<double>(h * ls) * static_cast<double>(w * ls) * sizeof(float);
-    const double decode = static_cast<double>(model.vae()->decode_peak_bytes(h, w, o.decode));
+    const bool tiny = o.tiny_decode || !model.vae();
+    const double decode = static_cast<double>(tiny ? model.tiny_vae()->decode_bytes(1, h, w)
+                                                   : model.vae()->decode_peak_bytes(h, w, o.decode));
     total = std::max(total, state + images + decode);
   }
   return total >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(total);
@@ -271,7 +276,7 @@ void Generation::init() {
   SamplerParams<float> params = o.sampler_params;
   const bool budgeted = adaptive(*make_sampler<float>(o.sampler, {1.0f, 0.5f, 0.0f}, params));
   if (budgeted) params.max_steps = static_cast<std::size_t>(*o.steps);
-  std::vector<float> sigmas = make_sigmas(model, o.schedule, budgeted ? 2 : *o.steps);
+  std::vector<float> sigmas = make_sigmas(model, o.schedule, budgeted ? 2 : *o.steps, o.sampler);
   s.sampler = make_sampler<float>(o.sampler, sigmas, params);
   const bool to_ve = flow && !runs_in_flow_space(*s.sampler);
   if (to_ve) {
@@ -283,10 +288,16 @@ void Generation::init() {
 
   // The denoiser: parameterisation per branch, CFG, then the config's x0 clipping/thresholding on
   // the guided estimate (where diffusers applies it: in the scheduler step, after guidance).
+  // The sampler's diffusers rule (SamplerRule): integer network timesteps, and which of the
+  // config's x0 clipping and thresholding apply.
+  const SamplerRule rule = sampler_rule(o.sampler);
   ParameterizationOptions<float> po = model.parameterization();
-  const ParameterizationOptions<float> post = po;
+  ParameterizationOptions<float> post = po;
+  post.clip_sample = post.clip_sample && rule.clip_sample;
+  post.thresholding = post.thresholding && rule.thresholding;
   po.clip_sample = false;
   po.thresholding = false;
+  po.integer_timesteps = !flow && rule.integer_timesteps;
   State* sp = &s;
   auto branch = [&](const std::vector<std::int64_t>& labels) {
     return State::Parameterized(State::Net{sp, &labels}, model.prediction(), model.train_sigmas(), po);
@@ -336,7 +347,7 @@ void Generation::step(kernels::Context& ctx) {
   if (s.sampler->done()) {  // a latent model's last stage: the decode
     const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
     try {
-      s.images = decode_latents(s.model, s.x, ctx, s.opt.decode);
+      s.images = decode_latents(s.model, s.x, ctx, s.opt.decode, s.opt.tiny_decode);
       s.decoded = true;
     } catch (const std::bad_alloc& e) {
       s.failed = true;
@@ -415,25 +426,29 @@ Tensor Generation::preview_image(kernels::Context& ctx) const {
   if (p.size() == 0) raise<value_error>("Generation::preview_image", "no preview before the first step");
   const Model& m = s_->model;
   if (!m.latent()) return p;
-  if (const auto proj = latent_rgb_projection(m.vae()->config())) return project_latents(p, *proj, m.latent_scale());
   const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s_->opt.memory_limit));
+  if (m.tiny_vae()) return decode_latents(m, p, ctx, s_->opt.decode, true);
+  if (const auto proj = latent_rgb_projection(m.vae()->config())) return project_latents(p, *proj, m.latent_scale());
   return decode_latents(m, p, ctx, s_->opt.decode);
 }
 
 Tensor decode_latents(const Model& model, const Tensor& latents, kernels::Context& ctx,
-                      const models::VaeDecodeOptions& options) {
+                      const models::VaeDecodeOptions& options, bool tiny) {
   constexpr std::string_view where = "decode_latents";
   if (!model.latent()) raise<value_error>(where, model.name() + " is not a latent model: its samples are images");
-  const models::AutoencoderKL& vae = *model.vae();
-  if (latents.ndim() != 4 || latents.dim(1) != vae.config().latent_channels)
-    raise<shape_error>(where, "latents must be [B, " + std::to_string(vae.config().latent_channels) + ", h, w], got " +
-                                  shape_string(latents.shape()));
+  if (tiny && !model.tiny_vae())
+    raise<value_error>(where, model.name() + " has no tiny VAE (TAESD) to decode with; set one (--preview-vae)");
+  tiny = tiny || !model.vae();
+  const std::size_t lc = model.info().in_channels;
+  if (latents.ndim() != 4 || latents.dim(1) != lc)
+    raise<shape_error>(where, "latents must be [B, " + std::to_string(lc) + ", h, w], got " + shape_string(latents.shape()));
   const std::size_t B = latents.dim(0), C = latents.dim(1), h = latents.dim(2), w = latents.dim(3);
   Tensor out;
   for (std::size_t b = 0; b < B; ++b) {  // one image at a time: the activations of one decode
     Tensor one({1, C, h, w});
     std::copy_n(latents.data() + b * C * h * w, C * h * w, one.data());
-    const Tensor img = vae.decode(vae.to_vae_latents(one), ctx, options);
+    const Tensor img = tiny ? model.tiny_vae()->decode(model.tiny_vae()->to_vae_latents(one), ctx)
+                            : model.vae()->decode(model.vae()->to_vae_latents(one), ctx, options);
     if (b == 0) out = Tensor({B, img.dim(1), img.dim(2), img.dim(3)});
     std::copy_n(img.data(), img.size(), out.data() + b * img.size());
   }

@@ -57,8 +57,8 @@ std::string unsupported_component(const PipelineComponent& c) {
     return "diffuse runs UNet2DModel and DiTTransformer2DModel networks";
   }
   if (c.name == "vae") {
-    if (k == "AutoencoderKL") return {};
-    return "diffuse decodes latents with AutoencoderKL";
+    if (k == "AutoencoderKL" || k == "AutoencoderTiny") return {};
+    return "diffuse decodes latents with AutoencoderKL or AutoencoderTiny";
   }
   if (c.name == "scheduler") {
     try {
@@ -146,9 +146,11 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
     m.network_ = models::load_network(net_dir, options);
     if (pipeline && index.find("vae")) {
       const fs::path vae_dir = path / "vae";
-      auto vae = std::make_shared<const models::AutoencoderKL>(models::AutoencoderKL::load(vae_dir, options));
+      if (index.find("vae")->class_name == "AutoencoderTiny")
+        m.tiny_ = std::make_shared<const models::AutoencoderTiny>(models::AutoencoderTiny::load(vae_dir, options));
+      else
+        m.vae_ = std::make_shared<const models::AutoencoderKL>(models::AutoencoderKL::load(vae_dir, options));
       for (const auto& f : io::ModelDir::open(vae_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);
-      m.vae_ = std::move(vae);
     }
   } catch (const std::bad_alloc& e) {
     raise<memory_error>(where, path.string() + ": an allocation failed while loading the model (out of memory: " +
@@ -161,7 +163,11 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   m.name_ = path.filename().string();
   m.pipeline_class_ = index.class_name;
   for (const auto& f : io::ModelDir::open(net_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);
-  if (m.vae_) m.check_vae(*m.vae_, where);
+  if (m.vae_) m.check_latent_channels(m.vae_->config().latent_channels, "VAE", where);
+  if (m.tiny_) {
+    m.check_latent_channels(m.tiny_->config().latent_channels, "tiny VAE", where);
+    if (!m.tiny_->has_decoder()) raise<value_error>(where, path.string() + ": the tiny VAE in vae/ has no decoder");
+  }
   if (!index.id2label.empty()) {
     if (index.id2label.size() > m.info().num_classes)
       raise<value_error>(where, path.string() + ": model_index.json names class " +
@@ -173,18 +179,36 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   return m;
 }
 
-void Model::check_vae(const models::AutoencoderKL& vae, std::string_view where) const {
+void Model::check_latent_channels(std::size_t lc, std::string_view what, std::string_view where) const {
   const auto& ni = info();
-  const std::size_t lc = vae.config().latent_channels;
   if (lc != ni.in_channels || lc != ni.out_channels)
-    raise<value_error>(where, "the VAE's latents have " + std::to_string(lc) + " channels, but the network (" +
-                                  ni.architecture + ") takes " + std::to_string(ni.in_channels) + " and gives " +
-                                  std::to_string(ni.out_channels) + " channels: they do not belong together");
+    raise<value_error>(where, "the " + std::string(what) + "'s latents have " + std::to_string(lc) +
+                                  " channels, but the network (" + ni.architecture + ") takes " +
+                                  std::to_string(ni.in_channels) + " and gives " + std::to_string(ni.out_channels) +
+                                  " channels: they do not belong together");
 }
 
 void Model::set_vae(std::shared_ptr<const models::AutoencoderKL> vae) {
-  if (vae) check_vae(*vae, "Model::set_vae");
+  constexpr std::string_view where = "Model::set_vae";
+  if (vae) {
+    check_latent_channels(vae->config().latent_channels, "VAE", where);
+    if (tiny_ && tiny_->decoder_scale_factor() != vae->scale_factor())
+      raise<value_error>(where, "the VAE scales latents by " + std::to_string(vae->scale_factor()) +
+                                    ", the tiny VAE by " + std::to_string(tiny_->decoder_scale_factor()));
+  }
   vae_ = std::move(vae);
+}
+
+void Model::set_tiny_vae(std::shared_ptr<const models::AutoencoderTiny> tiny) {
+  constexpr std::string_view where = "Model::set_tiny_vae";
+  if (tiny) {
+    check_latent_channels(tiny->config().latent_channels, "tiny VAE", where);
+    if (!tiny->has_decoder()) raise<value_error>(where, "the tiny VAE has no decoder (only an encoder was loaded)");
+    if (vae_ && tiny->decoder_scale_factor() != vae_->scale_factor())
+      raise<value_error>(where, "the tiny VAE scales latents by " + std::to_string(tiny->decoder_scale_factor()) +
+                                    ", the VAE by " + std::to_string(vae_->scale_factor()));
+  }
+  tiny_ = std::move(tiny);
 }
 
 Model Model::with_network(std::shared_ptr<const models::Network> network) const {
@@ -289,7 +313,30 @@ std::vector<ScheduleInfo> list_schedules() {
   };
 }
 
-std::vector<float> make_sigmas(const Model& model, std::string_view schedule, int steps) {
+SamplerRule sampler_rule(std::string_view name) {
+  using C = SchedulerClass;
+  SamplerRule r;
+  auto set = [&](C c, bool integer, bool clip, bool threshold) {
+    r.diffusers_class = c;
+    r.integer_timesteps = integer;
+    r.clip_sample = clip;
+    r.thresholding = threshold;
+  };
+  if (name == "ddim") set(C::ddim, true, true, true);
+  else if (name == "ddpm") set(C::ddpm, true, true, true);
+  else if (name == "lcm") set(C::lcm, true, true, true);
+  else if (name == "dpmpp_2m" || name == "dpmpp_3m" || name == "dpmpp_2m_sde" || name == "dpmpp_3m_sde")
+    set(C::dpm_multistep, true, false, true);
+  else if (name == "unipc") set(C::unipc, true, false, true);
+  else if (name == "deis") set(C::deis, true, false, true);
+  else if (name == "euler") set(C::euler, false, false, false);
+  else if (name == "euler_a") set(C::euler_ancestral, false, false, false);
+  else if (name == "heun") set(C::heun, false, false, false);
+  else if (name == "lms") set(C::lms, false, false, false);
+  return r;
+}
+
+std::vector<float> make_sigmas(const Model& model, std::string_view schedule, int steps, std::string_view sampler) {
   constexpr std::string_view where = "make_sigmas";
   if (steps < 1) raise<value_error>(where, "steps must be >= 1, got " + std::to_string(steps));
   bool known = false;
@@ -343,6 +390,8 @@ std::vector<float> make_sigmas(const Model& model, std::string_view schedule, in
   // "default": the scheduler's own timesteps; the Heun class's doubled entries are the sampler's
   // business here, so its single-stage (Euler) schedule is used.
   SchedulerClass cls = model.scheduler_class();
+  if (!sampler.empty())
+    if (const auto c = sampler_rule(sampler).diffusers_class) cls = *c;
   if (cls == SchedulerClass::heun) cls = SchedulerClass::euler;
   Schedule s = make_schedule(cls, cfg, n);
   if (!s.sigmas.empty()) return s.sigmas;

@@ -106,6 +106,9 @@ struct ParameterizationOptions {
   T dynamic_thresholding_ratio = T(0.995);
   T sample_max_value = T(1);
   T flow_time_scale = T(1000);         ///< flow models: t = sigma * flow_time_scale
+  /// VP models: the network gets sigma_to_t(sigma) rounded to an integer (half to even, as
+  /// torch.round), what diffusers' DDPM/DDIM/DPM-Solver/UniPC/DEIS/LCM pass as `timesteps`.
+  bool integer_timesteps = false;
 };
 
 namespace detail {
@@ -225,7 +228,8 @@ class ParameterizedDenoiser {
   /// The timestep the network is called with at `sigma`.
   T timestep(T sigma) const {
     if (p_ == Prediction::flow) return sigma * o_.flow_time_scale;
-    return sigma_to_t(sigma, log_sigmas_);
+    const T t = sigma_to_t(sigma, log_sigmas_);
+    return o_.integer_timesteps ? std::nearbyint(t) : t;  // the default rounding mode: half to even
   }
   Prediction prediction() const { return p_; }
   NoiseSpace space() const { return p_ == Prediction::flow ? NoiseSpace::flow : NoiseSpace::ve; }

@@ -76,6 +76,9 @@ struct GenerateOptions {
   std::optional<Tensor> initial_noise;
   /// How a latent model's VAE decodes the result (tiling: automatic above 1 GiB, on, off).
   models::VaeDecodeOptions decode;
+  /// Decode the result with the model's tiny VAE (TAESD: fast, approximate) instead of its VAE.
+  /// A model with only a tiny VAE always uses it.
+  bool tiny_decode = false;
   /// Bytes the generation may use: the estimate of `estimate_generation_bytes` is checked against
   /// it before anything is allocated, and each step caps the context's activation arena at it.
   /// 0: the default, 3/4 of the physical memory (core/memory.hpp). Exceeding it is a memory_error.
@@ -135,9 +138,9 @@ class DIFFUSE_API Generation {
   /// for a latent model): a preview of the result. Empty before the first step.
   const Tensor& preview() const;
   /** The preview as an image [batch, image channels, H, W] about [-1, 1]: preview() itself for a
-   *  pixel model; for a latent model the latent-to-RGB projection of its VAE family
-   *  (preview.hpp), each latent pixel shown as latent_scale() x latent_scale() pixels, or the VAE
-   *  decode on `ctx` when the family has no projection. value_error before the first step. */
+   *  pixel model; for a latent model its tiny VAE's decode when it has one, else the latent-to-RGB
+   *  projection of its VAE family (preview.hpp), each latent pixel shown as latent_scale() x
+   *  latent_scale() pixels, else the VAE decode, on `ctx`. value_error before the first step. */
   Tensor preview_image(kernels::Context& ctx) const;
   /// The images [batch, image channels, H, W] (decoded for a latent model; about [-1, 1], not
   /// clamped). Throws value_error before `done()`.
@@ -161,10 +164,11 @@ class DIFFUSE_API Generation {
 };
 
 /** A latent model's latents [B, C, h, w] (model space, as a generation's latents()) decoded to
- *  images [B, image channels, 8h, 8w], one image at a time on `ctx`. value_error for a pixel
- *  model or a non-finite value, shape_error for the wrong channels. */
+ *  images [B, image channels, 8h, 8w], one image at a time on `ctx`, by the model's VAE, or by its
+ *  tiny VAE when `tiny` (or when it has no other). value_error for a pixel model, a missing tiny
+ *  VAE or a non-finite value, shape_error for the wrong channels. */
 DIFFUSE_API Tensor decode_latents(const Model& model, const Tensor& latents, kernels::Context& ctx,
-                                  const models::VaeDecodeOptions& options = {});
+                                  const models::VaeDecodeOptions& options = {}, bool tiny = false);
 
 /// Called after each step, with the generation (step_index(), preview(), ...).
 using StepCallback = std::function<void(const Generation&)>;

@@ -10,7 +10,8 @@
  *    `transformer/` subfolder);
  *  - a diffusers pipeline folder (`model_index.json`, pipeline_index.hpp): every component it
  *    lists is loaded: the network (`unet/` or `transformer/`), `scheduler/`, and `vae/` (an
- *    AutoencoderKL) for a latent pipeline such as DiTPipeline, with its class names (`id2label`).
+ *    AutoencoderKL, or the tiny AutoencoderTiny a user saved in its place) for a latent pipeline
+ *    such as DiTPipeline, with its class names (`id2label`).
  *    A component diffuse cannot run (a text encoder, a text-conditional U-Net, a VQ-VAE, a
  *    scheduler class it does not know) is refused by name before any weight is read, and so is a
  *    latent pipeline without its VAE, or a VAE whose latent channels are not the network's;
@@ -20,7 +21,8 @@
  *  **Latent models** (`latent()`): the network works on latents; a generation ends by decoding
  *  them with the VAE (generate.hpp), so what a generation returns is always an image. Sizes given
  *  to a generation (width, height) are image pixels; the latents are `latent_scale()` (8) times
- *  smaller.
+ *  smaller. A tiny VAE (TAESD, `set_tiny_vae`) decodes the step previews, and the result too when
+ *  the model has no full VAE or the generation asks for it (GenerateOptions::tiny_decode).
  *
  *  The prediction type is `flow` for the FlowMatch* scheduler classes (and for
  *  `prediction_type: "flow_prediction"`), else the config's `prediction_type` (epsilon,
@@ -51,6 +53,7 @@
 #include "diffuse/denoise/denoiser.hpp"
 #include "diffuse/denoise/parameterization.hpp"
 #include "diffuse/models/network.hpp"
+#include "diffuse/models/taesd.hpp"
 #include "diffuse/models/vae.hpp"
 #include "diffuse/nn/weights.hpp"
 #include "diffuse/pipeline/pipeline_index.hpp"
@@ -123,18 +126,26 @@ class DIFFUSE_API Model {
    *  of range, or a name given to a model without class names. */
   std::int64_t class_label(std::string_view text) const;
 
-  /// True when the network generates latents that the VAE decodes (see the file comment).
-  bool latent() const noexcept { return vae_ != nullptr; }
-  /// The VAE of a latent model (nullptr for a pixel model).
+  /// True when the network generates latents that a VAE decodes (see the file comment).
+  bool latent() const noexcept { return vae_ != nullptr || tiny_ != nullptr; }
+  /// The full VAE of a latent model (nullptr for a pixel model, or when only a tiny VAE is set).
   const std::shared_ptr<const models::AutoencoderKL>& vae() const noexcept { return vae_; }
+  /// The tiny VAE (TAESD) for previews and fast decodes, or nullptr.
+  const std::shared_ptr<const models::AutoencoderTiny>& tiny_vae() const noexcept { return tiny_; }
   /** Uses `vae` to decode this model's latents (a pipeline's own, or another one: `--vae`);
-   *  nullptr makes the model a pixel model again. value_error when the VAE's latent channels are
-   *  not the network's. */
+   *  nullptr removes it. value_error when the VAE's latent channels are not the network's, or its
+   *  scale factor differs from the tiny VAE's. */
   void set_vae(std::shared_ptr<const models::AutoencoderKL> vae);
+  /// The same for the tiny VAE (needs a decoder half).
+  void set_tiny_vae(std::shared_ptr<const models::AutoencoderTiny> tiny);
   /// Image pixels per latent pixel: the VAE's scale factor (8), 1 for a pixel model.
-  std::size_t latent_scale() const noexcept { return vae_ ? vae_->scale_factor() : 1; }
+  std::size_t latent_scale() const noexcept {
+    return vae_ ? vae_->scale_factor() : tiny_ ? tiny_->decoder_scale_factor() : 1;
+  }
   /// Channels of the generated image (the VAE's out_channels, else the network's).
-  std::size_t image_channels() const noexcept { return vae_ ? vae_->config().out_channels : info().in_channels; }
+  std::size_t image_channels() const noexcept {
+    return vae_ ? vae_->config().out_channels : tiny_ ? tiny_->config().out_channels : info().in_channels;
+  }
   /// The native image side in pixels: sample_size x latent_scale().
   std::size_t image_size() const noexcept { return info().sample_size * latent_scale(); }
   /// `_class_name` of the pipeline folder ("DiTPipeline"); empty when not loaded from one.
@@ -146,7 +157,7 @@ class DIFFUSE_API Model {
  private:
   Model() = default;
   void init(const nlohmann::json& scheduler_config);
-  void check_vae(const models::AutoencoderKL& vae, std::string_view where) const;
+  void check_latent_channels(std::size_t channels, std::string_view what, std::string_view where) const;
 
   std::shared_ptr<const models::Network> network_;
   std::string name_;
@@ -160,6 +171,7 @@ class DIFFUSE_API Model {
   ParameterizationOptions<float> param_;
   Defaults defaults_;
   std::shared_ptr<const models::AutoencoderKL> vae_;
+  std::shared_ptr<const models::AutoencoderTiny> tiny_;
   ClassNames class_names_;
   std::string pipeline_class_;
 };
@@ -178,13 +190,39 @@ struct ScheduleInfo {
 /// The schedule names `make_sigmas` accepts.
 DIFFUSE_API std::vector<ScheduleInfo> list_schedules();
 
+/** How the pipeline runs a sampler so that a generation gives the image the sampler's diffusers
+ *  scheduler class gives (docs/samplers.md, "The pipeline's rule per sampler"):
+ *  - `diffusers_class`: the class whose `set_timesteps` the "default" schedule is, on the model's
+ *    scheduler config read as `Class.from_config` reads it (keys the file has are kept, absent keys
+ *    take that class's defaults: DPMSolverMultistepScheduler.from_config of a DDIM config without
+ *    timestep_spacing spaces by linspace, not DDIM's leading). None for k-diffusion samplers that
+ *    diffusers lacks (dpm_fast, dpm_adaptive, dpmpp_2s_a, ...): the model's own class.
+ *  - `integer_timesteps`: the network gets the timestep rounded to an integer (half to even, as
+ *    torch's round), as DDPM, DDIM, DPM-Solver, UniPC, DEIS and LCM pass their `timesteps` (for
+ *    Karras sigmas too, while their update uses the unrounded sigma); Euler, Heun, LMS and the
+ *    k-diffusion samplers pass the fractional timestep. VP models only.
+ *  - `clip_sample` / `thresholding`: whether the config's x0 clipping / dynamic thresholding
+ *    applies: clipping in DDPM, DDIM and LCM only (DPM-Solver, UniPC, DEIS ignore clip_sample),
+ *    thresholding in those and in DPM-Solver, UniPC, DEIS; never for Euler-family and k-diffusion
+ *    samplers (as in diffusers, k-diffusion, A1111 and ComfyUI). */
+struct SamplerRule {
+  std::optional<SchedulerClass> diffusers_class;
+  bool integer_timesteps = false;
+  bool clip_sample = false;
+  bool thresholding = false;
+};
+/// The rule of a registry sampler name (see SamplerRule).
+DIFFUSE_API SamplerRule sampler_rule(std::string_view sampler);
+
 /** The noise levels for `steps` steps of the named schedule, in the model's space (flow sigmas in
  *  [0, 1] for a flow model, VE sigmas otherwise), ending in 0:
- *  - "default": the spacing of the model's own scheduler config (diffusers' `set_timesteps`);
+ *  - "default": the spacing of the model's own scheduler config (diffusers' `set_timesteps`), or,
+ *    when `sampler` is given, of the sampler's diffusers class on that config (SamplerRule);
  *  - "karras", "exponential", "beta": between the model's smallest and largest noise level;
  *  - "simple", "normal", "sgm_uniform" (ComfyUI's, VP models only): from the train sigma table.
  *  Throws value_error for an unknown name (listing the known ones) or steps < 1. */
-DIFFUSE_API std::vector<float> make_sigmas(const Model& model, std::string_view schedule, int steps);
+DIFFUSE_API std::vector<float> make_sigmas(const Model& model, std::string_view schedule, int steps,
+                                           std::string_view sampler = {});
 
 }  // namespace pipeline
 DIFFUSE_END_NAMESPACE
