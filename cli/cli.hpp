@@ -44,7 +44,8 @@ struct GenerateArgs {
   std::string output = "diffuse.png";
   bool grid = false;
   bool quiet = false;
-  std::string vae;            ///< another VAE folder for a latent model
+  std::string vae;            ///< another VAE folder for a latent model (AutoencoderKL or a tiny one)
+  std::string preview_vae;    ///< a tiny VAE (TAESD) folder for the previews
   int tiled = -1;             ///< --tiled 1, --no-tiled 0, automatic -1
   std::string preview_every;  ///< write a preview frame every N steps (empty: none)
 };

@@ -14,6 +14,7 @@
 
 #include "cli.hpp"
 #include "diffuse/core/error.hpp"
+#include "diffuse/core/json.hpp"
 #include "diffuse/core/memory.hpp"
 #include "diffuse/io/image.hpp"
 #include "diffuse/kernels/parallel.hpp"
@@ -111,6 +112,20 @@ std::string decode_note(bool latent, double secs) {
   return buf;
 }
 
+/// True when `dir` holds a tiny VAE: config.json says AutoencoderTiny, or the original TAESD files.
+bool is_tiny_vae(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::exists(dir / "config.json", ec)) {
+    const auto cfg = diffuse::read_json_file(dir / "config.json", "generate", "VAE config");
+    const auto it = cfg.find("_class_name");
+    return it != cfg.end() && it->is_string() && *it == "AutoencoderTiny";
+  }
+  for (const char* f : {"taesd_decoder.safetensors", "taesdxl_decoder.safetensors", "taesd3_decoder.safetensors",
+                        "taef1_decoder.safetensors"})
+    if (fs::exists(dir / f, ec)) return true;
+  return false;
+}
+
 void check_writable_dir(const fs::path& file) {
   const fs::path dir = file.has_parent_path() ? file.parent_path() : fs::path(".");
   std::error_code ec;
@@ -148,14 +163,23 @@ int run_generate(const GenerateArgs& a) {
   const std::size_t preview_every =
       a.preview_every.empty() ? 0 : whole_number("--preview-every", a.preview_every, 1, 10000);
   pl::Model model = pl::Model::load(a.model, load);
-  if (!a.vae.empty()) {
-    if (!model.latent())
-      throw UsageError("--vae: " + model.name() + " generates images, not latents; it needs no VAE");
-    auto vae = std::make_shared<const diffuse::models::AutoencoderKL>(diffuse::models::AutoencoderKL::load(a.vae, load));
+  for (const auto& [option, dir] : {std::pair<std::string, std::string>{"--vae", a.vae}, {"--preview-vae", a.preview_vae}}) {
+    if (dir.empty()) continue;
+    if (!model.latent()) throw UsageError(option + ": " + model.name() + " generates images, not latents; it needs no VAE");
+    const bool tiny = is_tiny_vae(dir);
+    if (option == "--preview-vae" && !tiny)
+      throw UsageError("--preview-vae: " + dir + " is not a tiny VAE (AutoencoderTiny / TAESD)");
     try {
-      model.set_vae(std::move(vae));
+      if (tiny) {
+        model.set_tiny_vae(std::make_shared<const diffuse::models::AutoencoderTiny>(
+            diffuse::models::AutoencoderTiny::load(dir, load)));
+        if (option == "--vae") model.set_vae(nullptr);  // the tiny VAE becomes the decoder
+      } else {
+        model.set_vae(
+            std::make_shared<const diffuse::models::AutoencoderKL>(diffuse::models::AutoencoderKL::load(dir, load)));
+      }
     } catch (const diffuse::value_error& e) {
-      throw UsageError(std::string("--vae ") + a.vae + ": " + e.what());
+      throw UsageError(option + " " + dir + ": " + e.what());
     }
   }
   if (a.tiled >= 0 && !model.latent()) {

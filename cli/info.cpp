@@ -91,13 +91,16 @@ int run_info(const std::string& path) {
   }
   std::printf("dtypes        %s (tensors per dtype)\n", printable(dtypes).c_str());
   if (m.latent()) {
-    const auto& vc = m.vae()->config();
     std::printf("pipeline      %s\n", printable(m.pipeline_class().empty() ? "(none)" : m.pipeline_class()).c_str());
-    std::printf("latents       %zu channel%s, %zux%zu, decoded by the VAE (AutoencoderKL, %s parameters, scaling %g) to "
-                "%zu-channel images of %zux%zu (sizes: multiples of %zu)\n",
-                ni.in_channels, ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size,
-                thousands(m.vae()->parameters()).c_str(), vc.scaling_factor, m.image_channels(), m.image_size(),
-                m.image_size(), ni.size_multiple * m.latent_scale());
+    std::string by;
+    if (m.vae())
+      by = "the VAE (AutoencoderKL, " + thousands(m.vae()->parameters()) + " parameters)";
+    else
+      by = "the tiny VAE (AutoencoderTiny, " + thousands(m.tiny_vae()->parameters()) + " parameters)";
+    std::printf("latents       %zu channel%s, %zux%zu, decoded by %s to %zu-channel images of %zux%zu (sizes: "
+                "multiples of %zu)\n",
+                ni.in_channels, ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size, by.c_str(),
+                m.image_channels(), m.image_size(), m.image_size(), ni.size_multiple * m.latent_scale());
   } else {
     std::printf("sample        %zu channel%s, %zux%zu (sizes: multiples of %zu)\n", ni.in_channels,
                 ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size, ni.size_multiple);

@@ -66,7 +66,10 @@ int main(int argc, char** argv) {
   gen->add_option("--memory-limit", g.memory_limit,
                   "memory the load and the generation may use, e.g. 4G or 512M (default: 3/4 of the physical memory)");
   gen->add_flag("--grid", g.grid, "write a batch as one grid image");
-  gen->add_option("--vae", g.vae, "decode a latent model's latents with this VAE folder (AutoencoderKL) instead of its own");
+  gen->add_option("--vae", g.vae,
+                  "decode a latent model's latents with this VAE folder instead of its own (AutoencoderKL, or a "
+                  "tiny AutoencoderTiny / TAESD for a fast approximate decode)");
+  gen->add_option("--preview-vae", g.preview_vae, "a tiny VAE (TAESD) folder that decodes the --preview-every frames");
   gen->add_flag_function("--tiled,!--no-tiled", [&g](std::int64_t v) { g.tiled = v > 0 ? 1 : 0; },
                          "decode latents in tiles (or never); default: tiled when the decode would need more than 1 GiB");
   gen->add_option("--preview-every", g.preview_every,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Test helper for the CLI tests: checks a PNG's size and that its "parameters" text contains
-// every given substring.   diffuse_cli_check_png FILE WIDTH HEIGHT [SUBSTRING...]
+// every given substring (an argument "channels=N" checks the channel count instead).
+//   diffuse_cli_check_png FILE WIDTH HEIGHT [SUBSTRING | channels=N ...]
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -28,11 +29,20 @@ int main(int argc, char** argv) try {
     std::fprintf(stderr, "%s has no \"parameters\" text chunk\n", argv[1]);
     return 1;
   }
-  for (int i = 4; i < argc; ++i)
+  for (int i = 4; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("channels=", 0) == 0) {
+      if (img.channels != std::stoi(arg.substr(9))) {
+        std::fprintf(stderr, "%s has %d channels, expected %s\n", argv[1], img.channels, arg.substr(9).c_str());
+        return 1;
+      }
+      continue;
+    }
     if (params.find(argv[i]) == std::string::npos) {
       std::fprintf(stderr, "'%s' not in the parameters: %s\n", argv[i], params.c_str());
       return 1;
     }
+  }
   std::printf("%s: %dx%d, parameters: %s\n", argv[1], img.width, img.height, params.c_str());
   return 0;
 } catch (const std::exception& e) {

@@ -219,9 +219,11 @@ typedef struct diffuse_model_options {
 DIFFUSE_API void diffuse_model_options_init(diffuse_model_options* options);
 
 /** Loads a model: a diffusers model folder (config.json, weights, scheduler_config.json beside it
- *  or in ../scheduler/), a diffusers pipeline folder (model_index.json), or a file inside a model
- *  folder (its weights `*.safetensors` or config.json; a `name.VARIANT.safetensors` file selects
- *  that variant). Errors go to `ctx`, which is not otherwise tied to the model: the model may be
+ *  or in ../scheduler/), a diffusers pipeline folder (model_index.json: every component is loaded,
+ *  the VAE of a latent pipeline such as DiTPipeline included, or refused by name), or a file inside
+ *  a model folder (its weights `*.safetensors` or config.json; a `name.VARIANT.safetensors` file
+ *  selects that variant). A latent model's jobs end by decoding (see `diffuse_job_step`), so every
+ *  image a job returns is a decoded image. Errors go to `ctx`, which is not otherwise tied to the model: the model may be
  *  used with any context. `options` may be NULL. Free with `diffuse_model_free`. */
 DIFFUSE_API diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const diffuse_model_options* options,
                                               diffuse_model** out);
@@ -301,7 +303,10 @@ DIFFUSE_API diffuse_status diffuse_job_create(diffuse_context* ctx, const diffus
 DIFFUSE_API void diffuse_job_free(diffuse_job* job);
 
 /** Takes one sampler step on the job's context, then calls the progress callback. `*done`
- *  (optional, may be NULL) becomes 1 when this was the last step, else 0.
+ *  (optional, may be NULL) becomes 1 when this was the last step, else 0. For a latent model the
+ *  call after the last sampler step decodes the latents with the VAE (`diffuse_job_stage` is then
+ *  DIFFUSE_STAGE_DECODE; the progress callback sees step == num_steps) and only that call sets
+ *  `*done`.
  *  Returns DIFFUSE_CANCELLED when a cancel is pending on the context (checked before the step and
  *  before each network forward within it); the job is then finished: later steps return
  *  DIFFUSE_CANCELLED again, the preview stays readable. DIFFUSE_WRONG_STATE after the last step
@@ -313,10 +318,22 @@ DIFFUSE_API diffuse_status diffuse_job_step(diffuse_job* job, int* done);
  *  `diffuse_job_step` does; DIFFUSE_OK when the job is done (also when it already was). */
 DIFFUSE_API diffuse_status diffuse_job_run(diffuse_job* job);
 
+/** What the next `diffuse_job_step` does: sample, decode a latent model's result, or nothing. */
+typedef enum diffuse_stage {
+  DIFFUSE_STAGE_DENOISE = 0,
+  DIFFUSE_STAGE_DECODE = 1,
+  DIFFUSE_STAGE_DONE = 2,
+  DIFFUSE_STAGE_MAX_ENUM = 0x7fffffff /**< not a stage (see DIFFUSE_STATUS_MAX_ENUM) */
+} diffuse_stage;
+
+/** The job's stage (see diffuse_stage), for a progress display of the denoise and decode parts. */
+DIFFUSE_API diffuse_status diffuse_job_stage(const diffuse_job* job, diffuse_stage* stage);
+
 /** Steps taken and steps in all (either pointer may be NULL). */
 DIFFUSE_API diffuse_status diffuse_job_progress(const diffuse_job* job, int* step, int* num_steps);
 
-/** Width, height, channels (of the model) and batch of the job's images (pointers may be NULL).
+/** Width, height, channels and batch of the job's images (pointers may be NULL): the decoded
+ *  image's for a latent model (3 channels), the network's sample's otherwise.
  *  An RGBA8 image takes width * height * 4 bytes; a float image channels * width * height floats. */
 DIFFUSE_API diffuse_status diffuse_job_image_size(const diffuse_job* job, int* width, int* height, int* channels,
                                                   int* batch);

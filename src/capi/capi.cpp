@@ -737,6 +737,19 @@ diffuse_status diffuse_job_progress(const diffuse_job* job, int* step, int* num_
   return DIFFUSE_OK;
 }
 
+diffuse_status diffuse_job_stage(const diffuse_job* job, diffuse_stage* stage) {
+  const auto j = job_of(job);
+  if (!j) return DIFFUSE_INVALID_ARGUMENT;
+  if (!stage) return DIFFUSE_INVALID_ARGUMENT;
+  switch (j->gen.stage()) {
+    case dp::Generation::Stage::denoise: *stage = DIFFUSE_STAGE_DENOISE; break;
+    case dp::Generation::Stage::decode: *stage = DIFFUSE_STAGE_DECODE; break;
+    case dp::Generation::Stage::done: *stage = DIFFUSE_STAGE_DONE; break;
+  }
+  if (j->state == diffuse_job::State::cancelled || j->state == diffuse_job::State::failed) *stage = DIFFUSE_STAGE_DONE;
+  return DIFFUSE_OK;
+}
+
 diffuse_status diffuse_job_image_size(const diffuse_job* job, int* width, int* height, int* channels, int* batch) {
   const auto j = job_of(job);
   if (!j) return DIFFUSE_INVALID_ARGUMENT;

@@ -870,3 +870,50 @@ TEST(CApi, WritePng) {
 }
 
 }  // namespace
+
+TEST(CApi, LatentPipelineJobsEndWithTheDecode) {
+  // A DiTPipeline folder (transformer + vae + scheduler): the job's images are the VAE's decode,
+  // 64x64 RGB, and the last diffuse_job_step is the decode.
+  Ctx c;
+  const std::string path = std::string(DIFFUSE_TEST_DATA_DIR) + "/pipelines/dit_tiny";
+  Model m(c, path);
+  auto o = options(2, 3, 5);
+  Job j(c, m, o);
+  int w = 0, h = 0, ch = 0, b = 0;
+  ASSERT_EQ(diffuse_job_image_size(j.p, &w, &h, &ch, &b), DIFFUSE_OK);
+  EXPECT_EQ(w, 64);
+  EXPECT_EQ(h, 64);
+  EXPECT_EQ(ch, 3);
+  std::vector<uint8_t> rgba(static_cast<std::size_t>(w) * h * 4);
+  std::vector<diffuse_stage> stages;
+  int done = 0, calls = 0;
+  while (!done) {
+    diffuse_stage st = DIFFUSE_STAGE_DONE;
+    ASSERT_EQ(diffuse_job_stage(j.p, &st), DIFFUSE_OK);
+    stages.push_back(st);
+    ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << c.error();
+    ++calls;
+    ASSERT_EQ(diffuse_job_preview_rgba8(j.p, 0, rgba.data(), rgba.size()), DIFFUSE_OK) << c.error();
+  }
+  EXPECT_EQ(calls, 3);  // two sampler steps, then the decode
+  EXPECT_EQ(stages, (std::vector<diffuse_stage>{DIFFUSE_STAGE_DENOISE, DIFFUSE_STAGE_DENOISE, DIFFUSE_STAGE_DECODE}));
+  diffuse_stage st = DIFFUSE_STAGE_DENOISE;
+  ASSERT_EQ(diffuse_job_stage(j.p, &st), DIFFUSE_OK);
+  EXPECT_EQ(st, DIFFUSE_STAGE_DONE);
+  EXPECT_EQ(diffuse_job_stage(j.p, nullptr), DIFFUSE_INVALID_ARGUMENT);
+  std::vector<float> f32(static_cast<std::size_t>(3) * w * h);
+  ASSERT_EQ(diffuse_job_result_f32(j.p, 0, f32.data(), f32.size()), DIFFUSE_OK) << c.error();
+  ASSERT_EQ(diffuse_job_result_rgba8(j.p, 0, rgba.data(), rgba.size()), DIFFUSE_OK) << c.error();
+
+  // The same generation through the C++ API: the decoded image, bit for bit.
+  const auto model = pl::Model::load(path);
+  pl::GenerateOptions go;
+  go.steps = 2;
+  go.labels = {3};
+  go.seed = 5;
+  diffuse::kernels::Context kctx(1);
+  const diffuse::Tensor t = pl::generate(model, go, kctx);
+  ASSERT_EQ(t.shape(), (diffuse::Shape{1, 3, 64, 64}));
+  EXPECT_EQ(std::memcmp(t.data(), f32.data(), f32.size() * sizeof(float)), 0);
+  EXPECT_TRUE(pl::to_rgba8(t, 0).pixels == rgba);
+}
