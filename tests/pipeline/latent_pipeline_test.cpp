@@ -38,6 +38,7 @@
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
 #include "diffuse/pipeline/preview.hpp"
+#include "models/model_fixture.hpp"
 #include "temp_dir.hpp"
 #include "test_util.hpp"
 
@@ -353,4 +354,65 @@ TEST(PipelineIndex, ParsesComponentsSettingsAndLabels) {
                           nlohmann::json{{"id2label", {{"1000000", "x"}}}}, nlohmann::json{{"id2label", {{"3", ""}}}},
                           nlohmann::json{{"id2label", {{"3", 4}}}}, nlohmann::json{{".hidden", {"a", "b"}}}})
     EXPECT_THROW((void)pl::PipelineIndex::parse(bad, "test", "model_index.json"), diffuse::format_error) << bad.dump();
+}
+
+// The real DiT-XL/2-256 pipeline configuration (tests/data/pipelines/dit_xl2_recipe): the transformer
+// (749,826,464 parameters in the diffusers layout) and the sd-vae-ft-ema VAE (83,653,863) with seeded
+// weights regenerated from their recipes, 4 steps of DDIM and of DPM-Solver++ at guidance 4 for the
+// batch (207, 360), against diffusers' DiTPipeline on the same weights (the 256x256 images at every
+// 4th pixel and in a full-resolution 32x32 patch, and the latents). Same bound as above.
+TEST(LatentPipeline, DitXl2At256MatchesDiffusersDitPipeline) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the 750 M-parameter pipeline is skipped under a sanitizer (dit_tiny covers the same code)";
+#else
+  const fs::path fixture = kData / "pipelines" / "dit_xl2_recipe";
+  const diffuse_test::TempDir tmp("dit_xl2");
+  const fs::path dir = tmp.path() / "DiT-XL-2-256";
+  fs::create_directories(dir / "scheduler");
+  fs::copy_file(fixture / "model_index.json", dir / "model_index.json");
+  fs::copy_file(fixture / "scheduler" / "scheduler_config.json", dir / "scheduler" / "scheduler_config.json");
+  diffuse_test::materialize_recipe(fixture / "transformer", dir / "transformer");
+  diffuse_test::materialize_recipe(kData / "models" / "vae_sd_recipe", dir / "vae");
+  // The VAE recipe's config is the one the pipeline folder has (sd-vae-ft-ema's).
+  auto a = read_json(dir / "vae" / "config.json"), b = read_json(fixture / "vae" / "config.json");
+  a.erase("_diffusers_version"), b.erase("_diffusers_version");
+  ASSERT_EQ(a, b);
+
+  const auto m = pl::Model::load(dir);
+  EXPECT_EQ(m.info().parameters, 749'826'464u);
+  EXPECT_EQ(m.vae()->parameters(), 83'653'863u);
+  EXPECT_EQ(m.image_size(), 256u);
+  EXPECT_EQ(m.class_label("golden retriever"), 207);
+  const auto ref = diffuse::io::SafetensorsFile::open(fixture / "generations.safetensors");
+  const auto summary = read_json(kData / "pipelines" / "summary.json").at("dit_xl2_recipe").at("samplers");
+  diffuse::kernels::Context ctx(2);
+  for (const std::string sampler : {"ddim", "dpmpp_2m"}) {
+    const auto& s = summary.at(sampler);
+    const double bound_images = std::max(20 * s.at("torch_f32_vs_f64_images").get<double>(), 2e-5);
+    const double bound_latents = std::max(20 * s.at("torch_f32_vs_f64_latents").get<double>(), 2e-5);
+    auto o = dit_options(sampler);
+    o.labels = {207, 360};
+    pl::Generation g(m, o);
+    while (!g.done()) g.step(ctx);
+    const Tensor ref_latents = ref.to_f32(sampler + ".latents");
+    const double e_lat = max_abs_diff(g.latents(), ref_latents) / max_abs(ref_latents);
+    const Tensor np = as_np_images(g.result());  // [2, 256, 256, 3]
+    Tensor stride4({2, 64, 64, 3}), patch({2, 32, 32, 3});
+    for (std::size_t i = 0; i < 2; ++i)
+      for (std::size_t y = 0; y < 256; ++y)
+        for (std::size_t x = 0; x < 256; ++x)
+          for (std::size_t c = 0; c < 3; ++c) {
+            const float v = np.data()[((i * 256 + y) * 256 + x) * 3 + c];
+            if (y % 4 == 0 && x % 4 == 0) stride4.data()[((i * 64 + y / 4) * 64 + x / 4) * 3 + c] = v;
+            if (y >= 96 && y < 128 && x >= 112 && x < 144)
+              patch.data()[((i * 32 + y - 96) * 32 + x - 112) * 3 + c] = v;
+          }
+    const double e_img = std::max(max_abs_diff(stride4, ref.to_f32(sampler + ".images_stride4")),
+                                  max_abs_diff(patch, ref.to_f32(sampler + ".images_patch")));
+    std::printf("[latent] DiT-XL/2-256 %s: latents %.3g x max|ref| (bound %.3g), images %.3g (bound %.3g)\n",
+                sampler.c_str(), e_lat, bound_latents, e_img, bound_images);
+    EXPECT_LE(e_lat, bound_latents) << sampler;
+    EXPECT_LE(e_img, bound_images) << sampler;
+  }
+#endif
 }
