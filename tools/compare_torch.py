@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""PyTorch side by side: times the diffusers/PyTorch eager forward of the reference networks and, when it has been
-built, diffuse's bench/models_bench on the same weights, input shapes and thread count, and prints one table.
+"""PyTorch side by side: times the diffusers/PyTorch eager forward of the reference networks (and the VAE decodes) and,
+when they have been built, diffuse's bench/models_bench, vae_bench and taesd_bench on the same weights, input shapes and
+thread count, and prints one table.
 
     .venv-ref/bin/python tools/compare_torch.py                       # threads 1 and 2, all models
     .venv-ref/bin/python tools/compare_torch.py --threads 1 --models unet_cifar10_b1 dit_s2
@@ -32,8 +33,9 @@ import torch
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 FIXTURES = os.path.join(ROOT, "tests", "data", "models")
 
-# name: (source, batch, size, conditional, C++ benchmark name)
-#   source: "recipe:<fixture dir>" (weights regenerated from the recipe) or "folder:<diffusers folder>"
+# name: (source, batch, size, conditional, C++ benchmark name[, C++ benchmark program])
+#   source: "recipe:<fixture dir>" (weights regenerated from the recipe) or "folder:<diffusers folder>"; for a VAE
+#   ("vae:" / "taesd:" + recipe) `size` is the latent's side and the timed call is `vae.decode(z)`.
 MODELS = {
     "unet_cifar10_b1": ("recipe:ddpm_cifar10_recipe", 1, 32, False, "BM_unet2d_cifar10/batch:1/threads:{t}"),
     "unet_cifar10_b2": ("recipe:ddpm_cifar10_recipe", 2, 32, False, "BM_unet2d_cifar10/batch:2/threads:{t}"),
@@ -41,16 +43,30 @@ MODELS = {
     "dit_b2_b2": ("recipe:dit_b2_recipe", 2, 32, True, "BM_dit_b2/batch:2/threads:{t}"),
     "digits_unet_b2": ("folder:models/digits-unet", 2, 16, True, "BM_digits_unet/batch:2/threads:{t}"),
     "digits_dit_b2": ("folder:models/digits-dit", 2, 16, True, "BM_digits_dit/batch:2/threads:{t}"),
+    "vae_decode_256": ("vae:vae_sd_recipe", 1, 32, False, "BM_vae_decode_256/threads:{t}", "vae_bench"),
+    "vae_decode_512": ("vae:vae_sd_recipe", 1, 64, False, "BM_vae_decode_512/threads:{t}", "vae_bench"),
+    "taesd_decode_512": ("taesd:taesd_recipe", 1, 64, False, "BM_taesd_decode_512/threads:{t}", "taesd_bench"),
 }
 DEFAULT_BENCH = os.path.join(ROOT, "build", "bench", "models_bench")
 
 
 def load_model(source):
-    from diffusers import DiTTransformer2DModel, UNet2DModel
+    from diffusers import AutoencoderKL, AutoencoderTiny, DiTTransformer2DModel, UNet2DModel
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()
     kind, path = source.split(":", 1)
+    if kind in ("vae", "taesd"):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import make_network_fixtures as mnf
+
+        folder = os.path.join(FIXTURES, path)
+        manifest = json.load(open(os.path.join(folder, "manifest.json")))
+        config = json.load(open(os.path.join(folder, "config.json")))
+        model = (AutoencoderKL if kind == "vae" else AutoencoderTiny).from_config(config).eval()
+        plist = [(p["name"], p["shape"], p["mean"], p["std"]) for p in manifest["parameters"]]
+        mnf.load_weights(model, mnf.generate(plist, manifest["seed"]))
+        return model
     if kind == "recipe":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import make_network_fixtures as mnf
@@ -72,13 +88,21 @@ def load_model(source):
 def time_torch(model, batch, size, conditional, threads, warmup, repeats):
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
+    if hasattr(model, "decoder"):  # a VAE: decode a latent
+        z = torch.randn((batch, model.config.latent_channels, size, size), generator=g)
+        return time_calls(lambda: model.decode(z), warmup, repeats)
     x = torch.randn((batch, model.config.in_channels, size, size), generator=g)
     t = torch.tensor([999.0 - 37.5 * i for i in range(batch)])
     n_cls = getattr(model.config, "num_embeds_ada_norm", None) or getattr(model.config, "num_class_embeds", None) or 1
     y = torch.tensor([i % n_cls for i in range(batch)], dtype=torch.int64) if conditional else None
+    run = (lambda: model(x, t, class_labels=y)) if isinstance(model.config.get("down_block_types"), (list, tuple)) \
+        else (lambda: model(x, timestep=t, class_labels=y))
+    return time_calls(run, warmup, repeats)
+
+
+def time_calls(run, warmup, repeats):
+    """(median, best) ms of `repeats` calls of `run` after `warmup` untimed ones, in inference mode."""
     with torch.inference_mode():
-        run = (lambda: model(x, t, class_labels=y)) if isinstance(model.config.get("down_block_types"), (list, tuple)) \
-            else (lambda: model(x, timestep=t, class_labels=y))
         for _ in range(warmup):
             run()
         times = []
@@ -141,7 +165,8 @@ def main():
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7, help="timings per side; the median is reported")
-    ap.add_argument("--bench", default=DEFAULT_BENCH, help="path of diffuse's models_bench (default: %(default)s)")
+    ap.add_argument("--bench", default=DEFAULT_BENCH,
+                    help="path of diffuse's models_bench; vae_bench and taesd_bench beside it (default: %(default)s)")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
 
@@ -156,9 +181,18 @@ def main():
             print(f"  {name} threads {t}: torch {med:.2f} ms (best {best:.2f})", file=sys.stderr)
         del model
 
-    names = [MODELS[r["model"]][4].format(t=r["threads"]) for r in rows]
-    cpp = run_bench(args.bench, names, args.repeats)
-    for r, n in zip(rows, names):
+    cpp = {}
+    programs = sorted({MODELS[r["model"]][5] if len(MODELS[r["model"]]) > 5 else "models_bench" for r in rows})
+    for prog in programs:
+        binary = args.bench if prog == "models_bench" else os.path.join(os.path.dirname(args.bench), prog)
+        names = [MODELS[r["model"]][4].format(t=r["threads"]) for r in rows
+                 if (MODELS[r["model"]][5] if len(MODELS[r["model"]]) > 5 else "models_bench") == prog]
+        got = run_bench(binary, names, args.repeats)
+        if got:
+            cpp.update(got)
+    cpp = cpp or None
+    for r in rows:
+        n = MODELS[r["model"]][4].format(t=r["threads"])
         r["diffuse_ms"], r["diffuse_best_ms"] = cpp.get(n, (None, None)) if cpp else (None, None)
 
     print(f"{cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
