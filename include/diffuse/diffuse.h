@@ -81,7 +81,7 @@ extern "C" {
 /** The version of this C interface. It grows by one when a function or an enum value is added;
  *  structs grow at their end only (see `struct_size`), so older callers keep working. Compare with
  *  `diffuse_abi_version()` at run time to check the library loaded is at least this new. */
-#define DIFFUSE_ABI_VERSION 2
+#define DIFFUSE_ABI_VERSION 3
 
 /* ---- status codes ---- */
 
@@ -287,6 +287,25 @@ typedef struct diffuse_job_options {
    *  is created; each step caps the context's activation memory at it). 0 (default): 3/4 of the
    *  physical memory. Too much is DIFFUSE_OUT_OF_MEMORY, with the amount in the error message. */
   uint64_t memory_limit;
+  /** (ABI 3) One class per image: `class_label_count` labels (1, or `batch`), each as
+   *  `class_label` (-1: the null class). NULL (default): `class_label` for every image. */
+  const int64_t* class_labels;
+  size_t class_label_count;
+  /** (ABI 3) Sampler parameters; the initial values (NaN, -1) keep the sampler's defaults.
+   *  `eta`: the noise of ancestral / SDE / DDIM steps (>= 0); `s_noise`: its scale (> 0);
+   *  `order`: the multistep order of lms (1-4), unipc (1-3), deis (1-3), dpm_adaptive (2-3). */
+  float eta;
+  float s_noise;
+  int order;
+  /** (ABI 3) The initial noise, `initial_noise_count` floats of shape [batch, channels, h, w]
+   *  (the sampler's space: a latent model's latents, h = height / 8), unit variance (e.g. a
+   *  slerp of two seeds' noise), used in place of the seed's draw (the per-step noise of a
+   *  stochastic sampler still comes from `seed`). NULL (default): drawn from `seed`. Copied. */
+  const float* initial_noise;
+  size_t initial_noise_count;
+  /** (ABI 3) A latent model's decode: -1 (default) tiled when it would need more than 1 GiB, 0
+   *  never tiled, 1 always tiled (diffusers' enable_tiling). */
+  int tiling;
 } diffuse_job_options;
 
 DIFFUSE_API void diffuse_job_options_init(diffuse_job_options* options);

@@ -635,6 +635,15 @@ void diffuse_job_options_init(diffuse_job_options* o) {
   o->width = 0;
   o->height = 0;
   o->batch = 1;
+  o->memory_limit = 0;
+  o->class_labels = nullptr;
+  o->class_label_count = 0;
+  o->eta = std::numeric_limits<float>::quiet_NaN();
+  o->s_noise = std::numeric_limits<float>::quiet_NaN();
+  o->order = -1;
+  o->initial_noise = nullptr;
+  o->initial_noise_count = 0;
+  o->tiling = -1;
 }
 
 diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* model, const diffuse_job_options* options,
@@ -680,6 +689,58 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
       }
     } else {
       g.labels = {o.class_label};
+    }
+    if (o.class_labels) {
+      if (o.class_label_count != 1 && o.class_label_count != g.batch)
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+                 "class_label_count must be 1 or batch (" + std::to_string(g.batch) + "), got " +
+                     std::to_string(o.class_label_count));
+      g.labels.clear();
+      for (std::size_t i = 0; i < o.class_label_count; ++i) {
+        const std::int64_t l = o.class_labels[i];
+        if (l == -1 && !base.null_class())
+          api_fail(DIFFUSE_INVALID_ARGUMENT, where, "class_labels[" + std::to_string(i) + "] is -1, but " + base.name() +
+                                                        " has no null class");
+        g.labels.push_back(l == -1 ? *base.null_class() : l);
+      }
+    } else if (o.class_label_count != 0) {
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "class_labels is NULL but class_label_count is " +
+                                                    std::to_string(o.class_label_count));
+    }
+    if (!std::isnan(o.eta)) {
+      if (!(o.eta >= 0.0f) || !std::isfinite(o.eta))
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where, "eta must be a finite number >= 0 (or NaN for the default)");
+      g.sampler_params.eta = o.eta;
+    }
+    if (!std::isnan(o.s_noise)) {
+      if (!(o.s_noise > 0.0f) || !std::isfinite(o.s_noise))
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where, "s_noise must be a finite number > 0 (or NaN for the default)");
+      g.sampler_params.s_noise = o.s_noise;
+    }
+    if (o.order != -1) {
+      if (o.order < 1 || o.order > 4)
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where, "order must be in 1..4 (or -1 for the default), got " +
+                                                      std::to_string(o.order));
+      g.sampler_params.order = static_cast<std::size_t>(o.order);
+    }
+    if (o.tiling < -1 || o.tiling > 1)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "tiling must be -1, 0 or 1, got " + std::to_string(o.tiling));
+    if (o.tiling >= 0)
+      g.decode.tiling = o.tiling ? diffuse::models::VaeDecodeOptions::Tiling::on : diffuse::models::VaeDecodeOptions::Tiling::off;
+    if (o.initial_noise) {
+      const std::size_t ls = base.latent_scale();
+      const std::size_t w = g.width.value_or(base.image_size()) / ls, h = g.height.value_or(base.image_size()) / ls;
+      const diffuse::Shape shape{g.batch, base.info().in_channels, h, w};
+      if (o.initial_noise_count != diffuse::shape_numel(shape))
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+                 "initial_noise_count is " + std::to_string(o.initial_noise_count) + ", the noise " +
+                     diffuse::shape_string(shape) + " has " + std::to_string(diffuse::shape_numel(shape)) + " values");
+      diffuse::Tensor noise(shape);
+      std::memcpy(noise.data(), o.initial_noise, noise.size() * sizeof(float));
+      g.initial_noise = std::move(noise);
+    } else if (o.initial_noise_count != 0) {
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "initial_noise is NULL but initial_noise_count is " +
+                                                    std::to_string(o.initial_noise_count));
     }
 
     // The job's own view of the model: the same network (shared, immutable) behind the cancel check.
