@@ -73,7 +73,7 @@ TEST(Recipe, Ddpm256WeightsMatchTorch) { check_recipe(models_data_dir() / "ddpm_
 TEST(Recipe, EveryRecipeIsChecked) {
   // A new *_recipe fixture must get its checksum test here (and its forward in unet2d_test / dit_test).
   const std::vector<std::string> checked = {"ddpm_cifar10_recipe", "ddpm_256_recipe", "dit_s2_recipe", "dit_b2_recipe",
-                                             "vae_sd_recipe", "taesd_recipe"};
+                                             "vae_sd_recipe", "vae_sd3_recipe", "taesd_recipe"};
   for (const auto& e : fs::directory_iterator(models_data_dir())) {
     const std::string name = e.path().filename().string();
     if (name.size() > 7 && name.ends_with("_recipe")) {
@@ -90,6 +90,8 @@ TEST(Recipe, DitB2WeightsMatchTorch) {
   EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
   check_recipe(models_data_dir() / "dit_b2_recipe");
 }
+
+TEST(Recipe, Sd3VaeWeightsMatchTorch) { check_recipe(models_data_dir() / "vae_sd3_recipe"); }  // forward: vae_test.cpp
 
 TEST(Recipe, SdVaeWeightsMatchTorch) {  // its forward: tests/models/vae_test.cpp
   const auto r = diffuse_test::read_recipe(models_data_dir() / "vae_sd_recipe");

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "diffuse/core/error.hpp"
 #include "diffuse/io/safetensors.hpp"
@@ -148,4 +149,40 @@ TEST(AutoencoderKL, SdVaeFtEmaRecipeMatchesDiffusers) {
               e_enc, static_cast<double>(vae.decode_bytes(1, 32, 32)) / 1048576.0);
   EXPECT_LE(e_dec, kBound);
   EXPECT_LE(e_enc, kBound);
+}
+
+TEST(AutoencoderKL, Sd3VaeRecipeMatchesDiffusers) {
+  // The SD3 VAE configuration: 16 latent channels, no quant convs, shift_factor (Flux's differs only in
+  // its scaling and shift).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the 83.7 M-parameter VAE is skipped under a sanitizer (vae_small_16ch covers the same code)";
+#endif
+  diffuse_test::TempDir tmp("vae_sd3_recipe");
+  const fs::path dir = diffuse_test::materialize_recipe(case_dir("vae_sd3_recipe"), tmp.path() / "vae");
+  const AutoencoderKL vae = AutoencoderKL::load(dir);
+  EXPECT_EQ(vae.config().latent_channels, 16u);
+  EXPECT_FALSE(vae.config().use_quant_conv);
+  ASSERT_TRUE(vae.config().shift_factor);
+  EXPECT_DOUBLE_EQ(*vae.config().shift_factor, 0.0609);
+  const auto io = diffuse::io::SafetensorsFile::open(case_dir("vae_sd3_recipe") / "io.safetensors");
+  diffuse::kernels::Context ctx(2);
+  const double e_dec = rel(vae.decode(io.to_f32("z"), ctx), io.to_f32("decoded"));
+  const double e_enc = rel(vae.encode_moments(io.to_f32("image"), ctx), io.to_f32("moments"));
+  std::printf("sd3 vae: decode %.3g, encode %.3g x max|ref|\n", e_dec, e_enc);
+  EXPECT_LE(e_dec, kBound);
+  EXPECT_LE(e_enc, kBound);
+  // Model latents -> VAE latents as the SD3 pipeline does: latents / scaling_factor + shift_factor.
+  Tensor l({1, 16, 1, 1});
+  for (std::size_t c = 0; c < 16; ++c) l.data()[c] = static_cast<float>(c) - 8.0f;
+  const Tensor z = vae.to_vae_latents(l);
+  for (std::size_t c = 0; c < 16; ++c)
+    EXPECT_NEAR(z.data()[c], (static_cast<double>(c) - 8.0) / 1.5305 + 0.0609, 1e-6);
+}
+
+TEST(AutoencoderKL, SdxlFamilyScalesLatentsBy013025) {
+  const auto c = AutoencoderKLConfig::family("sdxl");
+  EXPECT_DOUBLE_EQ(c.scaling_factor, 0.13025);
+  EXPECT_EQ(c.latent_channels, 4u);
+  EXPECT_EQ(c.block_out_channels, (std::vector<std::size_t>{128, 256, 512, 512}));
+  EXPECT_FALSE(c.shift_factor);
 }
