@@ -7,10 +7,10 @@ large to commit).
 
 Run with the reference venv (torch is never needed at test time):
 
-    /work/main/.venv-ref/bin/python tools/make_network_fixtures.py            # everything
-    /work/main/.venv-ref/bin/python tools/make_network_fixtures.py unet2d_basic dit_learned_sigma   # some cases
+    .venv-ref/bin/python tools/make_network_fixtures.py            # everything
+    .venv-ref/bin/python tools/make_network_fixtures.py unet2d_basic dit_learned_sigma   # some cases
 
-    /work/main/.venv-ref/bin/python tools/make_network_fixtures.py --torch-f64   # only cases.json's torch_f32_vs_f64
+    .venv-ref/bin/python tools/make_network_fixtures.py --torch-f64   # only cases.json's torch_f32_vs_f64
 
 Layout and the meaning of every case: tests/data/models/README.md (CASES below is the source of truth).
 
@@ -155,7 +155,10 @@ DDPM_256_CONFIG = dict(
     CIFAR10_CONFIG, sample_size=256, block_out_channels=[128, 128, 256, 256, 512, 512],
     down_block_types=["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4)
-REFERENCE_KEYS = "/work/shared/reference/keys"  # key lists (name<TAB>shape), outside the repository
+# Key lists (name<TAB>shape) of the real architectures: the reference notes beside the repository
+# (../shared/reference/keys from its root), or DIFFUSE_REFERENCE_KEYS.
+REFERENCE_KEYS = os.environ.get("DIFFUSE_REFERENCE_KEYS", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                                       "shared", "reference", "keys"))
 
 
 def dit_config(hidden, layers, heads):

@@ -4,7 +4,7 @@
 
 Run with the reference venv (torch is never needed at test time):
 
-    /work/main/.venv-ref/bin/python tools/make_noise_fixtures.py
+    .venv-ref/bin/python tools/make_noise_fixtures.py
 
 Files (all little-endian, row-major):
   randn_sizes_seed<S>.f32   torch.manual_seed(S); torch.randn(n) for n = 1..100, reseeded before

@@ -5,7 +5,7 @@ set_timesteps, for a matrix of scheduler classes and configs, plus the float32 a
 
 Run with the reference venv (torch and diffusers are never needed at test time):
 
-    /work/main/.venv-ref/bin/python tools/make_schedule_fixtures.py
+    .venv-ref/bin/python tools/make_schedule_fixtures.py
 
 Layout of diffusers_schedules.json:
     {"versions": {...},

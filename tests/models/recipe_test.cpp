@@ -106,7 +106,7 @@ TEST(Recipe, TaesdWeightsMatchTorch) {  // its forward: tests/models/taesd_test.
   const auto r = diffuse_test::read_recipe(models_data_dir() / "taesd_recipe");
   std::size_t n = 0;
   for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
-  EXPECT_EQ(n, 2'445'063u);  // /work/shared/reference/keys/taesd_diffusers.txt
+  EXPECT_EQ(n, 2'445'063u);  // the reference key list keys/taesd_diffusers.txt
   EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
   EXPECT_EQ(r.params.front().name, "encoder.layers.0.weight");
   EXPECT_EQ(r.params.back().name, "decoder.layers.18.bias");
