@@ -113,6 +113,21 @@ TEST(Recipe, TaesdWeightsMatchTorch) {  // its forward: tests/models/taesd_test.
   check_recipe(models_data_dir() / "taesd_recipe");
 }
 
+TEST(Recipe, Sd15UnetWeightsMatchTorch) {  // its forward: tests/models/unet2d_condition_test.cpp
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "859.5 M parameters are regenerated: skipped under a sanitizer";
+#endif
+  const auto r = diffuse_test::read_recipe(models_data_dir() / "unetc_sd15_recipe");
+  ASSERT_EQ(r.params.size(), 686u);  // /work/shared/reference/keys/sd15_unet.txt
+  std::size_t n = 0;
+  for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
+  EXPECT_EQ(n, 859'520'964u);
+  EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
+  EXPECT_EQ(r.params.front().name, "conv_in.weight");
+  EXPECT_EQ(r.params.back().name, "conv_out.bias");
+  check_recipe(models_data_dir() / "unetc_sd15_recipe");
+}
+
 TEST(Recipe, MaterializeWritesADiffusersFolder) {
   const fs::path fixture = models_data_dir() / "ddpm_cifar10_recipe";
   const diffuse_test::TempDir tmp("recipe");
