@@ -73,7 +73,7 @@ TEST(Recipe, Ddpm256WeightsMatchTorch) { check_recipe(models_data_dir() / "ddpm_
 TEST(Recipe, EveryRecipeIsChecked) {
   // A new *_recipe fixture must get its checksum test here (and its forward in unet2d_test / dit_test).
   const std::vector<std::string> checked = {"ddpm_cifar10_recipe", "ddpm_256_recipe", "dit_s2_recipe", "dit_b2_recipe",
-                                             "vae_sd_recipe", "vae_sd3_recipe", "taesd_recipe"};
+                                             "vae_sd_recipe", "vae_sd3_recipe", "taesd_recipe", "unetc_sd15_recipe"};
   for (const auto& e : fs::directory_iterator(models_data_dir())) {
     const std::string name = e.path().filename().string();
     if (name.size() > 7 && name.ends_with("_recipe")) {
