@@ -118,7 +118,7 @@ TEST(Recipe, Sd15UnetWeightsMatchTorch) {  // its forward: tests/models/unet2d_c
   GTEST_SKIP() << "859.5 M parameters are regenerated: skipped under a sanitizer";
 #endif
   const auto r = diffuse_test::read_recipe(models_data_dir() / "unetc_sd15_recipe");
-  ASSERT_EQ(r.params.size(), 686u);  // /work/shared/reference/keys/sd15_unet.txt
+  ASSERT_EQ(r.params.size(), 686u);  // the reference key list keys/sd15_unet.txt
   std::size_t n = 0;
   for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
   EXPECT_EQ(n, 859'520'964u);
