@@ -147,9 +147,12 @@ def encode(model, chunks):
             out = model(input_ids=ids)
         z = out.last_hidden_state
         w = torch.tensor([c["weights"]], dtype=torch.float32)
-        mean_before = z.mean()
+        # A1111: z * w, then z * (mean before / mean after), in f32. The means are taken in f64 here: with a mean
+        # near zero (negative weights, small models) the ratio amplifies f32 summation error, and the reference
+        # should not be less precise than what it checks. The ratio is applied in f32, as in A1111.
+        mean_before = z.double().mean()
         z = z * w.reshape(w.shape + (1,)).expand(z.shape)
-        z = z * (mean_before / z.mean())
+        z = z * (mean_before / z.double().mean()).float()
         zs.append(z)
         if k == 0:
             if isinstance(model, CLIPTextModelWithProjection):

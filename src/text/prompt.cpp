@@ -378,11 +378,11 @@ models::ClipTextOutput encode_prompts(const models::ClipTextModel& encoder, cons
           z[t * d + i] *= w[t];
           after += z[t * d + i];
         }
-      // A1111: z * (original_mean / new_mean), the ratio in f32. A zero new mean would give
-      // inf / NaN there; it is left unscaled here.
+      // A1111: z * (original_mean / new_mean), means and ratio in f32; here the means are summed
+      // in f64 (the ratio is ill-conditioned when the new mean is near zero) and the ratio
+      // applied in f32. A zero new mean would give inf / NaN there; it is left unscaled here.
       if (options.emphasis == Emphasis::original && after != 0) {
-        const float ratio = static_cast<float>(before / static_cast<double>(block)) /
-                            static_cast<float>(after / static_cast<double>(block));
+        const auto ratio = static_cast<float>(before / after);
         for (std::size_t i = 0; i < block; ++i) z[i] *= ratio;
       }
     }
