@@ -18,6 +18,7 @@ the same with `</w>`, 486 merged tokens, `<|startoftext|>` 998, `<|endoftext|>` 
 
 prompts.json: for each prompt its text, "parsed" ([text, weight] pairs, weights as Python floats), and per model
 "chunks" (ids and f32 weights, 77 each), "token_count"; or "error" for prompts Python's float() rejects.
+seeds/<i>.txt: the prompts, for tests/fuzz/prompt_fuzz.cpp.
 hidden_<model>.safetensors: "p<i>" = the final hidden states [1, 77 * chunks, D] (F32) of prompt i, and
 "p<i>_pooled" the pooled output of its first chunk (and "p<i>_embeds", the projection model's text_embeds).
 """
@@ -225,6 +226,12 @@ def main():
     cases = {"quick": ("tokenizer", "<|endoftext|>", "clip_text_quick", CLIPTextModel),
              "gelu_proj": ("tokenizer_openclip", "!", "clip_text_gelu_proj", CLIPTextModelWithProjection)}
     records = [{"prompt": p} for p in prompts()]
+    seeds = os.path.join(OUT, "seeds")  # for tests/fuzz/prompt_fuzz.cpp (tests/fuzz/prompt.seeds)
+    shutil.rmtree(seeds, ignore_errors=True)
+    os.makedirs(seeds)
+    for i, rec in enumerate(records):
+        with open(os.path.join(seeds, f"{i:02d}.txt"), "w", encoding="utf-8") as f:
+            f.write(rec["prompt"])
     for rec in records:
         try:
             rec["parsed"] = parse_prompt_attention(rec["prompt"])
