@@ -50,10 +50,14 @@ int run_tokenize(const TokenizeArgs& args) {
   const std::size_t count = ids.size() - 2, limit = tok.max_length() - 2;
   if (args.json) {
     nlohmann::json chunks = nlohmann::json::array();
-    for (const auto& c : chunked.chunks) chunks.push_back({{"ids", c.ids}, {"weights", c.weights}, {"tokens", c.tokens}});
-    nlohmann::json j = {{"ids", ids},           {"count", count},
-                        {"max_length", tok.max_length()}, {"truncated", count > limit},
-                        {"token_count", chunked.token_count}, {"chunks", chunks}};
+    for (const auto& c : chunked.chunks)
+      chunks.push_back({{"ids", c.ids}, {"weights", c.weights}, {"tokens", c.tokens}});
+    nlohmann::json j = {{"ids", ids},
+                        {"count", count},
+                        {"max_length", tok.max_length()},
+                        {"truncated", count > limit},
+                        {"token_count", chunked.token_count},
+                        {"chunks", chunks}};
     if (args.tokens) {
       std::vector<std::string> names;
       for (std::int32_t i : ids) names.push_back(tok.token(i));

@@ -28,7 +28,14 @@ constexpr double kSquareMultiplier = 1 / 1.1;  // multiplied by, as A1111 does (
 bool py_space(char32_t c) {
   if (c <= 0x20) return c == 0x20 || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F);
   switch (c) {
-    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return c >= 0x2000 && c <= 0x200A;
@@ -70,7 +77,7 @@ std::string utf8(std::u32string_view s) {
 bool is_syntax(char32_t c) { return c == U'\\' || c == U'(' || c == U')' || c == U'[' || c == U']' || c == U':'; }
 
 // Python's float() of the weight group [+-]?[.\d]+: digits, at most one '.', at least one digit.
-// std::nullopt-like: returns false when Python would raise ValueError.
+// False when Python would raise ValueError.
 bool py_float(std::u32string_view s, double& out) {
   std::string ascii;
   bool negative = false;
@@ -149,8 +156,8 @@ std::vector<PromptPiece> parse_prompt_attention(std::string_view text, const Pro
   while (i < n) {
     const char32_t c = s[i];
     if (c == U'\\') {
-      const bool escape = i + 1 < n && (s[i + 1] == U'(' || s[i + 1] == U')' || s[i + 1] == U'[' ||
-                                        s[i + 1] == U']' || s[i + 1] == U'\\');
+      const bool escape = i + 1 < n && (s[i + 1] == U'(' || s[i + 1] == U')' || s[i + 1] == U'[' || s[i + 1] == U']' ||
+                                        s[i + 1] == U'\\');
       res.push_back({escape ? utf8(s.substr(i + 1, 1)) : std::string(), 1.0});  // a lone '\' gives ""
       i += escape ? 2 : 1;
     } else if (c == U'(') {
@@ -174,7 +181,8 @@ std::vector<PromptPiece> parse_prompt_attention(std::string_view text, const Pro
           double w = 0;
           const std::u32string_view literal(s.data() + num, num_end - num);
           if (!py_float(literal, w))
-            raise<value_error>(kWhere, "the weight '" + utf8(literal) + "' is not a number (Python's float rejects it)");
+            raise<value_error>(kWhere,
+                               "the weight '" + utf8(literal) + "' is not a number (Python's float rejects it)");
           multiply_range(round.back(), w);
           round.pop_back();
         } else {

@@ -34,8 +34,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   using namespace diffuse::text;
   static const fs::path root = fs::path(DIFFUSE_SOURCE_DIR) / "tests" / "data";
   static const ClipTokenizer tok = ClipTokenizer::load(root / "text" / "prompts" / "tokenizer");
-  static const auto enc =
-      std::make_unique<diffuse::models::ClipTextModel>(diffuse::models::ClipTextModel::load(root / "models" / "clip_text_quick"));
+  static const auto enc = std::make_unique<diffuse::models::ClipTextModel>(
+      diffuse::models::ClipTextModel::load(root / "models" / "clip_text_quick"));
   static diffuse::kernels::Context ctx(1);
   static const PromptOptions options = fuzz_options();
   // An exact-size copy, so that AddressSanitizer sees any read past the end.

@@ -120,16 +120,15 @@ TEST(Prompt, A1111Examples) {
   EXPECT_EQ(parse("(unbalanced"), (V{{"unbalanced", 1.1}}));
   EXPECT_EQ(parse("\\(literal\\]"), (V{{"(literal]", 1.0}}));
   EXPECT_EQ(parse("(unnecessary)(parens)"), (V{{"unnecessaryparens", 1.1}}));
-  EXPECT_EQ(parse("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."),
-            (V{{"a ", 1.0},
-               {"house", 1.5730000000000004},
-               {" ", 1.1},
-               {"on", 1.0},
-               {" a ", 1.1},
-               {"hill", 0.55},
-               {", sun, ", 1.1},
-               {"sky", 1.4641000000000006},
-               {".", 1.1}}));
+  EXPECT_EQ(parse("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."), (V{{"a ", 1.0},
+                                                                             {"house", 1.5730000000000004},
+                                                                             {" ", 1.1},
+                                                                             {"on", 1.0},
+                                                                             {" a ", 1.1},
+                                                                             {"hill", 0.55},
+                                                                             {", sun, ", 1.1},
+                                                                             {"sky", 1.4641000000000006},
+                                                                             {".", 1.1}}));
   EXPECT_EQ(parse(""), (V{{"", 1.0}}));
   EXPECT_EQ(parse("a BREAK b"), (V{{"a", 1.0}, {"BREAK", -1.0}, {"b", 1.0}}));
   EXPECT_TRUE(parse("a BREAK b")[1].is_break());

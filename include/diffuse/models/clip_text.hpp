@@ -22,7 +22,7 @@
  *  **Weights**: transformers names, with or without the `text_model.` prefix (CLIPTextModel
  *  5.x saves none, 4.x and CLIPTextModelWithProjection save it); `text_projection.weight` for the
  *  projection model. `*.position_ids` buffers are ignored. F32, F16 and BF16 storage. The original
- *  checkpoint names (SD 1.x / SD 2.x / SDXL single files, OpenCLIP's fused in_proj): load_original. 
+ *  checkpoint names (SD 1.x / SD 2.x / SDXL single files, OpenCLIP's fused in_proj): load_original.
  *
  *  **Config** (config.json; transformers' CLIPTextConfig defaults for absent keys): every size
  *  must be positive and at most: vocab 2^24, hidden 2^16, intermediate 2^18, layers 1024,
