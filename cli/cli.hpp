@@ -56,6 +56,8 @@ struct TokenizeArgs {
   std::string prompt;
   bool json = false;
   bool tokens = false;  ///< also print the token strings
+  bool no_emphasis = false;  ///< chunks without A1111's emphasis syntax (text::Emphasis::none)
+  bool no_chunking = false;  ///< one chunk, truncated to 75 tokens
 };
 
 int run_generate(const GenerateArgs& args);

@@ -81,13 +81,19 @@ int main(int argc, char** argv) {
   CLI::App* tokenize = app.add_subcommand("tokenize", "CLIP token ids of a prompt and their count");
   tokenize->footer(
       "Prints the ids (with <|startoftext|> and <|endoftext|>), then the number of prompt tokens out of the 75\n"
-      "that fit in one 77-token sequence. --json: {\"ids\": [...], \"count\": N, \"max_length\": 77, \"truncated\": bool}.");
+      "that fit in one 77-token sequence. A prompt with A1111's emphasis syntax or BREAK, or longer than 75\n"
+      "tokens, is split into 77-id chunks as the encoder sees them (docs/prompts.md); each chunk is printed\n"
+      "(its ids, and its weights when not all 1), and the count line says how many tokens each chunk holds.\n"
+      "--json: {\"ids\": [...], \"count\": N, \"max_length\": 77, \"truncated\": bool, \"token_count\": N,\n"
+      "\"chunks\": [{\"ids\": [77], \"weights\": [77], \"tokens\": n}, ...]}.");
   tokenize->add_option("-m,--model", tk.model,
                        "pipeline folder (with tokenizer/), tokenizer folder (vocab.json, merges.txt) or OpenAI's "
                        "bpe_simple_vocab_16e6.txt")->required();
   tokenize->add_option("prompt", tk.prompt, "the prompt (quote it)")->required();
   tokenize->add_flag("--json", tk.json, "machine-readable output");
   tokenize->add_flag("--tokens", tk.tokens, "also print the token strings");
+  tokenize->add_flag("--no-emphasis", tk.no_emphasis, "chunks: brackets, weights and BREAK are plain text");
+  tokenize->add_flag("--no-chunking", tk.no_chunking, "chunks: one, truncated to 75 tokens (transformers)");
 
   CLI::App* list = app.add_subcommand("list", "list the samplers and schedules");
   std::string info_model;

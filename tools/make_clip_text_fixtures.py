@@ -13,12 +13,22 @@ Each case folder holds config.json, model.safetensors (transformers 5.x names: C
   last_hidden_state [3, 77, D], hidden_skip2 [3, 77, D] (hidden_states[-2], no final norm),
   hidden_skip2_norm (the same through final_layer_norm), pooled [3, D], short_last_hidden_state [2, 20, D],
   short_pooled [2, D], and for the projection model text_embeds [3, P].
+With --original-names (also run at the end of a full run), from the committed model.safetensors:
+  clip_text_quick/sd1_single_file.safetensors: the weights as an SD 1.x single file holds them
+  (`cond_stage_model.transformer.text_model.*`, with the `position_ids` buffer, and two tensors of other networks
+  outside the prefix);
+  clip_text_gelu_proj/open_clip.safetensors: as an OpenCLIP checkpoint under `cond_stage_model.model.` (the
+  names of diffusers' convert_open_clip_checkpoint, read backwards): q/k/v fused row-wise into
+  `attn.in_proj_weight` [3D, D] / `in_proj_bias`, `text_projection` [D, P] (transposed), `positional_embedding`,
+  `logit_scale`, a 4th resblock beyond the config's 3 layers (SD 2.x files keep the layer diffusers drops), and
+  a tensor of another network.
 Weights: every parameter, in state_dict order, from torch.Generator().manual_seed(seed):
   p = randn(shape) * std + mean, (mean, std) = (0, 1/sqrt(fan_in)) for Linear weights, (0, 0.05) for biases,
   (1, 0.1) for LayerNorm weights, (0, 0.5) for embedding tables.
 """
 import json
 import os
+import re
 import shutil
 
 import torch
@@ -120,5 +130,51 @@ def main():
               "max|last|", float(out.last_hidden_state.abs().max()))
 
 
+def write_original_names():
+    torch.manual_seed(0)
+    d = os.path.join(OUT, "clip_text_quick")
+    sd = load_file(os.path.join(d, "model.safetensors"))
+    out = {"cond_stage_model.transformer.text_model." + k: v for k, v in sd.items()}
+    out["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+    out["model.diffusion_model.input_blocks.0.0.weight"] = torch.randn(4, 4, 3, 3)
+    out["first_stage_model.decoder.conv_in.bias"] = torch.randn(4)
+    save_file(out, os.path.join(d, "sd1_single_file.safetensors"))
+    ref = os.path.join(ROOT, "..", "shared", "reference", "keys", "sd15_single_file.txt")
+    if os.path.exists(ref):  # the names are those of a real SD 1.5 file (layer numbers aside)
+        def pattern(k):
+            return re.sub(r"layers\.\d+\.", "layers.N.", k)
+        real = {pattern(line.split()[0]) for line in open(ref) if line.startswith("cond_stage_model.")}
+        ours = {pattern(k) for k in out if k.startswith("cond_stage_model.") and not k.endswith("position_ids")}
+        assert real == ours, (sorted(real ^ ours))
+
+    d = os.path.join(OUT, "clip_text_gelu_proj")
+    sd = load_file(os.path.join(d, "model.safetensors"))
+    p, layers = "cond_stage_model.model.", 3
+    tm = "text_model."
+    out = {p + "token_embedding.weight": sd[tm + "embeddings.token_embedding.weight"],
+           p + "positional_embedding": sd[tm + "embeddings.position_embedding.weight"],
+           p + "ln_final.weight": sd[tm + "final_layer_norm.weight"],
+           p + "ln_final.bias": sd[tm + "final_layer_norm.bias"],
+           p + "text_projection": sd["text_projection.weight"].T.contiguous(),
+           p + "logit_scale": torch.tensor(4.6052)}
+    leaf = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+            "self_attn.out_proj": "attn.out_proj"}
+    for i in range(layers + 1):
+        src, dst = f"{tm}encoder.layers.{min(i, layers - 1)}.", f"{p}transformer.resblocks.{i}."
+        extra = i == layers  # the layer beyond the config: any numbers of the right shapes
+        take = (lambda t: torch.randn_like(t)) if extra else (lambda t: t)
+        for a, b in leaf.items():
+            for kind in ("weight", "bias"):
+                out[dst + b + "." + kind] = take(sd[src + a + "." + kind])
+        for kind in ("weight", "bias"):
+            out[dst + "attn.in_proj_" + kind] = take(torch.cat([sd[src + f"self_attn.{x}_proj.{kind}"] for x in "qkv"]))
+    out["model.diffusion_model.out.2.bias"] = torch.randn(4)
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(d, "open_clip.safetensors"))
+    print("original names:", sorted(k for k in out if "resblocks.0." in k or "resblocks" not in k))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    if "--original-names" not in sys.argv:
+        main()
+    write_original_names()

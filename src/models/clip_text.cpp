@@ -87,7 +87,11 @@ struct ClipTextModel::Impl {
   std::vector<nn::TransformerLayer> layers;
   nn::LayerNorm final_norm;
   nn::Linear projection;
+  std::vector<float> projection_t;  // OpenCLIP's text_projection [D, P] transposed to [P, D]
   std::size_t parameters = 0;
+
+  // Binds every parameter; `p` is the transformers prefix ("text_model." or "") of the names asked.
+  void bind(const std::string& p, bool open_clip, const std::string& where);
 
   explicit Impl(io::ModelDir d) : dir(std::move(d)) {}
 };
@@ -104,6 +108,34 @@ ClipTextModel ClipTextModel::load(const std::filesystem::path& path, const nn::L
   return load(io::ModelDir::open(path, options.variant), options);
 }
 
+void ClipTextModel::Impl::bind(const std::string& p, bool open_clip, const std::string& where) {
+  const ClipTextConfig& c = cfg;
+  nn::WeightStore& w = *store;
+  const std::size_t d = c.hidden_size;
+  token_embedding = w.f32(p + "embeddings.token_embedding.weight", {c.vocab_size, d});
+  position_embedding = w.f32(p + "embeddings.position_embedding.weight", {c.max_position_embeddings, d});
+  const auto act = clip_activation(c.hidden_act, where);
+  const auto eps = static_cast<float>(c.layer_norm_eps);
+  for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
+    layers.push_back(nn::TransformerLayer::bind(w, p + "encoder.layers." + std::to_string(i), d,
+                                                c.num_attention_heads, c.intermediate_size, eps, act));
+  final_norm = nn::LayerNorm::bind(w, p + "final_layer_norm", d, eps);
+  if (c.with_projection && !open_clip) {
+    projection = nn::Linear::bind(w, "text_projection", d, c.projection_dim, false);
+  } else if (c.with_projection) {
+    // OpenCLIP multiplies x @ text_projection ([D, P]); the Linear wants [P, D]: one transposed copy.
+    const std::size_t pd = c.projection_dim;
+    const float* t = w.f32("text_projection", {d, pd});
+    w.reserve(std::uint64_t{d} * pd * sizeof(float), "text_projection transposed");
+    projection_t.resize(d * pd);
+    for (std::size_t i = 0; i < d; ++i)
+      for (std::size_t j = 0; j < pd; ++j) projection_t[j * d + i] = t[i * pd + j];
+    projection.in = d;
+    projection.out = pd;
+    projection.weight = nn::MatrixRef{projection_t.data(), DType::F32, pd, d};  // used on few rows: not prepacked
+  }
+}
+
 ClipTextModel ClipTextModel::load(io::ModelDir dir, const nn::LoadOptions& options) {
   auto impl = std::make_unique<Impl>(std::move(dir));
   Impl& m = *impl;
@@ -115,17 +147,91 @@ ClipTextModel ClipTextModel::load(io::ModelDir dir, const nn::LoadOptions& optio
                                               options);
   nn::WeightStore& w = *m.store;
   const std::string p = w.contains("text_model.embeddings.token_embedding.weight") ? "text_model." : "";
-  const std::size_t d = c.hidden_size;
-  m.token_embedding = w.f32(p + "embeddings.token_embedding.weight", {c.vocab_size, d});
-  m.position_embedding = w.f32(p + "embeddings.position_embedding.weight", {c.max_position_embeddings, d});
-  const auto act = clip_activation(c.hidden_act, where);
-  const auto eps = static_cast<float>(c.layer_norm_eps);
-  for (std::size_t i = 0; i < c.num_hidden_layers; ++i)
-    m.layers.push_back(nn::TransformerLayer::bind(w, p + "encoder.layers." + std::to_string(i), d,
-                                                  c.num_attention_heads, c.intermediate_size, eps, act));
-  m.final_norm = nn::LayerNorm::bind(w, p + "final_layer_norm", d, eps);
-  if (c.with_projection) m.projection = nn::Linear::bind(w, "text_projection", d, c.projection_dim, false);
+  m.bind(p, false, where);
   w.ignore(p + "embeddings.position_ids");
+  w.check_all_used();
+  m.parameters = w.parameters();
+  return ClipTextModel(std::move(impl));
+}
+
+namespace {
+
+// OpenCLIP's name for transformers' `name` (asked without the text_model. prefix), under `prefix`.
+std::string open_clip_name(std::string_view name, const std::string& prefix) {
+  static constexpr std::pair<std::string_view, std::string_view> kTop[] = {
+      {"embeddings.token_embedding.weight", "token_embedding.weight"},
+      {"embeddings.position_embedding.weight", "positional_embedding"},
+      {"final_layer_norm.weight", "ln_final.weight"},
+      {"final_layer_norm.bias", "ln_final.bias"},
+      {"text_projection", "text_projection"}};
+  for (const auto& [from, to] : kTop)
+    if (name == from) return prefix + std::string(to);
+  static constexpr std::string_view kLayers = "encoder.layers.";
+  if (name.substr(0, kLayers.size()) == kLayers) {
+    const std::string_view rest = name.substr(kLayers.size());  // "N.layer_norm1.weight"
+    const std::size_t dot = rest.find('.');
+    if (dot != std::string_view::npos) {
+      const std::string_view index = rest.substr(0, dot), leaf = rest.substr(dot + 1);
+      static constexpr std::pair<std::string_view, std::string_view> kLeaf[] = {
+          {"layer_norm1.", "ln_1."},     {"layer_norm2.", "ln_2."},          {"mlp.fc1.", "mlp.c_fc."},
+          {"mlp.fc2.", "mlp.c_proj."},   {"self_attn.out_proj.", "attn.out_proj."}};
+      for (const auto& [from, to] : kLeaf)
+        if (leaf.substr(0, from.size()) == from)
+          return prefix + "transformer.resblocks." + std::string(index) + "." + std::string(to) +
+                 std::string(leaf.substr(from.size()));
+    }
+  }
+  return prefix + "(no OpenCLIP name for " + std::string(name) + ")";
+}
+
+bool is_open_clip(const io::ModelDir& dir, std::string_view prefix) {
+  return dir.contains(std::string(prefix) + "transformer.resblocks.0.attn.in_proj_weight");
+}
+
+}  // namespace
+
+bool ClipTextModel::has_original_names(const io::ModelDir& dir, std::string_view prefix) {
+  const std::string p(prefix);
+  return is_open_clip(dir, prefix) || dir.contains(p + "text_model.embeddings.token_embedding.weight") ||
+         dir.contains(p + "embeddings.token_embedding.weight");
+}
+
+ClipTextModel ClipTextModel::load_original(io::ModelDir file, std::string prefix, ClipTextConfig config,
+                                           const nn::LoadOptions& options) {
+  auto impl = std::make_unique<Impl>(std::move(file));
+  Impl& m = *impl;
+  m.cfg = std::move(config);
+  const ClipTextConfig& c = m.cfg;
+  const std::string where = std::string(kWhere) + " " + m.dir.path().string() + " (" + prefix + "*)";
+  m.store = std::make_unique<nn::WeightStore>(m.dir, c.with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel",
+                                              options);
+  nn::WeightStore& w = *m.store;
+  w.set_scope(prefix);
+  if (is_open_clip(m.dir, prefix)) {
+    w.set_name_map([prefix](std::string_view n) { return open_clip_name(n, prefix); });
+    const std::size_t d = c.hidden_size;
+    for (std::size_t i = 0; i < c.num_hidden_layers; ++i) {
+      const std::string at = "encoder.layers." + std::to_string(i) + ".self_attn.";
+      const std::string fused = prefix + "transformer.resblocks." + std::to_string(i) + ".attn.in_proj_";
+      const char* qkv[] = {"q_proj.", "k_proj.", "v_proj."};
+      for (std::size_t j = 0; j < 3; ++j) {
+        w.add_row_view(at + qkv[j] + "weight", fused + "weight", j * d, d);
+        w.add_row_view(at + qkv[j] + "bias", fused + "bias", j * d, d);
+      }
+    }
+    m.bind("", true, where);
+    // SD 2.x files keep the 24th layer that diffusers' 23-layer text encoder drops.
+    for (std::size_t i = c.num_hidden_layers;
+         m.dir.contains(prefix + "transformer.resblocks." + std::to_string(i) + ".ln_1.weight"); ++i)
+      w.ignore(prefix + "transformer.resblocks." + std::to_string(i) + ".");
+    w.ignore(prefix + "logit_scale");
+    if (!c.with_projection) w.ignore(prefix + "text_projection");
+  } else {
+    w.set_name_map([prefix](std::string_view n) { return prefix + std::string(n); });
+    const std::string p = w.contains("text_model.embeddings.token_embedding.weight") ? "text_model." : "";
+    m.bind(p, false, where);
+    w.ignore(prefix + p + "embeddings.position_ids");
+  }
   w.check_all_used();
   m.parameters = w.parameters();
   return ClipTextModel(std::move(impl));

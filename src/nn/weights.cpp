@@ -40,7 +40,36 @@ void WeightStore::reserve(std::uint64_t bytes, std::string_view what) {
   allocated_ = total;
 }
 
-bool WeightStore::contains(std::string_view name) const { return dir_->contains(file_name(name)); }
+void WeightStore::add_row_view(std::string name, std::string file_name, std::size_t begin, std::size_t rows) {
+  row_views_[std::move(name)] = RowView{std::move(file_name), begin, rows};
+}
+
+const io::TensorView* WeightStore::find(std::string_view name) const {
+  const auto it = row_views_.find(name);
+  if (it == row_views_.end()) return dir_->find(file_name(name));
+  if (const auto r = resolved_views_.find(name); r != resolved_views_.end()) return r->second;
+  const RowView& rv = it->second;
+  const io::TensorView* whole = dir_->find(rv.file_name);
+  if (!whole) return nullptr;
+  if (whole->shape.empty() || rv.begin > whole->shape[0] || rv.rows > whole->shape[0] - rv.begin)
+    raise<shape_error>(model_, "'" + rv.file_name + "' of shape " + shape_string(whole->shape) + " has no rows [" +
+                                   std::to_string(rv.begin) + ", " + std::to_string(rv.begin + rv.rows) + ") for '" +
+                                   std::string(name) + "'");
+  const std::size_t row_bytes = whole->shape[0] ? whole->nbytes / whole->shape[0] : 0;
+  io::TensorView v;
+  v.name = rv.file_name;
+  v.dtype = whole->dtype;
+  v.shape = whole->shape;
+  v.shape[0] = rv.rows;
+  v.data = whole->data + rv.begin * row_bytes;
+  v.nbytes = rv.rows * row_bytes;
+  const io::TensorView* stored = &view_tensors_.emplace_back(std::move(v));
+  resolved_views_.emplace(std::string(name), stored);
+  return stored;
+}
+
+// A row view is described by its file tensor and rows.
+bool WeightStore::contains(std::string_view name) const { return find(name) != nullptr; }
 
 std::string WeightStore::pick(std::initializer_list<std::string_view> names) const {
   for (std::string_view n : names)
@@ -50,19 +79,21 @@ std::string WeightStore::pick(std::initializer_list<std::string_view> names) con
 
 // 'file name' (or 'file name' (asked as 'name') when a name map renamed it).
 std::string WeightStore::describe(std::string_view name) const {
+  if (const auto it = row_views_.find(name); it != row_views_.end())
+    return "'" + it->second.file_name + "' rows [" + std::to_string(it->second.begin) + ", " +
+           std::to_string(it->second.begin + it->second.rows) + ") (asked as '" + std::string(name) + "')";
   const std::string f = file_name(name);
   return "'" + f + "'" + (f == name ? std::string() : " (asked as '" + std::string(name) + "')");
 }
 
 Shape WeightStore::shape_of(std::string_view name) const {
-  const io::TensorView* v = dir_->find(file_name(name));
+  const io::TensorView* v = find(name);
   if (!v) raise<format_error>(model_, "missing parameter " + describe(name) + " in " + dir_->path().string());
   return v->shape;
 }
 
 const io::TensorView& WeightStore::checked(std::string_view name, const Shape& shape) {
-  const std::string f = file_name(name);
-  const io::TensorView* v = dir_->find(f);
+  const io::TensorView* v = find(name);
   if (!v)
     raise<format_error>(model_, "missing parameter " + describe(name) + " (expected shape " + shape_string(shape) +
                                     ") in " + dir_->path().string());
@@ -73,7 +104,12 @@ const io::TensorView& WeightStore::checked(std::string_view name, const Shape& s
   if (!is_float(v->dtype))
     raise<format_error>(model_, "parameter " + describe(name) + " has dtype " + std::string(dtype_name(v->dtype)) +
                                     ", expected F32, F16, BF16 or F64");
-  if (used_.insert(f).second) parameters_ += v->numel();
+  if (row_views_.count(name)) {  // counted per view, the file tensor marked used
+    if (views_bound_.insert(std::string(name)).second) parameters_ += v->numel();
+    used_.insert(v->name);
+  } else if (used_.insert(file_name(name)).second) {
+    parameters_ += v->numel();
+  }
   return *v;
 }
 

@@ -2,7 +2,8 @@
 // CLIPTextModel / CLIPTextModelWithProjection against transformers on the small seeded fixtures of
 // tests/data/models/clip_text_* (tools/make_clip_text_fixtures.py): last hidden state, clip_skip 2
 // (raw and through final_layer_norm), pooled (both end-token rules), text_embeds, at 77 and 20
-// tokens, batches of 3 (1, 20, 75 content tokens) and 2, 1 and 2 threads.
+// tokens, batches of 3 (1, 20, 75 content tokens) and 2, 1 and 2 threads; the original checkpoint
+// names (SD 1.x single file, OpenCLIP with fused in_proj) bit for bit as the transformers folders.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -133,4 +134,95 @@ TEST(ClipText, ConfigBounds) {
     j[key] = value;
     expect_error<diffuse::format_error>([&] { ClipTextConfig::from_json(j, "t"); }, {msg});
   }
+}
+
+namespace {
+
+// The original-name file gives the same bits as the transformers folder with the same weights
+// (tools/make_clip_text_fixtures.py --original-names).
+void check_same(const ClipTextModel& want, const ClipTextModel& got, const char* name) {
+  EXPECT_EQ(got.parameters(), want.parameters());
+  const auto io = diffuse::io::SafetensorsFile::open(case_dir(name) / "io.safetensors");
+  const auto ids = ids_of(io, "input_ids");
+  diffuse::kernels::Context ctx(2);
+  for (std::size_t skip : {1, 2}) {
+    ClipTextOptions o;
+    o.clip_skip = skip;
+    const auto a = want.encode(ids, 3, ctx, o), b = got.encode(ids, 3, ctx, o);
+    const auto same = [](const Tensor& x, const Tensor& y) {
+      return x.shape() == y.shape() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+    };
+    EXPECT_TRUE(same(a.hidden, b.hidden)) << skip;
+    EXPECT_TRUE(same(a.pooled, b.pooled)) << skip;
+    EXPECT_TRUE(same(a.text_embeds, b.text_embeds)) << skip;
+  }
+}
+
+diffuse::models::ClipTextConfig config_of(const char* name) {
+  const auto dir = diffuse::io::ModelDir::open(case_dir(name));
+  return diffuse::models::ClipTextConfig::from_json(dir.config(), name);
+}
+
+}  // namespace
+
+TEST(ClipText, Sd1SingleFileNames) {
+  const ClipTextModel want = ClipTextModel::load(case_dir("clip_text_quick"));
+  auto file = diffuse::io::ModelDir::open(case_dir("clip_text_quick") / "sd1_single_file.safetensors");
+  ASSERT_TRUE(ClipTextModel::has_original_names(file, "cond_stage_model.transformer."));
+  EXPECT_FALSE(ClipTextModel::has_original_names(file, "cond_stage_model.model."));
+  const ClipTextModel got =
+      ClipTextModel::load_original(std::move(file), "cond_stage_model.transformer.", config_of("clip_text_quick"));
+  check_same(want, got, "clip_text_quick");
+}
+
+TEST(ClipText, OpenClipNamesFusedInProj) {
+  const ClipTextModel want = ClipTextModel::load(case_dir("clip_text_gelu_proj"));
+  auto file = diffuse::io::ModelDir::open(case_dir("clip_text_gelu_proj") / "open_clip.safetensors");
+  ASSERT_TRUE(ClipTextModel::has_original_names(file, "cond_stage_model.model."));
+  const ClipTextModel got =
+      ClipTextModel::load_original(std::move(file), "cond_stage_model.model.", config_of("clip_text_gelu_proj"));
+  check_same(want, got, "clip_text_gelu_proj");
+  // SD 2.x: the same file as a CLIPTextModel without projection (text_projection ignored).
+  auto cfg = config_of("clip_text_gelu_proj");
+  cfg.with_projection = false;
+  const ClipTextModel plain = ClipTextModel::load_original(
+      diffuse::io::ModelDir::open(case_dir("clip_text_gelu_proj") / "open_clip.safetensors"), "cond_stage_model.model.",
+      cfg);
+  const auto io = diffuse::io::SafetensorsFile::open(case_dir("clip_text_gelu_proj") / "io.safetensors");
+  diffuse::kernels::Context ctx(1);
+  const auto out = plain.encode(ids_of(io, "input_ids"), 3, ctx);
+  EXPECT_LE(rel(out.hidden, io.to_f32("last_hidden_state")), kBound);
+  EXPECT_TRUE(out.text_embeds.empty());
+}
+
+TEST(ClipText, OriginalNamesErrors) {
+  // More layers than the file has: the missing resblock is named; another hidden size: the
+  // shape mismatch names the file's tensor.
+  auto cfg = config_of("clip_text_gelu_proj");
+  cfg.num_hidden_layers = 5;
+  expect_error<diffuse::format_error>(
+      [&] {
+        ClipTextModel::load_original(
+            diffuse::io::ModelDir::open(case_dir("clip_text_gelu_proj") / "open_clip.safetensors"),
+            "cond_stage_model.model.", cfg);
+      },
+      {"missing parameter", "cond_stage_model.model.transformer.resblocks.4."});
+  cfg = config_of("clip_text_gelu_proj");
+  cfg.hidden_size = 20;
+  cfg.num_attention_heads = 5;
+  expect_error<diffuse::shape_error>(
+      [&] {
+        ClipTextModel::load_original(
+            diffuse::io::ModelDir::open(case_dir("clip_text_gelu_proj") / "open_clip.safetensors"),
+            "cond_stage_model.model.", cfg);
+      },
+      {"cond_stage_model.model.token_embedding.weight"});
+  // A prefix with nothing under it: the first parameter is missing, under its original name.
+  expect_error<diffuse::format_error>(
+      [&] {
+        ClipTextModel::load_original(
+            diffuse::io::ModelDir::open(case_dir("clip_text_quick") / "sd1_single_file.safetensors"),
+            "conditioner.embedders.0.transformer.", config_of("clip_text_quick"));
+      },
+      {"missing parameter 'conditioner.embedders.0.transformer.embeddings.token_embedding.weight'"});
 }

@@ -113,3 +113,31 @@ TEST(WeightStore, UnusedParametersAreReportedUnlessIgnored) {
 }
 
 }  // namespace
+
+TEST(WeightStore, RowViewsServeRowsInPlace) {
+  for (DType storage : {DType::F32, DType::F16}) {
+    const auto dir = diffuse::io::ModelDir::open(make_dir(storage == DType::F32 ? "rows32" : "rows16", storage));
+    diffuse::nn::WeightStore w(dir, "TestNet");
+    w.add_row_view("second.weight", "lin.weight", 1, 1);
+    w.add_row_view("second.bias", "lin.bias", 1, 1);
+    w.add_row_view("past.weight", "lin.weight", 1, 2);
+    EXPECT_TRUE(w.contains("second.weight"));
+    EXPECT_EQ(w.shape_of("second.weight"), (diffuse::Shape{1, 3}));
+    const float* b = w.f32("second.bias", {1});
+    EXPECT_EQ(b[0], -4.0f);
+    const auto m = w.matrix("second.weight", {1, 3});
+    EXPECT_EQ(m.rows, 1u);
+    EXPECT_EQ(m.cols, 3u);
+    const auto& whole = dir.tensor("lin.weight");
+    EXPECT_EQ(m.data, static_cast<const void*>(whole.data + whole.nbytes / 2));  // row 1, no copy
+    EXPECT_EQ(w.parameters(), 4u);
+    expect_error<diffuse::shape_error>([&] { w.matrix("second.weight", {2, 3}); },
+                                       {"'lin.weight' rows [1, 2) (asked as 'second.weight')", "shape [1, 3]"});
+    expect_error<diffuse::shape_error>([&] { w.matrix("past.weight", {2, 3}); },
+                                       {"'lin.weight' of shape [2, 3] has no rows [1, 3) for 'past.weight'"});
+    // The file tensors behind the views count as used.
+    w.ignore("attn.");
+    w.ignore("extra.");
+    EXPECT_NO_THROW(w.check_all_used());
+  }
+}

@@ -21,7 +21,8 @@
  *
  *  **Weights**: transformers names, with or without the `text_model.` prefix (CLIPTextModel
  *  5.x saves none, 4.x and CLIPTextModelWithProjection save it); `text_projection.weight` for the
- *  projection model. `*.position_ids` buffers are ignored. F32, F16 and BF16 storage.
+ *  projection model. `*.position_ids` buffers are ignored. F32, F16 and BF16 storage. The original
+ *  checkpoint names (SD 1.x / SD 2.x / SDXL single files, OpenCLIP's fused in_proj): load_original.
  *
  *  **Config** (config.json; transformers' CLIPTextConfig defaults for absent keys): every size
  *  must be positive and at most: vocab 2^24, hidden 2^16, intermediate 2^18, layers 1024,
@@ -96,6 +97,25 @@ class DIFFUSE_API ClipTextModel {
   static ClipTextModel load(const std::filesystem::path& path, const nn::LoadOptions& options = {});
   /// From an opened folder (the model keeps the mapping alive).
   static ClipTextModel load(io::ModelDir dir, const nn::LoadOptions& options = {});
+  /** The text encoder inside an original checkpoint (a single file that holds several networks),
+   *  under `prefix`, with the config the caller knows (single files carry none). Two layouts,
+   *  told apart by the names under the prefix:
+   *  - transformers names (with or without `text_model.`) under the prefix: SD 1.x
+   *    `cond_stage_model.transformer.`, SDXL's first encoder `conditioner.embedders.0.transformer.`;
+   *  - OpenCLIP names: SD 2.x `cond_stage_model.model.`, SDXL's second encoder
+   *    `conditioner.embedders.1.model.`: `token_embedding.weight`, `positional_embedding` [N, D],
+   *    `transformer.resblocks.i.` {`ln_1`, `attn.in_proj_weight` [3D, D] / `attn.in_proj_bias`
+   *    [3D] (rows 0..D-1 are q, then k, then v: used in place, no copy), `attn.out_proj`, `ln_2`,
+   *    `mlp.c_fc`, `mlp.c_proj`}, `ln_final`, `text_projection` [D, P] (the transpose of
+   *    transformers' [P, D] weight: copied once, transposed, D x P floats). Resblocks beyond
+   *    `config.num_hidden_layers` are ignored (diffusers' SD 2.x text encoder keeps 23 of the
+   *    file's 24), and so are `logit_scale` and, without projection, `text_projection`.
+   *  Any other tensor under the prefix is refused (format_error); tensors outside it are ignored.
+   *  Both give the same numbers as the transformers folder with the same weights. */
+  static ClipTextModel load_original(io::ModelDir file, std::string prefix, ClipTextConfig config,
+                                     const nn::LoadOptions& options = {});
+  /// True when `dir` holds a CLIP text encoder under `prefix` in one of load_original's layouts.
+  static bool has_original_names(const io::ModelDir& dir, std::string_view prefix);
 
   ClipTextModel(ClipTextModel&&) noexcept;
   ClipTextModel& operator=(ClipTextModel&&) noexcept;
@@ -107,7 +127,7 @@ class DIFFUSE_API ClipTextModel {
                         const ClipTextOptions& options = {}) const;
 
   const ClipTextConfig& config() const noexcept;
-  /// Parameters bound (scalars).
+  /// Parameters bound (scalars; a fused q/k/v counts once).
   std::size_t parameters() const noexcept;
 
  private:

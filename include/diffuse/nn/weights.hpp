@@ -28,6 +28,7 @@
 #include <deque>
 #include <functional>
 #include <initializer_list>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -103,6 +104,13 @@ class DIFFUSE_API WeightStore {
   /// file holds several networks: `first_stage_model.` is the VAE's part). Empty: every tensor.
   void set_scope(std::string prefix) { scope_ = std::move(prefix); }
 
+  /// Serves `name` (as a network asks for it, before the name map) as the rows [begin, begin +
+  /// rows) of the file's tensor `file_name` (its first dimension), in place: a fused weight
+  /// such as OpenCLIP's `attn.in_proj_weight` [3D, D] gives q_proj, k_proj and v_proj without a
+  /// copy. Every lookup of `name` (contains, shape_of, f32, matrix) sees the view; binding it
+  /// marks the whole file tensor used. Set it before binding.
+  void add_row_view(std::string name, std::string file_name, std::size_t begin, std::size_t rows);
+
   /// Names (exact, or prefixes ending in '.') that check_all_used() does not report.
   void ignore(std::string_view name_or_prefix);
   /// format_error listing (up to 10 of) the tensors that were neither bound nor ignored.
@@ -123,6 +131,11 @@ class DIFFUSE_API WeightStore {
   std::uint64_t allocated_bytes() const noexcept { return allocated_; }
 
  private:
+  struct RowView {
+    std::string file_name;
+    std::size_t begin = 0, rows = 0;
+  };
+  const io::TensorView* find(std::string_view name) const;  // the file's tensor, or a row view
   const io::TensorView& checked(std::string_view name, const Shape& shape);
   std::string file_name(std::string_view name) const { return map_ ? map_(name) : std::string(name); }
   std::string describe(std::string_view name) const;
@@ -134,6 +147,11 @@ class DIFFUSE_API WeightStore {
   std::vector<std::string> ignored_;
   NameMap map_;
   std::string scope_;
+  std::map<std::string, RowView, std::less<>> row_views_;
+  std::set<std::string, std::less<>> views_bound_;
+  // The row views resolved so far (a cache of a function of the file, hence mutable; stable addresses).
+  mutable std::deque<io::TensorView> view_tensors_;
+  mutable std::map<std::string, const io::TensorView*, std::less<>> resolved_views_;
   std::deque<std::vector<float>> f32_copies_;
   std::deque<std::vector<std::uint16_t>> half_copies_;
   std::size_t parameters_ = 0;
