@@ -17,6 +17,7 @@
 #include "diffuse/nn/blocks.hpp"
 #include "diffuse/nn/config.hpp"
 #include "diffuse/nn/layers.hpp"
+#include "latent_scaling.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace models {
@@ -474,43 +475,15 @@ Tensor AutoencoderTiny::unscale_latents(const Tensor& x) const {
 }
 
 Tensor AutoencoderTiny::to_vae_latents(const Tensor& latents) const {
-  const AutoencoderTinyConfig& c = impl_->cfg;
+  const auto& c = impl_->cfg;
   check_input(latents, c.latent_channels, "AutoencoderTiny::to_vae_latents", "latents");
-  Tensor z = latents;
-  const std::size_t B = z.dim(0), L = c.latent_channels, hw = z.dim(2) * z.dim(3);
-  const float s = static_cast<float>(c.scaling_factor);
-  for (std::size_t b = 0; b < B; ++b)
-    for (std::size_t l = 0; l < L; ++l) {
-      float* p = z.data() + (b * L + l) * hw;
-      if (!c.latents_mean.empty()) {
-        const float mu = static_cast<float>(c.latents_mean[l]), sd = static_cast<float>(c.latents_std[l]);
-        for (std::size_t i = 0; i < hw; ++i) p[i] = p[i] * sd / s + mu;
-      } else {
-        const float shift = static_cast<float>(c.shift_factor.value_or(0.0));
-        for (std::size_t i = 0; i < hw; ++i) p[i] = p[i] / s + shift;
-      }
-    }
-  return z;
+  return detail::map_latents(latents, true, c.scaling_factor, c.shift_factor, c.latents_mean, c.latents_std);
 }
 
 Tensor AutoencoderTiny::to_model_latents(const Tensor& z) const {
-  const AutoencoderTinyConfig& c = impl_->cfg;
+  const auto& c = impl_->cfg;
   check_input(z, c.latent_channels, "AutoencoderTiny::to_model_latents", "z");
-  Tensor out = z;
-  const std::size_t B = out.dim(0), L = c.latent_channels, hw = out.dim(2) * out.dim(3);
-  const float s = static_cast<float>(c.scaling_factor);
-  for (std::size_t b = 0; b < B; ++b)
-    for (std::size_t l = 0; l < L; ++l) {
-      float* p = out.data() + (b * L + l) * hw;
-      if (!c.latents_mean.empty()) {
-        const float mu = static_cast<float>(c.latents_mean[l]), sd = static_cast<float>(c.latents_std[l]);
-        for (std::size_t i = 0; i < hw; ++i) p[i] = (p[i] - mu) * s / sd;
-      } else {
-        const float shift = static_cast<float>(c.shift_factor.value_or(0.0));
-        for (std::size_t i = 0; i < hw; ++i) p[i] = (p[i] - shift) * s;
-      }
-    }
-  return out;
+  return detail::map_latents(z, false, c.scaling_factor, c.shift_factor, c.latents_mean, c.latents_std);
 }
 
 }  // namespace models
