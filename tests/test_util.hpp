@@ -4,9 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <exception>
 #include <initializer_list>
 #include <string>
+
+#include "diffuse/core/tensor.hpp"
 
 namespace diffuse_test {
 
@@ -22,6 +27,19 @@ void expect_error(F&& f, std::initializer_list<std::string> parts) {
   } catch (const std::exception& e) {
     ADD_FAILURE() << "wrong exception type: " << e.what();
   }
+}
+
+/// max |a - b| / max |b| (a parity figure against a reference `b`); a shape mismatch is a test
+/// failure and gives 1e9.
+inline double rel_error(const diffuse::Tensor& a, const diffuse::Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  if (a.shape() != b.shape()) return 1e9;
+  double diff = 0, mag = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(a.data()[i]) - b.data()[i]));
+    mag = std::max(mag, std::abs(static_cast<double>(b.data()[i])));
+  }
+  return diff / mag;
 }
 
 }  // namespace diffuse_test

@@ -41,18 +41,6 @@ std::vector<std::int32_t> ids_of(const diffuse::io::SafetensorsFile& f, const ch
   return out;
 }
 
-// max |a - b| / max |b|.
-double rel(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e9;
-  double diff = 0, mag = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a.data()[i]) - b.data()[i]));
-    mag = std::max(mag, std::abs(static_cast<double>(b.data()[i])));
-  }
-  return diff / mag;
-}
-
 // Measured at most 4.6e-7 x max|ref| (f32 GEMMs, polynomial exp/erf vs PyTorch f32): bound 1e-5.
 constexpr double kBound = 1e-5;
 
@@ -65,26 +53,26 @@ void check_case(const char* name, const fs::path& weights, bool projection) {
   for (int threads : {1, 2}) {
     diffuse::kernels::Context ctx(threads);
     const auto out = enc.encode(ids, 3, ctx);
-    EXPECT_LE(rel(out.hidden, io.to_f32("last_hidden_state")), kBound) << threads;
-    EXPECT_LE(rel(out.pooled, io.to_f32("pooled")), kBound);
+    EXPECT_LE(diffuse_test::rel_error(out.hidden, io.to_f32("last_hidden_state")), kBound) << threads;
+    EXPECT_LE(diffuse_test::rel_error(out.pooled, io.to_f32("pooled")), kBound);
     if (projection) {
-      EXPECT_LE(rel(out.text_embeds, io.to_f32("text_embeds")), kBound);
+      EXPECT_LE(diffuse_test::rel_error(out.text_embeds, io.to_f32("text_embeds")), kBound);
     }
     ClipTextOptions skip;
     skip.clip_skip = 2;
     const auto s2 = enc.encode(ids, 3, ctx, skip);
-    EXPECT_LE(rel(s2.hidden, io.to_f32("hidden_skip2_norm")), kBound);
-    EXPECT_LE(rel(s2.pooled, io.to_f32("pooled")), kBound);  // pooled is the full model's
+    EXPECT_LE(diffuse_test::rel_error(s2.hidden, io.to_f32("hidden_skip2_norm")), kBound);
+    EXPECT_LE(diffuse_test::rel_error(s2.pooled, io.to_f32("pooled")), kBound);  // pooled is the full model's
     skip.final_norm_on_skip = false;
     skip.pooled = false;
     const auto s2raw = enc.encode(ids, 3, ctx, skip);
-    EXPECT_LE(rel(s2raw.hidden, io.to_f32("hidden_skip2")), kBound);
+    EXPECT_LE(diffuse_test::rel_error(s2raw.hidden, io.to_f32("hidden_skip2")), kBound);
     EXPECT_TRUE(s2raw.pooled.empty());
     const auto sh = enc.encode(short_ids, 2, ctx);
-    EXPECT_LE(rel(sh.hidden, io.to_f32("short_last_hidden_state")), kBound);
-    EXPECT_LE(rel(sh.pooled, io.to_f32("short_pooled")), kBound);
+    EXPECT_LE(diffuse_test::rel_error(sh.hidden, io.to_f32("short_last_hidden_state")), kBound);
+    EXPECT_LE(diffuse_test::rel_error(sh.pooled, io.to_f32("short_pooled")), kBound);
     if (projection) {
-      EXPECT_LE(rel(sh.text_embeds, io.to_f32("short_text_embeds")), kBound);
+      EXPECT_LE(diffuse_test::rel_error(sh.text_embeds, io.to_f32("short_text_embeds")), kBound);
     }
   }
 }
@@ -192,7 +180,7 @@ TEST(ClipText, OpenClipNamesFusedInProj) {
   const auto io = diffuse::io::SafetensorsFile::open(case_dir("clip_text_gelu_proj") / "io.safetensors");
   diffuse::kernels::Context ctx(1);
   const auto out = plain.encode(ids_of(io, "input_ids"), 3, ctx);
-  EXPECT_LE(rel(out.hidden, io.to_f32("last_hidden_state")), kBound);
+  EXPECT_LE(diffuse_test::rel_error(out.hidden, io.to_f32("last_hidden_state")), kBound);
   EXPECT_TRUE(out.text_embeds.empty());
 }
 

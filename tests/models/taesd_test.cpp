@@ -31,18 +31,6 @@ namespace {
 
 fs::path case_dir(const char* name) { return fs::path(DIFFUSE_TEST_DATA_DIR) / "models" / name; }
 
-// max |a - b| / max |b|.
-double rel(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e9;
-  double diff = 0, mag = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a.data()[i]) - b.data()[i]));
-    mag = std::max(mag, std::abs(static_cast<double>(b.data()[i])));
-  }
-  return diff / mag;
-}
-
 bool same_bits(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
@@ -60,8 +48,8 @@ void check_small(const AutoencoderTiny& vae, const fs::path& io_dir) {
     diffuse::kernels::Context ctx(threads);
     const Tensor dec = vae.decode(io.to_f32("z"), ctx);
     const Tensor enc = vae.encode(io.to_f32("image"), ctx);
-    const double e_dec = rel(dec, io.to_f32("decoded"));
-    const double e_enc = rel(enc, io.to_f32("latents"));
+    const double e_dec = diffuse_test::rel_error(dec, io.to_f32("decoded"));
+    const double e_enc = diffuse_test::rel_error(enc, io.to_f32("latents"));
     EXPECT_LE(e_dec, kBound) << threads;
     EXPECT_LE(e_enc, kBound) << threads;
     std::printf("decode %.3g, encode %.3g x max|ref| at %zu threads\n", e_dec, e_enc, threads);
@@ -145,7 +133,7 @@ TEST(AutoencoderTiny, Bf16StorageIsTheRoundedWeights) {
   const Tensor dec = a.decode(io.to_f32("z"), ctx);
   EXPECT_TRUE(same_bits(dec, b.decode(io.to_f32("z"), ctx)));
   EXPECT_TRUE(same_bits(a.encode(io.to_f32("image"), ctx), b.encode(io.to_f32("image"), ctx)));
-  EXPECT_LE(rel(dec, io.to_f32("decoded")), 0.05);
+  EXPECT_LE(diffuse_test::rel_error(dec, io.to_f32("decoded")), 0.05);
 }
 
 TEST(AutoencoderTiny, LatentScalings) {
@@ -249,9 +237,9 @@ TEST(AutoencoderTiny, TaesdRecipeDecodes512x512LikeDiffusers) {
       for (std::size_t x = 0; x < 32; ++x)
         patch.data()[(c * 32 + y) * 32 + x] = dec.data()[(c * 512 + 240 + y) * 512 + 240 + x];
   }
-  const double e_sub = rel(sub, io.to_f32("decoded_sub8"));
-  const double e_patch = rel(patch, io.to_f32("decoded_patch"));
-  const double e_enc = rel(vae.encode(image, ctx), io.to_f32("latents"));
+  const double e_sub = diffuse_test::rel_error(sub, io.to_f32("decoded_sub8"));
+  const double e_patch = diffuse_test::rel_error(patch, io.to_f32("decoded_patch"));
+  const double e_enc = diffuse_test::rel_error(vae.encode(image, ctx), io.to_f32("latents"));
   std::printf("taesd 512x512: decode %.3g (every 8th pixel), %.3g (32x32 patch), encode %.3g x max|ref|; "
               "decode activations %.1f MiB (estimate)\n",
               e_sub, e_patch, e_enc, static_cast<double>(vae.decode_bytes(1, 64, 64)) / 1048576.0);

@@ -39,17 +39,6 @@ fs::path case_dir(const std::string& name) { return fs::path(DIFFUSE_TEST_DATA_D
 
 constexpr double kBound = 1e-5;  // x max |ref| (see the file comment)
 
-double rel(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e9;
-  double diff = 0, mag = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    mag = std::max(mag, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / mag;
-}
-
 bool identical(const Tensor& a, const Tensor& b) {
   return a.same_shape(b) && std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
            return std::bit_cast<std::uint32_t>(x) == std::bit_cast<std::uint32_t>(y);
@@ -89,7 +78,7 @@ void check_case(const std::string& name) {
   for (std::size_t threads : {1u, 2u}) {
     diffuse::kernels::Context ctx(threads);
     const Tensor out = unet.forward(io.sample, io.timesteps, io.text, ctx, io.added());
-    const double e = rel(out, io.output);
+    const double e = diffuse_test::rel_error(out, io.output);
     std::printf("%s: %.3g x max|ref| at %zu threads\n", name.c_str(), e, threads);
     EXPECT_LE(e, kBound) << name << " at " << threads << " threads";
     if (threads == 1) {
@@ -148,7 +137,7 @@ TEST(UNet2DCondition, Sd15RecipeMatchesDiffusers) {
   for (std::size_t threads : {1u, 2u}) {
     diffuse::kernels::Context ctx(threads);
     const Tensor out = unet.forward(io.sample, io.timesteps, io.text, ctx);
-    const double e = rel(out, io.output);
+    const double e = diffuse_test::rel_error(out, io.output);
     std::printf("SD 1.5 U-Net, 1x4x32x32, 77 tokens: %.3g x max|ref| at %zu threads; activations %.1f MiB "
                 "(estimate %.1f MiB)\n",
                 e, threads, static_cast<double>(ctx.arena().peak_bytes()) / 1048576.0,

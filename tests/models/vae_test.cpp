@@ -27,18 +27,6 @@ namespace {
 
 fs::path case_dir(const char* name) { return fs::path(DIFFUSE_TEST_DATA_DIR) / "models" / name; }
 
-// max |a - b| / max |b|.
-double rel(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e9;
-  double diff = 0, mag = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a.data()[i]) - b.data()[i]));
-    mag = std::max(mag, std::abs(static_cast<double>(b.data()[i])));
-  }
-  return diff / mag;
-}
-
 // torch's own f32 error on these cases is 0.5e-6 .. 1.3e-6 x max|ref| (vae_cases.json); the bound
 // is 8x the largest of them.
 constexpr double kBound = 1e-5;
@@ -47,8 +35,8 @@ void check_small(const AutoencoderKL& vae, const fs::path& io_dir) {
   const auto io = diffuse::io::SafetensorsFile::open(io_dir / "io.safetensors");
   for (std::size_t threads : {1u, 2u}) {
     diffuse::kernels::Context ctx(threads);
-    const double e_dec = rel(vae.decode(io.to_f32("z"), ctx), io.to_f32("decoded"));
-    const double e_enc = rel(vae.encode_moments(io.to_f32("image"), ctx), io.to_f32("moments"));
+    const double e_dec = diffuse_test::rel_error(vae.decode(io.to_f32("z"), ctx), io.to_f32("decoded"));
+    const double e_enc = diffuse_test::rel_error(vae.encode_moments(io.to_f32("image"), ctx), io.to_f32("moments"));
     EXPECT_LE(e_dec, kBound) << threads;
     EXPECT_LE(e_enc, kBound) << threads;
     std::printf("decode %.3g, encode %.3g x max|ref| at %zu threads\n", e_dec, e_enc, threads);
@@ -68,15 +56,15 @@ TEST(AutoencoderKL, TiledDecodeAndEncodeMatchDiffusersTiling) {
   const auto io = diffuse::io::SafetensorsFile::open(case_dir("vae_small") / "io.safetensors");
   diffuse::kernels::Context ctx(2);
   const Tensor z = io.to_f32("z_big");
-  EXPECT_LE(rel(vae.decode_tiled(z, ctx), io.to_f32("tiled_decoded")), kBound);
-  EXPECT_LE(rel(vae.decode(z, ctx, {diffuse::models::VaeDecodeOptions::Tiling::off, 0}), io.to_f32("untiled_decoded")),
+  EXPECT_LE(diffuse_test::rel_error(vae.decode_tiled(z, ctx), io.to_f32("tiled_decoded")), kBound);
+  EXPECT_LE(diffuse_test::rel_error(vae.decode(z, ctx, {diffuse::models::VaeDecodeOptions::Tiling::off, 0}), io.to_f32("untiled_decoded")),
             kBound);
   // Automatic tiling with a threshold below this decode's activations picks the tiled path.
-  EXPECT_LE(rel(vae.decode(z, ctx, {diffuse::models::VaeDecodeOptions::Tiling::automatic, 1}), io.to_f32("tiled_decoded")),
+  EXPECT_LE(diffuse_test::rel_error(vae.decode(z, ctx, {diffuse::models::VaeDecodeOptions::Tiling::automatic, 1}), io.to_f32("tiled_decoded")),
             kBound);
   // The tiles differ from the whole image (seams are blended, not removed): a real difference.
-  EXPECT_GT(rel(io.to_f32("tiled_decoded"), io.to_f32("untiled_decoded")), 1e-3);
-  EXPECT_LE(rel(vae.encode_moments_tiled(io.to_f32("image_big"), ctx), io.to_f32("tiled_moments")), kBound);
+  EXPECT_GT(diffuse_test::rel_error(io.to_f32("tiled_decoded"), io.to_f32("untiled_decoded")), 1e-3);
+  EXPECT_LE(diffuse_test::rel_error(vae.encode_moments_tiled(io.to_f32("image_big"), ctx), io.to_f32("tiled_moments")), kBound);
 }
 
 TEST(AutoencoderKL, PosteriorSampleIsTorchs) {
@@ -85,7 +73,7 @@ TEST(AutoencoderKL, PosteriorSampleIsTorchs) {
   diffuse::kernels::Context ctx(1);
   const Tensor m = vae.encode_moments(io.to_f32("image"), ctx);
   diffuse::TorchGenerator gen(7);
-  EXPECT_LE(rel(AutoencoderKL::posterior_sample(m, gen), io.to_f32("posterior_sample_seed7")), kBound);
+  EXPECT_LE(diffuse_test::rel_error(AutoencoderKL::posterior_sample(m, gen), io.to_f32("posterior_sample_seed7")), kBound);
   const Tensor mean = AutoencoderKL::posterior_mean(m);
   EXPECT_EQ(mean.dim(1), 4u);
 }
@@ -143,8 +131,8 @@ TEST(AutoencoderKL, SdVaeFtEmaRecipeMatchesDiffusers) {
   EXPECT_EQ(vae.parameters(), 83653863u);
   const auto io = diffuse::io::SafetensorsFile::open(case_dir("vae_sd_recipe") / "io.safetensors");
   diffuse::kernels::Context ctx(2);
-  const double e_dec = rel(vae.decode(io.to_f32("z"), ctx), io.to_f32("decoded"));
-  const double e_enc = rel(vae.encode_moments(io.to_f32("image"), ctx), io.to_f32("moments"));
+  const double e_dec = diffuse_test::rel_error(vae.decode(io.to_f32("z"), ctx), io.to_f32("decoded"));
+  const double e_enc = diffuse_test::rel_error(vae.encode_moments(io.to_f32("image"), ctx), io.to_f32("moments"));
   std::printf("sd-vae-ft-ema: decode %.3g, encode %.3g x max|ref|; decode activations %.1f MiB (estimate)\n", e_dec,
               e_enc, static_cast<double>(vae.decode_bytes(1, 32, 32)) / 1048576.0);
   EXPECT_LE(e_dec, kBound);
@@ -166,8 +154,8 @@ TEST(AutoencoderKL, Sd3VaeRecipeMatchesDiffusers) {
   EXPECT_DOUBLE_EQ(*vae.config().shift_factor, 0.0609);
   const auto io = diffuse::io::SafetensorsFile::open(case_dir("vae_sd3_recipe") / "io.safetensors");
   diffuse::kernels::Context ctx(2);
-  const double e_dec = rel(vae.decode(io.to_f32("z"), ctx), io.to_f32("decoded"));
-  const double e_enc = rel(vae.encode_moments(io.to_f32("image"), ctx), io.to_f32("moments"));
+  const double e_dec = diffuse_test::rel_error(vae.decode(io.to_f32("z"), ctx), io.to_f32("decoded"));
+  const double e_enc = diffuse_test::rel_error(vae.encode_moments(io.to_f32("image"), ctx), io.to_f32("moments"));
   std::printf("sd3 vae: decode %.3g, encode %.3g x max|ref|\n", e_dec, e_enc);
   EXPECT_LE(e_dec, kBound);
   EXPECT_LE(e_enc, kBound);
