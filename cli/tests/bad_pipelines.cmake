@@ -42,6 +42,6 @@ check(no_vae_folder "lists 'vae' \\(AutoencoderKL\\) but there is no vae/ folder
 
 make(text_encoder)
 file(READ "${WORK}/text_encoder/model_index.json" _index)
-string(REPLACE "\"_class_name\"" "\"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n  \"_class_name\"" _index "${_index}")
+string(REPLACE "\"_class_name\"" "\"text_encoder\": [\"transformers\", \"T5EncoderModel\"],\n  \"_class_name\"" _index "${_index}")
 file(WRITE "${WORK}/text_encoder/model_index.json" "${_index}")
-check(text_encoder "cannot run component 'text_encoder' \\(transformers CLIPTextModel\\)")
+check(text_encoder "cannot run component 'text_encoder' \\(transformers T5EncoderModel\\)")

@@ -81,7 +81,7 @@ extern "C" {
 /** The version of this C interface. It grows by one when a function or an enum value is added;
  *  structs grow at their end only (see `struct_size`), so older callers keep working. Compare with
  *  `diffuse_abi_version()` at run time to check the library loaded is at least this new. */
-#define DIFFUSE_ABI_VERSION 3
+#define DIFFUSE_ABI_VERSION 4
 
 /* ---- status codes ---- */
 
@@ -248,6 +248,9 @@ typedef struct diffuse_model_info {
   const char* default_schedule;
   int default_steps;
   float default_guidance_scale;
+  /** (ABI 4) 1 when the model generates from a prompt (a text-to-image pipeline: give
+   *  diffuse_job_options.prompt), else 0. */
+  int text_conditional;
 } diffuse_model_info;
 
 DIFFUSE_API void diffuse_model_info_init(diffuse_model_info* info);
@@ -306,6 +309,23 @@ typedef struct diffuse_job_options {
   /** (ABI 3) A latent model's decode: -1 (default) tiled when it would need more than 1 GiB, 0
    *  never tiled, 1 always tiled (diffusers' enable_tiling). */
   int tiling;
+  /** (ABI 4) A text-to-image model's prompt (UTF-8, read as A1111 reads prompts: `(word:1.3)`
+   *  emphasis, 75-token chunks, BREAK; docs/prompts.md), for every image. Required by such a model
+   *  (NULL is then DIFFUSE_INVALID_ARGUMENT; "" is the empty prompt), refused by others. Copied. */
+  const char* prompt;
+  /** (ABI 4) What guidance steers away from, for every image; NULL (default): none. Copied. */
+  const char* negative_prompt;
+  /** (ABI 4) One prompt per image: `prompt_count` strings (1 or batch) in place of `prompt`; the
+   *  same for negative prompts. NULL (default): `prompt` / `negative_prompt`. Copied. */
+  const char* const* prompts;
+  size_t prompt_count;
+  const char* const* negative_prompts;
+  size_t negative_prompt_count;
+  /** (ABI 4) A1111's "Clip skip": 1 the text encoder's last layer, 2 the one before, ...; 0
+   *  (default): 1. */
+  int clip_skip;
+  /** (ABI 4) Guidance rescale phi (Lin et al. 2023) in 0..1; 0 (default): off. */
+  float guidance_rescale;
 } diffuse_job_options;
 
 DIFFUSE_API void diffuse_job_options_init(diffuse_job_options* options);
@@ -342,6 +362,7 @@ typedef enum diffuse_stage {
   DIFFUSE_STAGE_DENOISE = 0,
   DIFFUSE_STAGE_DECODE = 1,
   DIFFUSE_STAGE_DONE = 2,
+  DIFFUSE_STAGE_ENCODE = 3, /**< (ABI 4) a text model's first step: the prompts' text encoding */
   DIFFUSE_STAGE_MAX_ENUM = 0x7fffffff /**< not a stage (see DIFFUSE_STATUS_MAX_ENUM) */
 } diffuse_stage;
 

@@ -339,6 +339,12 @@ class CancellableNetwork final : public diffuse::models::Network {
     if (cancel_->load(std::memory_order_acquire)) throw Cancelled{};
     return base_->forward(x, timesteps, labels, ctx);
   }
+  diffuse::Tensor forward_conditioned(const diffuse::Tensor& x, std::span<const float> timesteps,
+                                      const diffuse::models::Conditioning& c,
+                                      diffuse::kernels::Context& ctx) const override {
+    if (cancel_->load(std::memory_order_acquire)) throw Cancelled{};
+    return base_->forward_conditioned(x, timesteps, c, ctx);
+  }
   std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override {
     return base_->forward_bytes(batch, height, width);
   }
@@ -616,7 +622,8 @@ diffuse_status diffuse_model_get_info(const diffuse_model* model, diffuse_model_
   full.default_sampler = d.sampler.c_str();
   full.default_schedule = d.schedule.c_str();
   full.default_steps = d.steps;
-  full.default_guidance_scale = ni.null_class ? d.cfg_scale : 1.0f;
+  full.default_guidance_scale = m->model.guidable() ? d.cfg_scale : 1.0f;
+  full.text_conditional = m->model.text_conditional() ? 1 : 0;
   const std::size_t n = std::min(info->struct_size, sizeof full) - sizeof(std::size_t);
   std::memcpy(reinterpret_cast<char*>(info) + sizeof(std::size_t), reinterpret_cast<const char*>(&full) + sizeof(std::size_t), n);
   return DIFFUSE_OK;
@@ -644,6 +651,14 @@ void diffuse_job_options_init(diffuse_job_options* o) {
   o->initial_noise = nullptr;
   o->initial_noise_count = 0;
   o->tiling = -1;
+  o->prompt = nullptr;
+  o->negative_prompt = nullptr;
+  o->prompts = nullptr;
+  o->prompt_count = 0;
+  o->negative_prompts = nullptr;
+  o->negative_prompt_count = 0;
+  o->clip_skip = 0;
+  o->guidance_rescale = 0.0f;
 }
 
 diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* model, const diffuse_job_options* options,
@@ -743,6 +758,32 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
                                                     std::to_string(o.initial_noise_count));
     }
 
+    // Prompts: one string for all images, or a list of 1 or batch strings.
+    const auto strings = [&](const char* one, const char* const* list, std::size_t count, const char* name,
+                             std::vector<std::string>& to) {
+      if (list) {
+        if (count != 1 && count != g.batch)
+          api_fail(DIFFUSE_INVALID_ARGUMENT, where, std::string(name) + "_count must be 1 or batch (" +
+                                                        std::to_string(g.batch) + "), got " + std::to_string(count));
+        for (std::size_t i = 0; i < count; ++i) {
+          if (!list[i])
+            api_fail(DIFFUSE_INVALID_ARGUMENT, where, std::string(name) + "[" + std::to_string(i) + "] is NULL");
+          to.emplace_back(list[i]);
+        }
+      } else if (count != 0) {
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where, std::string(name) + " is NULL but " + name + "_count is " +
+                                                      std::to_string(count));
+      } else if (one) {
+        to.emplace_back(one);
+      }
+    };
+    strings(o.prompt, o.prompts, o.prompt_count, "prompts", g.prompts);
+    strings(o.negative_prompt, o.negative_prompts, o.negative_prompt_count, "negative_prompts", g.negative_prompts);
+    if (o.clip_skip < 0)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "clip_skip must be >= 1 (or 0 for 1), got " + std::to_string(o.clip_skip));
+    if (o.clip_skip > 0) g.clip_skip = static_cast<std::size_t>(o.clip_skip);
+    g.guidance_rescale = o.guidance_rescale;
+
     // The job's own view of the model: the same network (shared, immutable) behind the cancel check.
     const dp::Model jm = base.with_network(std::make_shared<CancellableNetwork>(base.shared_network(), &s->cancel));
     auto j = std::make_unique<diffuse_job>(c->s, dp::Generation(jm, g));
@@ -803,6 +844,7 @@ diffuse_status diffuse_job_stage(const diffuse_job* job, diffuse_stage* stage) {
   if (!j) return DIFFUSE_INVALID_ARGUMENT;
   if (!stage) return DIFFUSE_INVALID_ARGUMENT;
   switch (j->gen.stage()) {
+    case dp::Generation::Stage::encode: *stage = DIFFUSE_STAGE_ENCODE; break;
     case dp::Generation::Stage::denoise: *stage = DIFFUSE_STAGE_DENOISE; break;
     case dp::Generation::Stage::decode: *stage = DIFFUSE_STAGE_DECODE; break;
     case dp::Generation::Stage::done: *stage = DIFFUSE_STAGE_DONE; break;

@@ -4,12 +4,20 @@
 
 #include "diffuse/core/error.hpp"
 #include "diffuse/models/network.hpp"
+#include "diffuse/models/unet2d_condition.hpp"
 #include "registry.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace models {
 
 Network::~Network() = default;
+
+Tensor Network::forward_conditioned(const Tensor& x, std::span<const float> timesteps, const Conditioning& c,
+                                    kernels::Context& ctx) const {
+  if (c.text || c.pooled || c.time_ids)
+    raise<value_error>("Network::forward", info().architecture + " takes no text conditioning (give class labels)");
+  return forward(x, timesteps, c.labels, ctx);
+}
 
 std::unique_ptr<Network> load_network(const std::filesystem::path& path, const nn::LoadOptions& options) {
   io::ModelDir dir = io::ModelDir::open(path, options.variant);
@@ -26,11 +34,13 @@ std::unique_ptr<Network> load_network(const std::filesystem::path& path, const n
   const std::string cls = it->get<std::string>();
   if (cls == "UNet2DModel") return load_unet2d(std::move(dir), options);
   if (cls == "DiTTransformer2DModel") return load_dit(std::move(dir), options);
+  if (cls == "UNet2DConditionModel")
+    return std::make_unique<UNet2DConditionModel>(UNet2DConditionModel::load(std::move(dir), options));
   const auto norm = cfg.find("norm_type");
   if (cls == "Transformer2DModel" && norm != cfg.end() && norm->is_string() && *norm == "ada_norm_zero")
     return load_dit(std::move(dir), options);
   raise<format_error>(kWhere, (path / "config.json").string() + ": architecture \"" + cls +
-                                  "\" is not supported (known: UNet2DModel, DiTTransformer2DModel)");
+                                  "\" is not supported (known: UNet2DModel, DiTTransformer2DModel, UNet2DConditionModel)");
 }
 
 }  // namespace models

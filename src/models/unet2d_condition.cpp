@@ -368,6 +368,12 @@ UNet2DConditionModel::Impl::Impl(io::ModelDir d, const nn::LoadOptions& options)
   info.out_channels = c.out_channels;
   info.sample_size = c.sample_height.value_or(0);
   info.size_multiple = std::size_t{1} << (nb - 1);
+  info.text_dim = c.cross_attention_dim.at(0);
+  if (text_time) {  // SDXL: add_embedding([text_embeds; Timesteps(time_ids)]) with 6 time ids
+    info.time_ids = 6;
+    const std::size_t K = *c.projection_class_embeddings_input_dim, A = *c.addition_time_embed_dim;
+    info.pooled_dim = K > 6 * A ? K - 6 * A : 0;
+  }
   info.parameters = w.parameters();
   for (const std::string& name : dir.names()) ++info.dtypes[std::string(dtype_name(dir.find(name)->dtype))];
 }
@@ -639,6 +645,20 @@ Tensor UNet2DConditionModel::forward(const Tensor& x, std::span<const float> tim
 std::uint64_t UNet2DConditionModel::forward_bytes(std::size_t batch, std::size_t height, std::size_t width,
                                                   std::size_t text_tokens) const {
   return impl_->forward_bytes(batch, height, width, text_tokens);
+}
+
+Tensor UNet2DConditionModel::forward_conditioned(const Tensor& x, std::span<const float> timesteps,
+                                                 const Conditioning& c, kernels::Context& ctx) const {
+  if (!c.text)
+    raise<value_error>(kForward, "a text-conditional U-Net needs the text encoder's hidden states (a prompt)");
+  if (!c.labels.empty()) raise<value_error>(kForward, "a text-conditional U-Net takes no class labels");
+  return impl_->forward(x, timesteps, *c.text, ctx, UNet2DConditionAdded{c.pooled, c.time_ids});
+}
+
+Tensor UNet2DConditionModel::forward(const Tensor&, std::span<const float>, std::span<const std::int64_t>,
+                                     kernels::Context&) const {
+  raise<value_error>(kForward, "a text-conditional U-Net needs the text encoder's hidden states (a prompt), "
+                               "not class labels");
 }
 
 const UNet2DConditionConfig& UNet2DConditionModel::config() const noexcept { return impl_->cfg; }

@@ -48,6 +48,14 @@ bool adaptive(const Sampler<float>& s) { return s.name() == "dpm_adaptive"; }
 /// A sampler that accepts flow-space denoisers directly (flow_euler, euler, heun, lms, lcm).
 bool runs_in_flow_space(const Sampler<float>& s) { return s.accepts(NoiseSpace::flow); }
 
+/// The largest clip_skip the model's text encoders allow (at most 12, A1111's range).
+std::size_t max_clip_skip(const Model& m) {
+  std::size_t n = 12;
+  const bool xl = m.info().pooled_dim > 0;  // SDXL's states are already the penultimate layer's
+  for (const auto& t : m.text_encoders()) n = std::min(n, t.encoder->config().num_hidden_layers - (xl ? 1 : 0));
+  return std::max<std::size_t>(n, 1);
+}
+
 std::string fmt_float(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", v);
@@ -85,7 +93,7 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   }
   if (o.schedule.empty()) o.schedule = d.schedule;
   if (!o.steps) o.steps = d.steps;
-  if (!o.cfg_scale) o.cfg_scale = model.null_class() ? d.cfg_scale : 1.0f;
+  if (!o.cfg_scale) o.cfg_scale = model.guidable() ? d.cfg_scale : 1.0f;
   if (!o.width) o.width = model.image_size();
   if (!o.height) o.height = model.image_size();
 
@@ -103,7 +111,7 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
     raise<value_error>(where, "steps must be in 1.." + std::to_string(kMaxSteps) + ", got " + std::to_string(*o.steps));
   if (!std::isfinite(*o.cfg_scale))
     raise<value_error>(where, "cfg_scale must be a finite number, got " + fmt_float(*o.cfg_scale));
-  if (*o.cfg_scale != 1.0f && !model.null_class())
+  if (*o.cfg_scale != 1.0f && !model.guidable())
     raise<value_error>(where, model.name() + " has no null class, so it cannot use classifier-free guidance: cfg_scale must be 1, got " +
                                   fmt_float(*o.cfg_scale));
   if (o.batch < 1 || o.batch > kMaxBatch)
@@ -122,6 +130,30 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   } else if (!o.labels.empty()) {
     raise<value_error>(where, model.name() + " is unconditional: it takes no class label");
   }
+
+  if (model.text_conditional()) {
+    if (o.prompts.empty())
+      raise<value_error>(where, model.name() + " generates from text: give a prompt (\"\" for the empty prompt)");
+    if (o.prompts.size() != 1 && o.prompts.size() != o.batch)
+      raise<value_error>(where, "give one prompt for all images or one per image: " + std::to_string(o.prompts.size()) +
+                                    " prompts for a batch of " + std::to_string(o.batch));
+    if (o.negative_prompts.size() > 1 && o.negative_prompts.size() != o.batch)
+      raise<value_error>(where, "give one negative prompt for all images or one per image: " +
+                                    std::to_string(o.negative_prompts.size()) + " negative prompts for a batch of " +
+                                    std::to_string(o.batch));
+    if (!o.negative_prompts.empty() && *o.cfg_scale == 1.0f)
+      raise<value_error>(where, "a negative prompt needs classifier-free guidance: cfg_scale 1 ignores it");
+    const std::size_t max_skip = max_clip_skip(model);
+    if (o.clip_skip < 1 || o.clip_skip > max_skip)
+      raise<value_error>(where, "clip_skip must be in 1.." + std::to_string(max_skip) + " for " + model.name() +
+                                    ", got " + std::to_string(o.clip_skip));
+  } else {
+    if (!o.prompts.empty() || !o.negative_prompts.empty())
+      raise<value_error>(where, model.name() + " is not conditioned on text: it takes no prompt" +
+                                    (model.class_conditional() ? " (give a class label)" : ""));
+  }
+  if (!(o.guidance_rescale >= 0.0f && o.guidance_rescale <= 1.0f))
+    raise<value_error>(where, "guidance_rescale must be in 0..1, got " + fmt_float(o.guidance_rescale));
 
   const std::size_t mult = std::max<std::size_t>(ni.size_multiple, 1) * model.latent_scale();
   for (const auto& [name, v] : {std::pair{"width", *o.width}, std::pair{"height", *o.height}}) {
@@ -205,7 +237,13 @@ struct Generation::State {
   Model model;
   GenerateOptions opt;
   std::vector<float> sigmas;           // in the sampler's space
-  std::vector<std::int64_t> cond, uncond, both;  // labels per forward kind
+  /// What one kind of forward is conditioned on: labels, or text states (+ SDXL's added ones).
+  struct Cond {
+    std::vector<std::int64_t> labels;
+    Tensor text, pooled, time_ids;
+  };
+  Cond cond, uncond, both;  // per forward kind
+  bool encoded = false;     // the prompts' text states are in cond / uncond / both
   kernels::Context* ctx = nullptr;     // set for the duration of step()
   AnyDenoiser<float> denoiser;
   std::unique_ptr<Sampler<float>> sampler;
@@ -219,13 +257,20 @@ struct Generation::State {
 
   State(const Model& m, GenerateOptions o) : model(m), opt(std::move(o)), gen(opt.seed) {}
 
-  /// The network as `(x_in, t) -> output` with the labels of one branch bound.
+  void encode(kernels::Context& c);
+
+  /// The network as `(x_in, t) -> output` with the conditioning of one branch bound.
   struct Net {
     State* s;
-    const std::vector<std::int64_t>* labels;
+    const Cond* c;
     Tensor operator()(const Tensor& x_in, float t) const {
       const float ts[1] = {t};
-      return s->model.network().forward(x_in, ts, *labels, *s->ctx);
+      if (c->text.size() == 0) return s->model.network().forward(x_in, ts, c->labels, *s->ctx);
+      models::Conditioning mc;
+      mc.text = &c->text;
+      if (c->pooled.size() != 0) mc.pooled = &c->pooled;
+      if (c->time_ids.size() != 0) mc.time_ids = &c->time_ids;
+      return s->model.network().forward_conditioned(x_in, ts, mc, *s->ctx);
     }
   };
   using Parameterized = ParameterizedDenoiser<float, Net>;
@@ -245,6 +290,82 @@ struct Generation::State {
   };
 };
 
+namespace {
+/// Rows first .. first + n - 1 of `t` along dim 0.
+Tensor batch_rows(const Tensor& t, std::size_t first, std::size_t n) {
+  Shape shape = t.shape();
+  const std::size_t row = t.size() / shape[0];
+  shape[0] = n;
+  Tensor out(shape);
+  std::copy_n(t.data() + first * row, n * row, out.data());
+  return out;
+}
+
+/// [a; b] along dim 0.
+Tensor cat_rows(const Tensor& a, const Tensor& b) {
+  Shape shape = a.shape();
+  shape[0] += b.dim(0);
+  Tensor out(shape);
+  std::copy_n(a.data(), a.size(), out.data());
+  std::copy_n(b.data(), b.size(), out.data() + a.size());
+  return out;
+}
+}  // namespace
+
+// The encode stage: every prompt of the generation in one batch, [negative...; prompt...] when
+// guiding (the order of the guidance batch), split into the branches' text states.
+void Generation::State::encode(kernels::Context& c) {
+  const std::size_t B = opt.batch;
+  const bool cfg = *opt.cfg_scale != 1.0f;
+  const auto& ni = model.info();
+  auto pick = [](const std::vector<std::string>& v, std::size_t b) {
+    return v.empty() ? std::string() : v.size() == 1 ? v[0] : v[b];
+  };
+  // SDXL without a negative prompt: zero states for the unconditional branch (diffusers).
+  const bool zero_uncond = cfg && ni.pooled_dim > 0 && opt.negative_prompts.empty() && model.force_zeros_for_empty_prompt();
+  std::vector<std::string> prompts;
+  if (cfg && !zero_uncond)
+    for (std::size_t b = 0; b < B; ++b) prompts.push_back(pick(opt.negative_prompts, b));
+  for (std::size_t b = 0; b < B; ++b) prompts.push_back(pick(opt.prompts, b));
+  TextConditioning tc = encode_text(model, prompts, c, opt.clip_skip, opt.prompt);
+  if (cfg && !zero_uncond && opt.clip_skip > 1 && !opt.clip_skip_negative) {
+    // diffusers: the negative prompts at the last layer. The same batch again (so the chunk
+    // counts agree), its negative rows taken.
+    const TextConditioning last = encode_text(model, prompts, c, 1, opt.prompt);
+    std::copy_n(last.hidden.data(), last.hidden.size() / 2, tc.hidden.data());
+  }
+  const bool pooled = tc.pooled.size() != 0;
+  if (!cfg) {
+    cond.text = std::move(tc.hidden);
+    cond.pooled = std::move(tc.pooled);
+  } else if (zero_uncond) {
+    cond.text = std::move(tc.hidden);
+    cond.pooled = std::move(tc.pooled);
+    uncond.text = Tensor(cond.text.shape());
+    if (pooled) uncond.pooled = Tensor(cond.pooled.shape());
+  } else {
+    cond.text = batch_rows(tc.hidden, B, B);
+    uncond.text = batch_rows(tc.hidden, 0, B);
+    if (pooled) {
+      cond.pooled = batch_rows(tc.pooled, B, B);
+      uncond.pooled = batch_rows(tc.pooled, 0, B);
+    }
+  }
+  if (ni.time_ids > 0) {  // (original size, crop top-left, target size) of the image, as diffusers' defaults
+    const auto h = static_cast<float>(*opt.height), w = static_cast<float>(*opt.width);
+    const float ids[6] = {h, w, 0.0f, 0.0f, h, w};
+    cond.time_ids = Tensor({B, ni.time_ids});
+    for (std::size_t b = 0; b < B; ++b) std::copy_n(ids, std::min<std::size_t>(6, ni.time_ids), cond.time_ids.data() + b * ni.time_ids);
+    uncond.time_ids = cond.time_ids;
+  }
+  if (cfg) {
+    both.text = cat_rows(uncond.text, cond.text);
+    if (pooled) both.pooled = cat_rows(uncond.pooled, cond.pooled);
+    if (ni.time_ids > 0) both.time_ids = cat_rows(uncond.time_ids, cond.time_ids);
+  }
+  encoded = true;
+}
+
 Generation::Generation(const Model& model, const GenerateOptions& options) try
     : s_(std::make_unique<State>(model, resolve_options(model, options))) {
   init();
@@ -262,12 +383,14 @@ void Generation::init() {
   const bool flow = model.space() == NoiseSpace::flow;
 
   // Labels: cond per image; uncond all null; both = [uncond; cond] (guidance.hpp's batch order).
+  // Text states come later, from the encode stage (encode_prompts).
   if (model.class_conditional()) {
-    for (std::size_t b = 0; b < o.batch; ++b) s.cond.push_back(o.labels.size() == 1 ? o.labels[0] : o.labels[b]);
+    auto& cond = s.cond.labels;
+    for (std::size_t b = 0; b < o.batch; ++b) cond.push_back(o.labels.size() == 1 ? o.labels[0] : o.labels[b]);
     if (model.null_class()) {
-      s.uncond.assign(o.batch, *model.null_class());
-      s.both = s.uncond;
-      s.both.insert(s.both.end(), s.cond.begin(), s.cond.end());
+      s.uncond.labels.assign(o.batch, *model.null_class());
+      s.both.labels = s.uncond.labels;
+      s.both.labels.insert(s.both.labels.end(), cond.begin(), cond.end());
     }
   }
 
@@ -299,11 +422,12 @@ void Generation::init() {
   po.thresholding = false;
   po.integer_timesteps = !flow && rule.integer_timesteps;
   State* sp = &s;
-  auto branch = [&](const std::vector<std::int64_t>& labels) {
-    return State::Parameterized(State::Net{sp, &labels}, model.prediction(), model.train_sigmas(), po);
+  auto branch = [&](const State::Cond& c) {
+    return State::Parameterized(State::Net{sp, &c}, model.prediction(), model.train_sigmas(), po);
   };
   GuidanceOptions<float> go;
   go.scale = *o.cfg_scale;
+  go.guidance_rescale = o.guidance_rescale;
   auto guided = make_guided<float>(State::Branches{branch(s.uncond), branch(s.cond), branch(s.both)}, go, model.space());
   AnyDenoiser<float> any(
       [g = std::move(guided), post](const Tensor& x, float sigma) {
@@ -328,7 +452,7 @@ void Generation::init() {
   if (to_ve) {
     scale = 1.0f + s0;  // x_ve = x_flow / (1 - s) with s = sigma / (1 + sigma)
   } else if (!flow) {
-    scale = std::sqrt(1.0f + s0 * s0);  // a pure-noise VP sample, in VE form
+    scale = initial_noise_factor(model, o.sampler, s0);  // as the sampler's diffusers class starts
   }
   if (scale != 1.0f)
     for (float& v : s.x.values()) v *= scale;
@@ -344,6 +468,25 @@ void Generation::step(kernels::Context& ctx) {
   State& s = *s_;
   if (s.failed) raise<value_error>(where, "an earlier step failed; start a new generation");
   if (done()) raise<value_error>(where, "the generation is done (" + std::to_string(num_steps()) + " steps)");
+  if (stage() == Stage::encode) {  // a text model's first stage: the prompts' text states
+    const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
+    try {
+      s.encode(ctx);
+    } catch (const std::bad_alloc& e) {
+      s.failed = true;
+      rethrow_allocation_failure(where, e);
+    } catch (const std::length_error& e) {
+      s.failed = true;
+      rethrow_allocation_failure(where, e);
+    } catch (const value_error& e) {
+      s.failed = true;
+      raise<value_error>(where, std::string("encoding the prompts: ") + e.what());
+    } catch (...) {
+      s.failed = true;
+      throw;
+    }
+    return;
+  }
   if (s.sampler->done()) {  // a latent model's last stage: the decode
     const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
     try {
@@ -370,6 +513,12 @@ void Generation::step(kernels::Context& ctx) {
   const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
   try {
     s.sampler->step(s.denoiser, s.x, s.noise);
+    // A schedule that ends above sigma 0 (DDIM without set_alpha_to_one): the last sample in the
+    // VP form diffusers returns, x_vp = x_ve / sqrt(1 + sigma^2).
+    if (s.sampler->done() && s.model.space() == NoiseSpace::ve && s.sigmas.back() > 0.0f) {
+      const float k = 1.0f / std::sqrt(1.0f + s.sigmas.back() * s.sigmas.back());
+      for (float& v : s.x.values()) v *= k;
+    }
   } catch (const std::bad_alloc& e) {
     s.ctx = nullptr;
     s.failed = true;
@@ -392,6 +541,7 @@ void Generation::step(kernels::Context& ctx) {
 }
 
 Generation::Stage Generation::stage() const {
+  if (s_->model.text_conditional() && !s_->encoded) return Stage::encode;
   if (!s_->sampler->done()) return Stage::denoise;
   if (s_->model.latent() && !s_->decoded) return Stage::decode;
   return Stage::done;

@@ -15,6 +15,7 @@
 #include "diffuse/core/json.hpp"
 #include "diffuse/io/model_dir.hpp"
 #include "diffuse/pipeline/model.hpp"
+#include "diffuse/sample/registry.hpp"
 #include "diffuse/schedule/sigmas.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -47,14 +48,19 @@ V json_value(const nlohmann::json& j, const char* key, V fallback) {
 
 namespace {
 
+/// Components a generation does not need: not loaded, their folders not required.
+bool skipped_component(std::string_view name) {
+  return name == "safety_checker" || name == "feature_extractor" || name == "image_encoder";
+}
+
 /// What diffuse can run of each pipeline component; a message when it cannot.
 std::string unsupported_component(const PipelineComponent& c) {
   const std::string& k = c.class_name;
+  if (skipped_component(c.name)) return {};
   if (c.name == "unet" || c.name == "transformer") {
-    if (k == "UNet2DModel" || k == "DiTTransformer2DModel" || k == "Transformer2DModel") return {};
-    if (k == "UNet2DConditionModel")
-      return "the text-conditional U-Net (UNet2DConditionModel) of Stable Diffusion is not supported yet";
-    return "diffuse runs UNet2DModel and DiTTransformer2DModel networks";
+    if (k == "UNet2DModel" || k == "DiTTransformer2DModel" || k == "Transformer2DModel" || k == "UNet2DConditionModel")
+      return {};
+    return "diffuse runs UNet2DModel, UNet2DConditionModel and DiTTransformer2DModel networks";
   }
   if (c.name == "vae") {
     if (k == "AutoencoderKL" || k == "AutoencoderTiny") return {};
@@ -68,9 +74,14 @@ std::string unsupported_component(const PipelineComponent& c) {
       return "an unknown scheduler class";
     }
   }
-  if (c.name == "text_encoder" || c.name == "text_encoder_2" || c.name == "tokenizer" || c.name == "tokenizer_2")
-    return "text-conditional pipelines are not supported yet (the text encoder can be used on its own: "
-           "models/clip_text.hpp)";
+  if (c.name == "text_encoder" || c.name == "text_encoder_2") {
+    if (k == "CLIPTextModel" || k == "CLIPTextModelWithProjection") return {};
+    return "diffuse runs CLIP text encoders (CLIPTextModel, CLIPTextModelWithProjection)";
+  }
+  if (c.name == "tokenizer" || c.name == "tokenizer_2") {
+    if (k == "CLIPTokenizer" || k == "CLIPTokenizerFast") return {};
+    return "diffuse tokenizes with the CLIP tokenizer";
+  }
   return "diffuse does not know this component";
 }
 
@@ -122,7 +133,7 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
       raise<io_error>(where, path.string() + ": a " + index.class_name +
                                  " generates latents, but its model_index.json lists no vae to decode them");
     for (const auto& c : index.components)
-      if (!fs::is_directory(path / c.name, ec))
+      if (!skipped_component(c.name) && !fs::is_directory(path / c.name, ec))
         raise<io_error>(where, path.string() + ": model_index.json lists '" + c.name + "' (" + c.class_name +
                                    ") but there is no " + c.name + "/ folder");
     net_dir = path / net->name;
@@ -152,6 +163,29 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
         m.vae_ = std::make_shared<const models::AutoencoderKL>(models::AutoencoderKL::load(vae_dir, options));
       for (const auto& f : io::ModelDir::open(vae_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);
     }
+    if (pipeline) {  // text encoders with their tokenizers: text_encoder + tokenizer, then the _2 pair
+      std::vector<TextEncoder> text;
+      for (const char* suffix : {"", "_2"}) {
+        const std::string enc = std::string("text_encoder") + suffix, tok = std::string("tokenizer") + suffix;
+        const bool has_enc = index.find(enc) != nullptr, has_tok = index.find(tok) != nullptr;
+        if (!has_enc && !has_tok) continue;
+        if (has_enc != has_tok)
+          raise<io_error>(where, path.string() + ": model_index.json lists '" + (has_enc ? enc : tok) + "' without '" +
+                                     (has_enc ? tok : enc) + "'");
+        TextEncoder t;
+        t.encoder = std::make_shared<const models::ClipTextModel>(models::ClipTextModel::load(path / enc, options));
+        t.tokenizer = std::make_shared<const text::ClipTokenizer>(text::ClipTokenizer::load(path / tok));
+        for (const auto& f : io::ModelDir::open(path / enc, options.variant).weight_files())
+          m.weights_bytes_ += fs::file_size(f);
+        text.push_back(std::move(t));
+      }
+      if (!text.empty() || m.network_->info().text_dim > 0) {
+        if (text.empty())
+          raise<io_error>(where, path.string() + ": the " + m.network_->info().architecture +
+                                     " is conditioned on text, but model_index.json lists no text_encoder and tokenizer");
+        m.text_ = std::move(text);
+      }
+    }
   } catch (const std::bad_alloc& e) {
     raise<memory_error>(where, path.string() + ": an allocation failed while loading the model (out of memory: " +
                                    e.what() + ")");
@@ -162,12 +196,14 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   m.path_ = net_dir;
   m.name_ = path.filename().string();
   m.pipeline_class_ = index.class_name;
+  m.settings_ = index.settings;
   for (const auto& f : io::ModelDir::open(net_dir, options.variant).weight_files()) m.weights_bytes_ += fs::file_size(f);
   if (m.vae_) m.check_latent_channels(m.vae_->config().latent_channels, "VAE", where);
   if (m.tiny_) {
     m.check_latent_channels(m.tiny_->config().latent_channels, "tiny VAE", where);
     if (!m.tiny_->has_decoder()) raise<value_error>(where, path.string() + ": the tiny VAE in vae/ has no decoder");
   }
+  if (!m.text_.empty()) m.set_text_encoders(std::move(m.text_));
   if (!index.id2label.empty()) {
     if (index.id2label.size() > m.info().num_classes)
       raise<value_error>(where, path.string() + ": model_index.json names class " +
@@ -211,12 +247,56 @@ void Model::set_tiny_vae(std::shared_ptr<const models::AutoencoderTiny> tiny) {
   tiny_ = std::move(tiny);
 }
 
+bool Model::force_zeros_for_empty_prompt() const {
+  const bool xl = pipeline_class_.rfind("StableDiffusionXL", 0) == 0;
+  const auto it = settings_.find("force_zeros_for_empty_prompt");
+  if (it != settings_.end() && it->is_boolean()) return it->get<bool>();
+  return xl;
+}
+
+void Model::set_text_encoders(std::vector<TextEncoder> encoders) {
+  constexpr std::string_view where = "Model::set_text_encoders";
+  const auto& ni = info();
+  if (ni.text_dim == 0) {
+    if (!encoders.empty())
+      raise<value_error>(where, ni.architecture + " is not conditioned on text: it takes no text encoder");
+    text_.clear();
+    return;
+  }
+  if (encoders.empty()) raise<value_error>(where, ni.architecture + " is conditioned on text: it needs a text encoder");
+  if (encoders.size() > 2) raise<value_error>(where, "at most two text encoders, got " + std::to_string(encoders.size()));
+  std::size_t width = 0;
+  std::string widths;
+  for (const auto& t : encoders) {
+    if (!t.encoder || !t.tokenizer) raise<value_error>(where, "a text encoder without its encoder or tokenizer");
+    if (t.tokenizer->max_length() > t.encoder->config().max_position_embeddings)
+      raise<value_error>(where, "the tokenizer's sequences of " + std::to_string(t.tokenizer->max_length()) +
+                                    " tokens are longer than the text encoder's " +
+                                    std::to_string(t.encoder->config().max_position_embeddings) + " positions");
+    width += t.encoder->config().hidden_size;
+    widths += (widths.empty() ? "" : " + ") + std::to_string(t.encoder->config().hidden_size);
+  }
+  if (width != ni.text_dim)
+    raise<value_error>(where, "the text encoders give states of width " + widths + ", but the " + ni.architecture +
+                                  " attends to text of width " + std::to_string(ni.text_dim) + " (cross_attention_dim)");
+  if (ni.pooled_dim > 0) {
+    const auto& last = encoders.back().encoder->config();
+    if (!last.with_projection || last.projection_dim != ni.pooled_dim)
+      raise<value_error>(where, "the " + ni.architecture + " takes a pooled text embedding of width " +
+                                    std::to_string(ni.pooled_dim) +
+                                    ", which the last text encoder must give (CLIPTextModelWithProjection, projection_dim " +
+                                    std::to_string(ni.pooled_dim) + ")");
+  }
+  text_ = std::move(encoders);
+}
+
 Model Model::with_network(std::shared_ptr<const models::Network> network) const {
   constexpr std::string_view where = "Model::with_network";
   if (!network) raise<value_error>(where, "the network is null");
   const auto &a = network->info(), &b = info();
   if (a.in_channels != b.in_channels || a.out_channels != b.out_channels || a.num_classes != b.num_classes ||
-      a.null_class != b.null_class)
+      a.null_class != b.null_class || a.text_dim != b.text_dim || a.pooled_dim != b.pooled_dim ||
+      a.time_ids != b.time_ids)
     raise<value_error>(where, "the network does not take the same inputs as " + name_ + "'s");
   Model m = *this;
   m.network_ = std::move(network);
@@ -297,6 +377,25 @@ Defaults default_settings(const Model& model) {
     d.steps = 25;
   }
   d.cfg_scale = model.null_class() ? 2.0f : 1.0f;
+  if (model.text_conditional()) {
+    // A text-to-image pipeline: its own scheduler class on its own spacing, so that the default
+    // image is the one diffusers gives for the folder (at 25 steps rather than diffusers' 50), and
+    // the Stable Diffusion pipelines' guidance_scale 7.5.
+    d.cfg_scale = 7.5f;
+    SamplerParams<float> unused;
+    const nlohmann::json& j = model.scheduler_json();
+    DiffusersSamplerChoice choice;
+    choice.class_name = model.schedule_config().class_name;
+    choice.algorithm_type = json_value(j, "algorithm_type", choice.algorithm_type);
+    choice.solver_order = json_value(j, "solver_order", choice.solver_order);
+    choice.solver_type = json_value(j, "solver_type", choice.solver_type);
+    choice.variance_type = json_value(j, "variance_type", choice.variance_type);
+    try {
+      d.sampler = sampler_for_diffusers<float>(choice, unused);
+      d.schedule = "default";
+    } catch (const value_error&) {  // a class without an equivalent: the digits-unet choice above
+    }
+  }
   if (model.null_class() && model.pipeline_class() == "DiTPipeline") d.cfg_scale = 4.0f;  // DiTPipeline's guidance_scale
   return d;
 }
@@ -313,8 +412,9 @@ std::vector<ScheduleInfo> list_schedules() {
   };
 }
 
-SamplerRule sampler_rule(std::string_view name) {
+SamplerRule sampler_rule(std::string_view name_in) {
   using C = SchedulerClass;
+  const std::string_view name = detail::canonical_sampler_name(name_in);  // aliases: euler_ancestral, ...
   SamplerRule r;
   auto set = [&](C c, bool integer, bool clip, bool threshold) {
     r.diffusers_class = c;
@@ -397,8 +497,24 @@ std::vector<float> make_sigmas(const Model& model, std::string_view schedule, in
   if (!s.sigmas.empty()) return s.sigmas;
   std::vector<float> out;
   for (double v : interp_sigmas<double>(s.timesteps, train)) out.push_back(static_cast<float>(v));
-  out.push_back(0.0f);
+  // DDIM's last step goes to alphas_cumprod[0] unless set_alpha_to_one (its final_alpha_cumprod):
+  // the smallest train sigma, not 0 (Generation then returns that sample in VP form).
+  const bool to_first_alpha = cls == SchedulerClass::ddim && !json_value(model.scheduler_json(), "set_alpha_to_one", true);
+  out.push_back(to_first_alpha ? train.front() : 0.0f);
   return out;
+}
+
+float initial_noise_factor(const Model& model, std::string_view sampler, float sigma0) {
+  if (model.prediction() == Prediction::flow) return 1.0f;
+  const float vp = std::sqrt(1.0f + sigma0 * sigma0);
+  const SamplerRule rule = sampler_rule(sampler);
+  if (!rule.diffusers_class) return sigma0;  // k-diffusion: x = randn * sigmas[0]
+  using C = SchedulerClass;
+  const C c = *rule.diffusers_class;
+  if (c != C::euler && c != C::euler_ancestral && c != C::heun && c != C::lms) return vp;
+  // Euler-family init_noise_sigma: by the class's spacing (linspace when the config has none).
+  const TimestepSpacing spacing = model.schedule_config().timestep_spacing.value_or(TimestepSpacing::linspace);
+  return spacing == TimestepSpacing::leading ? vp : sigma0;
 }
 
 }  // namespace pipeline

@@ -123,10 +123,24 @@ std::string parameters_text(const Model& model, const GenerateOptions& o, std::o
   add("Size", std::to_string(o.width.value_or(model.image_size())) + "x" +
                   std::to_string(o.height.value_or(model.image_size())));
   add("Model", model.name());
+  if (o.clip_skip > 1) add("Clip skip", std::to_string(o.clip_skip));
+  if (o.guidance_rescale != 0.0f) add("Guidance rescale", fmt_float(o.guidance_rescale));
   if (o.batch > 1) add("Batch size", std::to_string(o.batch));
   if (index && o.batch > 1) add("Batch pos", std::to_string(*index));
   for (const auto& [k, v] : extra) add(k, v);
-  return t;
+  // A1111's layout: the prompt on the first line, "Negative prompt: ..." on the second, then the settings.
+  const auto pick = [&](const std::vector<std::string>& v) -> std::string {
+    if (v.empty()) return {};
+    if (v.size() == 1) return v[0];
+    if (index && *index < v.size()) return v[*index];
+    std::string all;
+    for (const std::string& p : v) all += (all.empty() ? "" : " | ") + p;
+    return all;
+  };
+  std::string head;
+  if (!o.prompts.empty()) head = pick(o.prompts) + "\n";
+  if (!o.negative_prompts.empty()) head += "Negative prompt: " + pick(o.negative_prompts) + "\n";
+  return head + t;
 }
 
 }  // namespace pipeline

@@ -921,7 +921,7 @@ TEST(CApi, LatentPipelineJobsEndWithTheDecode) {
 TEST(CApi, Abi3PerImageLabelsSamplerParamsAndInitialNoise) {
   Ctx c;
   Model m(c, kDit);
-  EXPECT_EQ(diffuse_abi_version(), 3);
+  EXPECT_GE(diffuse_abi_version(), 3);
   const int64_t labels[2] = {3, 7};
   auto o = options(3, -1, 9);
   o.batch = 2;

@@ -45,8 +45,23 @@ struct NetworkInfo {
   std::size_t size_multiple = 1; ///< height and width must be multiples of this
   std::size_t num_classes = 0;   ///< class labels accepted: 0 .. num_classes-1 (0 = unconditional)
   std::optional<std::int64_t> null_class;  ///< the "no class" label used for guidance, if any
+  /// Width of the text states the network attends to (cross_attention_dim); 0: no text input.
+  std::size_t text_dim = 0;
+  /// SDXL's added conditions ("text_time"): the width of the pooled text embedding and the count
+  /// of size/crop numbers (6); 0 when the network takes none.
+  std::size_t pooled_dim = 0;
+  std::size_t time_ids = 0;
   std::size_t parameters = 0;    ///< scalars bound from the weights file
   std::map<std::string, std::size_t> dtypes;  ///< dtype name -> number of tensors in the file
+};
+
+/** The conditioning of one forward beyond x and t: class labels, or a text-conditional network's
+ *  text states (and SDXL's pooled embedding and size numbers). Pointers are borrowed for the call. */
+struct Conditioning {
+  std::span<const std::int64_t> labels;    ///< size B or 1 (broadcast); empty when unconditional
+  const Tensor* text = nullptr;            ///< [B, tokens, text_dim] (text networks)
+  const Tensor* pooled = nullptr;          ///< [B, pooled_dim] (networks with pooled_dim > 0)
+  const Tensor* time_ids = nullptr;        ///< [B, time_ids] (networks with time_ids > 0)
 };
 
 /// A network loaded from weights (see the file comment).
@@ -62,6 +77,12 @@ class DIFFUSE_API Network {
    *  argument for a wrong shape or a label out of range. */
   virtual Tensor forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,
                          kernels::Context& ctx) const = 0;
+
+  /** The same with any conditioning: labels go to forward() above (text refused with a
+   *  value_error, by default); a text-conditional network (info().text_dim > 0) overrides this
+   *  and takes c.text (and c.pooled / c.time_ids when it needs them). */
+  virtual Tensor forward_conditioned(const Tensor& x, std::span<const float> timesteps, const Conditioning& c,
+                                     kernels::Context& ctx) const;
 
   /** An estimate of the bytes one forward of [batch, in_channels, height, width] allocates (the
    *  activations it keeps from the context's arena at its peak, and its output), saturating at

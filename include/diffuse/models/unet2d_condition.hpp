@@ -28,7 +28,9 @@
  *  `resnet_time_scale_shift` other than default, `reverse_transformer_layers_per_block`, act_fn
  *  other than silu, other block types. Every size is bounded (nn::ConfigReader).
  *
- *  Not behind `Network` (whose forward takes class labels): `forward` takes the text states itself.
+ *  A `Network` (load_network picks it for `_class_name` UNet2DConditionModel): its
+ *  `forward_conditioned` takes the text states (Conditioning::text, and for "text_time" the pooled
+ *  embedding and the time ids); the label forward of the interface is refused (it needs text).
  *
  *  **Example**
  *  @code
@@ -108,7 +110,7 @@ struct UNet2DConditionAdded {
 
 /// A loaded UNet2DConditionModel (immutable; forward is const and may run concurrently on
 /// different contexts).
-class DIFFUSE_API UNet2DConditionModel {
+class DIFFUSE_API UNet2DConditionModel final : public Network {
  public:
   /// Loads a unet folder (config.json + diffusion_pytorch_model[.variant].safetensors).
   static UNet2DConditionModel load(const std::filesystem::path& path, const nn::LoadOptions& options = {});
@@ -117,7 +119,7 @@ class DIFFUSE_API UNet2DConditionModel {
 
   UNet2DConditionModel(UNet2DConditionModel&&) noexcept;
   UNet2DConditionModel& operator=(UNet2DConditionModel&&) noexcept;
-  ~UNet2DConditionModel();
+  ~UNet2DConditionModel() override;
 
   /** out = unet(x, t, encoder_hidden_states, added) with x [B, in_channels, H, W] (H, W multiples
    *  of 2^(blocks - 1)), `timesteps` of size B or 1 (broadcast), encoder_hidden_states
@@ -127,13 +129,25 @@ class DIFFUSE_API UNet2DConditionModel {
   Tensor forward(const Tensor& x, std::span<const float> timesteps, const Tensor& encoder_hidden_states,
                  kernels::Context& ctx, const UNet2DConditionAdded& added = {}) const;
 
+  /// Network: forward(x, t, *c.text, ctx, {c.pooled, c.time_ids}); value_error without c.text.
+  Tensor forward_conditioned(const Tensor& x, std::span<const float> timesteps, const Conditioning& c,
+                             kernels::Context& ctx) const override;
+  /// Network: refused (value_error): this network needs text states (forward_conditioned).
+  Tensor forward(const Tensor& x, std::span<const float> timesteps, std::span<const std::int64_t> labels,
+                 kernels::Context& ctx) const override;
+
   /// An estimate of the bytes one forward allocates (arena peak + output), saturating at UINT64_MAX.
   std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width,
-                              std::size_t text_tokens = 77) const;
+                              std::size_t text_tokens) const;
+  /// Network: the same for 77 text tokens.
+  std::uint64_t forward_bytes(std::size_t batch, std::size_t height, std::size_t width) const override {
+    return forward_bytes(batch, height, width, 77);
+  }
 
   const UNet2DConditionConfig& config() const noexcept;
-  /// architecture "UNet2DConditionModel", channels, sample size, size multiple, parameters, dtypes.
-  const NetworkInfo& info() const noexcept;
+  /// architecture "UNet2DConditionModel", channels, sample size, size multiple, text_dim
+  /// (cross_attention_dim), pooled_dim and time_ids for "text_time", parameters, dtypes.
+  const NetworkInfo& info() const noexcept override;
 
  private:
   struct Impl;

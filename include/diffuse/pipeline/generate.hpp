@@ -18,7 +18,8 @@
  *
  *  Noise: `torch.manual_seed(seed); torch.randn(batch, C, H, W)` is the initial noise; stochastic
  *  samplers continue the same stream (diffusers passing one generator). VP models start at
- *  x = noise * sqrt(1 + sigma_0^2) (the VE form of a pure-noise VP sample), flow models at
+ *  x = noise * initial_noise_factor (model.hpp: sqrt(1 + sigma_0^2), the VE form of a
+ *  pure-noise VP sample, or sigma_0 as diffusers' Euler-family classes and k-diffusion start), flow models at
  *  x = noise. A flow model used with a VE-only sampler (dpmpp_2m, unipc, euler_a, ...) runs
  *  through `flow_to_ve` with its first noise level capped at 1 - 1/num_train_timesteps.
  *
@@ -40,6 +41,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -48,6 +50,7 @@
 #include "diffuse/kernels/parallel.hpp"
 #include "diffuse/pipeline/model.hpp"
 #include "diffuse/sample/registry.hpp"
+#include "diffuse/text/prompt.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace pipeline {
@@ -65,6 +68,24 @@ struct GenerateOptions {
   /// Class labels: one for every image, or one per image (size `batch`). Required by a
   /// class-conditional model, refused by an unconditional one. The null class is accepted.
   std::vector<std::int64_t> labels;
+  /// Text-conditional models (Model::text_conditional()): the prompt, one for every image or one
+  /// per image. Required by them ("" is the empty prompt), refused by other models. Read as A1111
+  /// reads prompts (`prompt`: emphasis, 75-token chunks; text/prompt.hpp).
+  std::vector<std::string> prompts;
+  /// What guidance steers away from: none (the empty prompt), one for all or one per image.
+  /// Needs cfg_scale != 1.
+  std::vector<std::string> negative_prompts;
+  /// A1111's "Clip skip": 1 uses the text encoder's last layer, 2 the one before it, ... (diffusers'
+  /// `clip_skip` is one less). 1..12 and fewer than the encoder's layers.
+  std::size_t clip_skip = 1;
+  /// Whether clip_skip applies to the negative prompts too, as in A1111 and ComfyUI (true); false
+  /// applies it to the prompts only and encodes the negative prompts at the last layer, as
+  /// diffusers' StableDiffusion(XL)Pipeline does (so that its images can be reproduced).
+  bool clip_skip_negative = true;
+  /// Guidance rescale phi (Lin et al. 2023, diffusers' guidance_rescale), 0..1; 0 is off.
+  float guidance_rescale = 0.0f;
+  /// How prompts are parsed and split (text/prompt.hpp).
+  text::PromptOptions prompt;
   /// Image width and height in pixels; default: Model::image_size(). A latent model's must be
   /// multiples of its latent_scale() (8) times the network's size multiple.
   std::optional<std::size_t> width;
@@ -121,8 +142,9 @@ class DIFFUSE_API Generation {
    *  or the sampler produce a non-finite value. After an exception the generation is unusable. */
   void step(kernels::Context& ctx);
 
-  /// Which part runs at the next step(): the sampler, then (latent models) the VAE decode.
-  enum class Stage { denoise, decode, done };
+  /// Which part runs at the next step(): (text models) the prompts' encoding, the sampler, then
+  /// (latent models) the VAE decode.
+  enum class Stage { encode, denoise, decode, done };
   Stage stage() const;
   /// True once the images are ready (after the decode of a latent model).
   bool done() const;
@@ -162,6 +184,23 @@ class DIFFUSE_API Generation {
   struct State;
   std::unique_ptr<State> s_;
 };
+
+/// The text states of a batch of prompts (`encode_text`).
+struct TextConditioning {
+  Tensor hidden;  ///< [prompts, tokens, text_dim]: what the U-Net attends to
+  Tensor pooled;  ///< [prompts, pooled_dim] for a network that takes one (SDXL), else empty
+};
+
+/** Encodes `prompts` with the model's text encoders as its pipeline does: one encoder (SD 1.x /
+ *  2.x): its hidden states at `clip_skip` through the final layer norm, as diffusers'
+ *  StableDiffusionPipeline (and A1111) do; two encoders (SDXL): each one's hidden_states[-(clip_skip
+ *  + 1)] without the final norm, concatenated along the width, and the second encoder's projected
+ *  pooled embedding (StableDiffusionXLPipeline). Prompts longer than 75 tokens are chunked and
+ *  emphasis applied per `options` (text/prompt.hpp); all prompts are padded to the same number of
+ *  chunks and encoded in one batch. value_error for a model without text, clip_skip out of range,
+ *  or encoders whose chunkings of a prompt differ. */
+DIFFUSE_API TextConditioning encode_text(const Model& model, std::span<const std::string> prompts, kernels::Context& ctx,
+                                         std::size_t clip_skip = 1, const text::PromptOptions& options = {});
 
 /** A latent model's latents [B, C, h, w] (model space, as a generation's latents()) decoded to
  *  images [B, image channels, 8h, 8w], one image at a time on `ctx`, by the model's VAE, or by its

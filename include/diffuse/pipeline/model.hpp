@@ -52,12 +52,14 @@
 #include "diffuse/config.hpp"
 #include "diffuse/denoise/denoiser.hpp"
 #include "diffuse/denoise/parameterization.hpp"
+#include "diffuse/models/clip_text.hpp"
 #include "diffuse/models/network.hpp"
 #include "diffuse/models/taesd.hpp"
 #include "diffuse/models/vae.hpp"
 #include "diffuse/nn/weights.hpp"
 #include "diffuse/pipeline/pipeline_index.hpp"
 #include "diffuse/schedule/config.hpp"
+#include "diffuse/text/clip_tokenizer.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace pipeline {
@@ -69,6 +71,12 @@ struct Defaults {
   std::string schedule;  ///< schedule name (see `list_schedules`)
   int steps = 20;
   float cfg_scale = 1.0f;  ///< 1 when the model has no null class
+};
+
+/// A text encoder with its tokenizer (SD 1.x / 2.x have one, SDXL two).
+struct TextEncoder {
+  std::shared_ptr<const models::ClipTextModel> encoder;
+  std::shared_ptr<const text::ClipTokenizer> tokenizer;
 };
 
 /// A loaded model (see the file comment).
@@ -116,8 +124,20 @@ class DIFFUSE_API Model {
   bool class_conditional() const noexcept { return info().num_classes > 0; }
   /// The "no class" label used for classifier-free guidance, if the network has one.
   std::optional<std::int64_t> null_class() const noexcept { return info().null_class; }
+  /// True when classifier-free guidance can be used: a null class, or text (the negative prompt).
+  bool guidable() const noexcept { return null_class().has_value() || text_conditional(); }
   /// True when `label` is accepted: 0 .. num_classes-1, or the null class.
   bool valid_label(std::int64_t label) const noexcept;
+
+  /// True when the network is conditioned on text (a prompt): info().text_dim > 0.
+  bool text_conditional() const noexcept { return info().text_dim > 0; }
+  /// The text encoders, in the pipeline's order (text_encoder, text_encoder_2); empty for a model
+  /// without text.
+  const std::vector<TextEncoder>& text_encoders() const noexcept { return text_; }
+  /** Sets the text encoders of a text-conditional model. value_error when one lacks its encoder or
+   *  tokenizer, when their hidden widths do not add up to the network's text_dim, or when the
+   *  network needs a pooled embedding (SDXL) and the last encoder has no projection of that width. */
+  void set_text_encoders(std::vector<TextEncoder> encoders);
 
   /// The class names (a DiTPipeline's id2label; empty when the folder has none).
   const ClassNames& class_names() const noexcept { return class_names_; }
@@ -150,6 +170,13 @@ class DIFFUSE_API Model {
   std::size_t image_size() const noexcept { return info().sample_size * latent_scale(); }
   /// `_class_name` of the pipeline folder ("DiTPipeline"); empty when not loaded from one.
   const std::string& pipeline_class() const noexcept { return pipeline_class_; }
+  /// The pipeline's settings in model_index.json (`requires_safety_checker`,
+  /// `force_zeros_for_empty_prompt`, ...); an empty object when there are none.
+  const nlohmann::json& pipeline_settings() const noexcept { return settings_; }
+  /** SDXL's rule for the unconditional branch when no negative prompt is given: zero text states
+   *  and pooled embedding instead of the empty prompt's (model_index.json
+   *  `force_zeros_for_empty_prompt`, true by default for StableDiffusionXL pipelines). */
+  bool force_zeros_for_empty_prompt() const;
 
   const Defaults& defaults() const noexcept { return defaults_; }
   void set_defaults(Defaults d) { defaults_ = std::move(d); }
@@ -174,6 +201,8 @@ class DIFFUSE_API Model {
   std::shared_ptr<const models::AutoencoderTiny> tiny_;
   ClassNames class_names_;
   std::string pipeline_class_;
+  nlohmann::json settings_ = nlohmann::json::object();
+  std::vector<TextEncoder> text_;
 };
 
 /** The defaults for a model of this kind: flow models flow_euler on the scheduler's own sigmas,
@@ -213,6 +242,18 @@ struct SamplerRule {
 };
 /// The rule of a registry sampler name (see SamplerRule).
 DIFFUSE_API SamplerRule sampler_rule(std::string_view sampler);
+
+/** The factor of the initial noise of a VP model's generation (its first sample is
+ *  `randn * factor`, in VE form), as the sampler's diffusers class or k-diffusion starts:
+ *  - the VP classes (DDPM, DDIM, DPM-Solver, UniPC, DEIS, LCM, PNDM) draw a unit-variance VP
+ *    sample, x_ve = x_vp sqrt(1 + sigma_0^2): the factor is sqrt(1 + sigma_0^2);
+ *  - the Euler-family classes (Euler, Euler ancestral, Heun, LMS) use their `init_noise_sigma`:
+ *    sigma_0 when the class's timestep_spacing (the config's, else the class default linspace) is
+ *    linspace or trailing, sqrt(1 + sigma_0^2) when it is leading;
+ *  - the k-diffusion samplers without a diffusers class (dpm_2, dpmpp_2s_a, dpmpp_sde, dpm_fast,
+ *    dpm_adaptive, ...) start at `randn * sigmas[0]`, as k-diffusion, A1111 and ComfyUI do.
+ *  1 for a flow model (its first sample is the noise). */
+DIFFUSE_API float initial_noise_factor(const Model& model, std::string_view sampler, float sigma0);
 
 /** The noise levels for `steps` steps of the named schedule, in the model's space (flow sigmas in
  *  [0, 1] for a flow model, VE sigmas otherwise), ending in 0:

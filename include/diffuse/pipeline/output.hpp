@@ -45,7 +45,9 @@ DIFFUSE_API io::Image grid(const std::vector<io::Image>& images, int columns = 0
 /** The "parameters" text of a generation with resolved `options`, e.g.
  *  "class: 3, Steps: 25, Sampler: flow_euler, Schedule type: default, CFG scale: 2, Seed: 42,
  *  Size: 16x16, Model: digits-dit, Batch size: 1". With `index`, the image's own class and
- *  "Batch pos"; `extra` pairs are appended ("Scale", "8x (nearest)"). */
+ *  "Batch pos"; `extra` pairs are appended ("Scale", "8x (nearest)"). A text model's prompt comes
+ *  first, on its own line, then "Negative prompt: ..." when there is one, then the settings (with
+ *  "Clip skip" when > 1), as A1111 writes them (prompts of a batch without `index`: joined by " | "). */
 DIFFUSE_API std::string parameters_text(const Model& model, const GenerateOptions& options,
                                         std::optional<std::size_t> index = std::nullopt,
                                         const std::vector<std::pair<std::string, std::string>>& extra = {});
