@@ -163,7 +163,7 @@ def main():
           f"{rel:.2g} x max|ref| from the committed unetc_sd15_small/io.safetensors (another run's torch f32)")
 
     # SDXL-like, new weights.
-    name, seed = "unetc_sdxl_single", 3004
+    name, seed = "unetc_sdxl_single", 3006
     folder = muc.fresh(name)
     model, _, _ = muc.make(SDXL_SINGLE, seed)
     model.save_pretrained(folder, safe_serialization=True)
