@@ -147,10 +147,13 @@ CheckpointTextEncoder encoder(std::string prefix, std::string folder, json confi
 std::size_t context_width(CheckpointFamily f) {
   switch (f) {
     case CheckpointFamily::sd1:
-    case CheckpointFamily::sd1_inpaint: return 768;
+    case CheckpointFamily::sd1_inpaint:
+      return 768;
     case CheckpointFamily::sd2:
-    case CheckpointFamily::sd2_inpaint: return 1024;
-    default: return 2048;
+    case CheckpointFamily::sd2_inpaint:
+      return 1024;
+    default:
+      return 2048;
   }
 }
 
@@ -158,21 +161,28 @@ std::size_t context_width(CheckpointFamily f) {
 
 std::string_view family_name(CheckpointFamily family) noexcept {
   switch (family) {
-    case CheckpointFamily::sd1: return "sd1";
-    case CheckpointFamily::sd1_inpaint: return "sd1_inpaint";
-    case CheckpointFamily::sd2: return "sd2";
-    case CheckpointFamily::sd2_inpaint: return "sd2_inpaint";
-    case CheckpointFamily::sdxl: return "sdxl";
-    case CheckpointFamily::sdxl_inpaint: return "sdxl_inpaint";
-    case CheckpointFamily::unknown: break;
+    case CheckpointFamily::sd1:
+      return "sd1";
+    case CheckpointFamily::sd1_inpaint:
+      return "sd1_inpaint";
+    case CheckpointFamily::sd2:
+      return "sd2";
+    case CheckpointFamily::sd2_inpaint:
+      return "sd2_inpaint";
+    case CheckpointFamily::sdxl:
+      return "sdxl";
+    case CheckpointFamily::sdxl_inpaint:
+      return "sdxl_inpaint";
+    case CheckpointFamily::unknown:
+      break;
   }
   return "unknown";
 }
 
 CheckpointInfo checkpoint_configs(CheckpointFamily family, std::string_view prediction_type) {
   if (!prediction_type.empty() && prediction_type != "epsilon" && prediction_type != "v_prediction")
-    raise<value_error>("checkpoint_configs", "prediction type \"" + std::string(prediction_type) +
-                                                 "\" is not one of epsilon, v_prediction");
+    raise<value_error>("checkpoint_configs",
+                       "prediction type \"" + std::string(prediction_type) + "\" is not one of epsilon, v_prediction");
   CheckpointInfo info;
   info.family = family;
   const bool sd2 = family == CheckpointFamily::sd2;
@@ -182,7 +192,8 @@ CheckpointInfo checkpoint_configs(CheckpointFamily family, std::string_view pred
     case CheckpointFamily::sd1:
     case CheckpointFamily::sd1_inpaint: {
       const bool inpaint = family == CheckpointFamily::sd1_inpaint;
-      info.source = inpaint ? "stable-diffusion-v1-5/stable-diffusion-inpainting" : "stable-diffusion-v1-5/stable-diffusion-v1-5";
+      info.source =
+          inpaint ? "stable-diffusion-v1-5/stable-diffusion-inpainting" : "stable-diffusion-v1-5/stable-diffusion-v1-5";
       info.unet_config = sd1_unet(inpaint ? 9 : 4);
       info.vae_family = "sd";
       info.text_encoders.push_back(encoder("cond_stage_model.transformer.", "text_encoder", clip_l(), false));
@@ -205,11 +216,11 @@ CheckpointInfo checkpoint_configs(CheckpointFamily family, std::string_view pred
     case CheckpointFamily::sdxl:
     case CheckpointFamily::sdxl_inpaint: {
       const bool inpaint = family == CheckpointFamily::sdxl_inpaint;
-      info.source = inpaint ? "diffusers/stable-diffusion-xl-1.0-inpainting-0.1" : "stabilityai/stable-diffusion-xl-base-1.0";
+      info.source =
+          inpaint ? "diffusers/stable-diffusion-xl-1.0-inpainting-0.1" : "stabilityai/stable-diffusion-xl-base-1.0";
       info.unet_config = sdxl_unet(inpaint ? 9 : 4);
       info.vae_family = "sdxl";
-      info.text_encoders.push_back(
-          encoder("conditioner.embedders.0.transformer.", "text_encoder", clip_l(), false));
+      info.text_encoders.push_back(encoder("conditioner.embedders.0.transformer.", "text_encoder", clip_l(), false));
       info.text_encoders.push_back(encoder("conditioner.embedders.1.model.", "text_encoder_2", open_clip_bigg(), true));
       info.scheduler_config = euler();
       break;
@@ -235,11 +246,13 @@ CheckpointInfo detect_checkpoint(const io::ModelDir& file, const CheckpointOptio
   };
   static constexpr const char* kLooked =
       "looked for the U-Net model.diffusion_model.input_blocks.0.0.weight and a text encoder under "
-      "cond_stage_model.transformer. (SD 1.x), cond_stage_model.model. (SD 2.x) or conditioner.embedders.0.transformer. "
+      "cond_stage_model.transformer. (SD 1.x), cond_stage_model.model. (SD 2.x) or "
+      "conditioner.embedders.0.transformer. "
       "+ conditioner.embedders.1.model. (SDXL)";
   const io::TensorView* in = file.find("model.diffusion_model.input_blocks.0.0.weight");
   if (!in)
-    raise<format_error>(kWhere, where + ": not a Stable Diffusion 1.x / 2.x / XL single file (no U-Net; " + kLooked + ")");
+    raise<format_error>(kWhere,
+                        where + ": not a Stable Diffusion 1.x / 2.x / XL single file (no U-Net; " + kLooked + ")");
   if (in->shape.size() != 4)
     raise<format_error>(kWhere, where + ": model.diffusion_model.input_blocks.0.0.weight has shape " +
                                     shape_string(in->shape) + ", expected [channels, in_channels, 3, 3]");
@@ -250,7 +263,8 @@ CheckpointInfo detect_checkpoint(const io::ModelDir& file, const CheckpointOptio
                                     shape_string(in->shape) + "); known: 4 (text-to-image), 9 (inpainting)");
   for (const char* k : {"edm_mean", "edm_std", "edm_vpred.sigma_max"})
     if (file.contains(k))
-      raise<format_error>(kWhere, where + ": has \"" + k + "\", an EDM-trained model (Playground v2.5 style), not supported");
+      raise<format_error>(kWhere,
+                          where + ": has \"" + k + "\", an EDM-trained model (Playground v2.5 style), not supported");
   const bool inpaint = in_channels == 9;
   CheckpointFamily f = CheckpointFamily::unknown;
   std::string width_key;
@@ -264,16 +278,18 @@ CheckpointInfo detect_checkpoint(const io::ModelDir& file, const CheckpointOptio
     f = inpaint ? CheckpointFamily::sd1_inpaint : CheckpointFamily::sd1;
     width_key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight";
   } else {
-    const char* what = has_prefix("conditioner.embedders.0.model.") ? " (conditioner.embedders.0.model. alone: the SDXL "
-                                                                       "refiner, not supported)"
-                                                                     : "";
+    const char* what = has_prefix("conditioner.embedders.0.model.")
+                           ? " (conditioner.embedders.0.model. alone: the SDXL "
+                             "refiner, not supported)"
+                           : "";
     raise<format_error>(kWhere, where + ": no known text encoder" + what + "; " + kLooked);
   }
   const io::TensorView* k = file.find(width_key);
   const std::size_t want = context_width(f);
   if (!k || k->shape.size() != 2 || k->shape[1] != want)
-    raise<format_error>(kWhere, where + ": the text encoder keys say " + std::string(family_name(f)) + ", whose U-Net " +
-                                    width_key + " is [*, " + std::to_string(want) + "], but the file has " +
+    raise<format_error>(kWhere, where + ": the text encoder keys say " + std::string(family_name(f)) +
+                                    ", whose U-Net " + width_key + " is [*, " + std::to_string(want) +
+                                    "], but the file has " +
                                     (k ? shape_string(k->shape) : std::string("no such tensor")));
   std::string prediction = options.prediction_type;
   if (prediction.empty() && file.contains("v_pred")) prediction = "v_prediction";

@@ -282,9 +282,11 @@ UNet2DConditionModel::Impl::Impl(io::ModelDir d, const nn::LoadOptions& options)
 UNet2DConditionModel::Impl::Impl(io::ModelDir d, UNet2DConditionConfig c, const std::string& prefix,
                                  const nn::LoadOptions& options)
     : dir(std::move(d)), cfg(std::move(c)) {
-  detail::check_unet_config(cfg, std::string(kModel) + " " + dir.path().string() + " (the config given to load_original)");
+  detail::check_unet_config(cfg,
+                            std::string(kModel) + " " + dir.path().string() + " (the config given to load_original)");
   store = std::make_unique<nn::WeightStore>(dir, kModel, options);
-  store->set_name_map([prefix, c = cfg](std::string_view name) { return prefix + detail::unet_original_name(name, c); });
+  store->set_name_map(
+      [prefix, c = cfg](std::string_view name) { return prefix + detail::unet_original_name(name, c); });
   store->set_scope(prefix);
   scope = prefix;
   bind();

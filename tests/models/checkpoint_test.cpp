@@ -64,7 +64,9 @@ struct Inputs {
   Tensor sample, text, output, text_embeds, time_ids;
   std::vector<float> t;
   bool text_time = false;
-  UNet2DConditionAdded added() const { return text_time ? UNet2DConditionAdded{&text_embeds, &time_ids} : UNet2DConditionAdded{}; }
+  UNet2DConditionAdded added() const {
+    return text_time ? UNet2DConditionAdded{&text_embeds, &time_ids} : UNet2DConditionAdded{};
+  }
 };
 
 Inputs read_inputs(const std::string& folder) {
@@ -88,8 +90,8 @@ void check_single(const std::string& single, const std::string& folder, double b
   const ModelDir file = ModelDir::open(case_dir(single) / "model.safetensors");
   ASSERT_TRUE(UNet2DConditionModel::has_original_names(file, kPrefix));
   ASSERT_FALSE(UNet2DConditionModel::has_original_names(file, "model."));
-  const UNet2DConditionModel a = UNet2DConditionModel::load_original(ModelDir::open(case_dir(single) / "model.safetensors"),
-                                                                     kPrefix, config_of(folder));
+  const UNet2DConditionModel a = UNet2DConditionModel::load_original(
+      ModelDir::open(case_dir(single) / "model.safetensors"), kPrefix, config_of(folder));
   const UNet2DConditionModel b = UNet2DConditionModel::load(case_dir(folder));
   ASSERT_FALSE(UNet2DConditionModel::has_original_names(ModelDir::open(case_dir(folder)), ""));
   EXPECT_EQ(a.info().parameters, b.info().parameters);
@@ -134,9 +136,7 @@ std::string error_of(const std::function<void()>& f) {
 
 }  // namespace
 
-TEST(SingleFile, Sd15UNetMatchesTheFolder) {
-  check_single("unetc_sd15_single", "unetc_sd15_small", 1e-5);
-}
+TEST(SingleFile, Sd15UNetMatchesTheFolder) { check_single("unetc_sd15_single", "unetc_sd15_small", 1e-5); }
 
 TEST(SingleFile, SdxlUNetMatchesTheFolder) {
   // Linear proj_in/out, label_emb, layers_per_block 2 over three levels (upsamplers at .2 and .1).
@@ -152,16 +152,19 @@ TEST(SingleFile, UnknownMissingAndMisshapenTensorsAreRefusedByName) {
   const diffuse_test::TempDir tmp("single_file");
   const fs::path src = case_dir("unetc_sd15_single") / "model.safetensors";
   const UNet2DConditionConfig cfg = config_of("unetc_sd15_small");
-  const auto load = [&](const fs::path& p) { (void)UNet2DConditionModel::load_original(ModelDir::open(p), kPrefix, cfg); };
+  const auto load = [&](const fs::path& p) {
+    (void)UNet2DConditionModel::load_original(ModelDir::open(p), kPrefix, cfg);
+  };
 
   const std::string extra = std::string(kPrefix) + "input_blocks.9.0.in_layers.0.weight";
-  std::string msg = error_of<diffuse::format_error>(
-      [&] { load(edited(src, tmp.path() / "extra.safetensors", {{}, {{extra, {{8}, std::vector<float>(8)}}}})); });
+  std::string msg = error_of<diffuse::format_error>([&] {
+    load(edited(src, tmp.path() / "extra.safetensors", {{}, {{extra, {{8}, std::vector<float>(8)}}}}));
+  });
   EXPECT_NE(msg.find(extra), std::string::npos) << msg;
 
   // Outside the prefix: left alone.
-  EXPECT_NO_THROW(load(edited(src, tmp.path() / "outside.safetensors",
-                              {{}, {{"model_ema.decay", {{}, std::vector<float>(1)}}}})));
+  EXPECT_NO_THROW(
+      load(edited(src, tmp.path() / "outside.safetensors", {{}, {{"model_ema.decay", {{}, std::vector<float>(1)}}}})));
 
   const std::string up = std::string(kPrefix) + "output_blocks.1.1.conv.weight";  // up block 0's upsampler
   ASSERT_TRUE(ModelDir::open(src).contains(up));
@@ -193,7 +196,8 @@ TEST(SingleFile, UnknownMissingAndMisshapenTensorsAreRefusedByName) {
   {
     std::ifstream in(src, std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::ofstream(tmp.path() / "cut.safetensors", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+    std::ofstream(tmp.path() / "cut.safetensors", std::ios::binary)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
     msg = error_of<diffuse::format_error>([&] { load(tmp.path() / "cut.safetensors"); });
     EXPECT_EQ(msg.find("wrong type"), std::string::npos) << msg;
     EXPECT_NE(msg, "no error");
@@ -202,15 +206,20 @@ TEST(SingleFile, UnknownMissingAndMisshapenTensorsAreRefusedByName) {
   // A config that does not describe the file (another width), and one that is inconsistent.
   UNet2DConditionConfig other = cfg;
   other.block_out_channels = {8, 32};
-  msg = error_of<diffuse::format_error>([&] { load(src); (void)UNet2DConditionModel::load_original(ModelDir::open(src), kPrefix, other); });
+  msg = error_of<diffuse::format_error>([&] {
+    load(src);
+    (void)UNet2DConditionModel::load_original(ModelDir::open(src), kPrefix, other);
+  });
   EXPECT_NE(msg.find(kPrefix), std::string::npos) << msg;
   UNet2DConditionConfig broken = cfg;
   broken.layers_per_block = {1};
-  msg = error_of<diffuse::format_error>([&] { (void)UNet2DConditionModel::load_original(ModelDir::open(src), kPrefix, broken); });
+  msg = error_of<diffuse::format_error>(
+      [&] { (void)UNet2DConditionModel::load_original(ModelDir::open(src), kPrefix, broken); });
   EXPECT_NE(msg.find("layers_per_block"), std::string::npos) << msg;
   broken = cfg;
   broken.block_out_channels.clear();
-  msg = error_of<diffuse::format_error>([&] { (void)UNet2DConditionModel::load_original(ModelDir::open(src), kPrefix, broken); });
+  msg = error_of<diffuse::format_error>(
+      [&] { (void)UNet2DConditionModel::load_original(ModelDir::open(src), kPrefix, broken); });
   EXPECT_NE(msg.find("block_out_channels"), std::string::npos) << msg;
 }
 
@@ -251,8 +260,8 @@ TEST(SingleFile, Sd15NamesAtTheRealSizeMapOneToOne) {
     if (k.starts_with(kPrefix)) ldm[k] = s;
   ASSERT_EQ(ldm.size(), 686u);
   ASSERT_EQ(unet.size(), 686u);
-  const UNet2DConditionConfig cfg = UNet2DConditionConfig::from_json(
-      diffuse::models::checkpoint_configs(CheckpointFamily::sd1).unet_config, "sd1");
+  const UNet2DConditionConfig cfg =
+      UNet2DConditionConfig::from_json(diffuse::models::checkpoint_configs(CheckpointFamily::sd1).unet_config, "sd1");
   std::set<std::string> images;
   for (const auto& [name, shape] : unet) {
     const std::string mapped = kPrefix + diffuse::models::detail::unet_original_name(name, cfg);
@@ -314,7 +323,8 @@ const Keys kSdxlText{{"conditioner.embedders.0.transformer.text_model.embeddings
 void check_configs_parse(const diffuse::models::CheckpointInfo& info) {
   const std::string name(diffuse::models::family_name(info.family));
   const UNet2DConditionConfig u = UNet2DConditionConfig::from_json(info.unet_config, name);
-  EXPECT_EQ(u.in_channels, info.family == CheckpointFamily::sd1_inpaint || info.family == CheckpointFamily::sd2_inpaint ||
+  EXPECT_EQ(u.in_channels, info.family == CheckpointFamily::sd1_inpaint ||
+                                   info.family == CheckpointFamily::sd2_inpaint ||
                                    info.family == CheckpointFamily::sdxl_inpaint
                                ? 9u
                                : 4u);
@@ -420,7 +430,8 @@ TEST(DetectCheckpoint, UnknownFilesAreFormatErrorsNamingTheKeys) {
   const diffuse_test::TempDir tmp("detect_bad");
   const auto msg = [&](const char* file, const Keys& keys) {
     const fs::path p = stand_in(tmp.path() / file, keys);
-    const std::string m = error_of<diffuse::format_error>([&] { (void)diffuse::models::detect_checkpoint(ModelDir::open(p)); });
+    const std::string m =
+        error_of<diffuse::format_error>([&] { (void)diffuse::models::detect_checkpoint(ModelDir::open(p)); });
     EXPECT_NE(m.find(p.string()), std::string::npos) << m;
     return m;
   };
@@ -434,12 +445,14 @@ TEST(DetectCheckpoint, UnknownFilesAreFormatErrorsNamingTheKeys) {
             std::string::npos);
   EXPECT_NE(msg("mixed.safetensors", unet_keys(4, 1, 1024) + kSd1Text).find("attn2.to_k.weight"), std::string::npos);
   EXPECT_NE(msg("p2p.safetensors", unet_keys(8, 1, 768) + kSd1Text).find("8 input channels"), std::string::npos);
-  EXPECT_NE(msg("edm.safetensors", unet_keys(4, 4, 2048) + kSdxlText + Keys{{"edm_mean", {1, 4, 1, 1}}}).find("edm_mean"),
-            std::string::npos);
-  EXPECT_NE(msg("flat.safetensors", Keys{{"model.diffusion_model.input_blocks.0.0.weight", {320}}} + kSd1Text)
-                .find("[320]"),
-            std::string::npos);
+  EXPECT_NE(
+      msg("edm.safetensors", unet_keys(4, 4, 2048) + kSdxlText + Keys{{"edm_mean", {1, 4, 1, 1}}}).find("edm_mean"),
+      std::string::npos);
+  EXPECT_NE(
+      msg("flat.safetensors", Keys{{"model.diffusion_model.input_blocks.0.0.weight", {320}}} + kSd1Text).find("[320]"),
+      std::string::npos);
   // The tiny fixtures have SD 1.x / SDXL text keys but 8-wide cross-attention: refused, not misconfigured.
-  EXPECT_THROW((void)diffuse::models::detect_checkpoint(ModelDir::open(case_dir("unetc_sd15_single") / "model.safetensors")),
-               diffuse::format_error);
+  EXPECT_THROW(
+      (void)diffuse::models::detect_checkpoint(ModelDir::open(case_dir("unetc_sd15_single") / "model.safetensors")),
+      diffuse::format_error);
 }

@@ -63,11 +63,11 @@ DIFFUSE_API std::string_view family_name(CheckpointFamily family) noexcept;
 
 /// One text encoder of a checkpoint.
 struct CheckpointTextEncoder {
-  std::string prefix;      ///< in the file, for ClipTextModel::load_original ("cond_stage_model.transformer.")
-  std::string folder;      ///< its diffusers folder: "text_encoder" or "text_encoder_2"
-  nlohmann::json config;   ///< that folder's config.json (ClipTextConfig::from_json)
-  std::string pad_token;   ///< the tokenizer's pad token: "<|endoftext|>" (CLIP) or "!" (OpenCLIP)
-  std::int32_t pad_id = 0; ///< its id: 49407 or 0
+  std::string prefix;       ///< in the file, for ClipTextModel::load_original ("cond_stage_model.transformer.")
+  std::string folder;       ///< its diffusers folder: "text_encoder" or "text_encoder_2"
+  nlohmann::json config;    ///< that folder's config.json (ClipTextConfig::from_json)
+  std::string pad_token;    ///< the tokenizer's pad token: "<|endoftext|>" (CLIP) or "!" (OpenCLIP)
+  std::int32_t pad_id = 0;  ///< its id: 49407 or 0
 };
 
 /// A family and its configs.
@@ -78,10 +78,10 @@ struct CheckpointInfo {
   std::string unet_prefix = "model.diffusion_model.";
   nlohmann::json unet_config;  ///< unet/config.json (UNet2DConditionConfig::from_json)
   std::string vae_prefix = "first_stage_model.";
-  std::string vae_family;      ///< "sd" or "sdxl"
-  AutoencoderKLConfig vae_config;  ///< AutoencoderKLConfig::family(vae_family)
+  std::string vae_family;                            ///< "sd" or "sdxl"
+  AutoencoderKLConfig vae_config;                    ///< AutoencoderKLConfig::family(vae_family)
   std::vector<CheckpointTextEncoder> text_encoders;  ///< in the pipeline's order
-  nlohmann::json scheduler_config;  ///< scheduler/scheduler_config.json
+  nlohmann::json scheduler_config;                   ///< scheduler/scheduler_config.json
 };
 
 struct CheckpointOptions {
