@@ -32,11 +32,13 @@
  *
  *  **Example**
  *  @code
- *  auto file = diffuse::io::ModelDir::open("v1-5-pruned-emaonly.safetensors");
- *  const auto info = diffuse::models::detect_checkpoint(file);
+ *  const char* path = "v1-5-pruned-emaonly.safetensors";
+ *  const auto info = diffuse::models::detect_checkpoint(diffuse::io::ModelDir::open(path));
  *  auto unet = diffuse::models::UNet2DConditionModel::load_original(
- *      file, info.unet_prefix, diffuse::models::UNet2DConditionConfig::from_json(info.unet_config, "sd1"));
- *  auto vae = diffuse::models::AutoencoderKL::load_ldm(file, info.vae_prefix, info.vae_config);
+ *      diffuse::io::ModelDir::open(path), info.unet_prefix,
+ *      diffuse::models::UNet2DConditionConfig::from_json(info.unet_config, path));
+ *  auto vae = diffuse::models::AutoencoderKL::load_ldm(diffuse::io::ModelDir::open(path), info.vae_prefix,
+ *                                                      info.vae_config);
  *  @endcode */
 #pragma once
 
