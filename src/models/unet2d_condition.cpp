@@ -26,6 +26,7 @@
 #include "diffuse/nn/config.hpp"
 #include "diffuse/nn/layers.hpp"
 #include "diffuse/nn/transformer.hpp"
+#include "unet2d_condition_original.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace models {
@@ -225,6 +226,7 @@ struct UNet2DConditionModel::Impl {
   UNet2DConditionConfig cfg;
   NetworkInfo info;
   std::unique_ptr<nn::WeightStore> store;
+  std::string scope;  ///< the U-Net's prefix in a single file ("" for a folder)
 
   std::size_t temb_dim = 0;
   nn::TimestepEmbedding time_embedding, add_embedding;
@@ -235,7 +237,9 @@ struct UNet2DConditionModel::Impl {
   bool has_mid = false;
   Block mid;
 
-  Impl(io::ModelDir d, const nn::LoadOptions& options);
+  Impl(io::ModelDir d, const nn::LoadOptions& options);  // a diffusers folder
+  Impl(io::ModelDir d, UNet2DConditionConfig c, const std::string& prefix, const nn::LoadOptions& options);  // LDM
+  void bind();
   Resnet bind_resnet(const std::string& prefix, std::size_t in, std::size_t out, float scale);
   nn::Transformer2DModel bind_transformer(const std::string& prefix, std::size_t channels, std::size_t block,
                                           std::size_t layers);
@@ -272,6 +276,23 @@ UNet2DConditionModel::Impl::Impl(io::ModelDir d, const nn::LoadOptions& options)
     raise<format_error>(kModel, dir.path().string() + " has no config.json to build the UNet2DConditionModel from");
   cfg = UNet2DConditionConfig::from_json(dir.config(), std::string(kModel) + " " + dir.path().string());
   store = std::make_unique<nn::WeightStore>(dir, kModel, options);
+  bind();
+}
+
+UNet2DConditionModel::Impl::Impl(io::ModelDir d, UNet2DConditionConfig c, const std::string& prefix,
+                                 const nn::LoadOptions& options)
+    : dir(std::move(d)), cfg(std::move(c)) {
+  detail::check_unet_config(cfg,
+                            std::string(kModel) + " " + dir.path().string() + " (the config given to load_original)");
+  store = std::make_unique<nn::WeightStore>(dir, kModel, options);
+  store->set_name_map(
+      [prefix, c = cfg](std::string_view name) { return prefix + detail::unet_original_name(name, c); });
+  store->set_scope(prefix);
+  scope = prefix;
+  bind();
+}
+
+void UNet2DConditionModel::Impl::bind() {
   nn::WeightStore& w = *store;
   const UNet2DConditionConfig& c = cfg;
   const std::vector<std::size_t>& ch = c.block_out_channels;
@@ -375,7 +396,8 @@ UNet2DConditionModel::Impl::Impl(io::ModelDir d, const nn::LoadOptions& options)
     info.pooled_dim = K > 6 * A ? K - 6 * A : 0;
   }
   info.parameters = w.parameters();
-  for (const std::string& name : dir.names()) ++info.dtypes[std::string(dtype_name(dir.find(name)->dtype))];
+  for (const std::string& name : dir.names())  // the U-Net's tensors only (a single file holds more)
+    if (name.starts_with(scope)) ++info.dtypes[std::string(dtype_name(dir.find(name)->dtype))];
 }
 
 // The arena allocations of forward() at their peak: the kept skips, the two ping-pong buffers, the
@@ -634,6 +656,17 @@ UNet2DConditionModel UNet2DConditionModel::load(const std::filesystem::path& pat
 
 UNet2DConditionModel UNet2DConditionModel::load(io::ModelDir dir, const nn::LoadOptions& options) {
   return UNet2DConditionModel(std::make_unique<Impl>(std::move(dir), options));
+}
+
+UNet2DConditionModel UNet2DConditionModel::load_original(io::ModelDir file, std::string prefix,
+                                                         UNet2DConditionConfig config, const nn::LoadOptions& options) {
+  return UNet2DConditionModel(std::make_unique<Impl>(std::move(file), std::move(config), prefix, options));
+}
+
+bool UNet2DConditionModel::has_original_names(const io::ModelDir& dir, std::string_view prefix) {
+  const std::string p(prefix);
+  return dir.contains(p + "input_blocks.0.0.weight") && dir.contains(p + "time_embed.0.weight") &&
+         dir.contains(p + "out.2.weight");
 }
 
 Tensor UNet2DConditionModel::forward(const Tensor& x, std::span<const float> timesteps,

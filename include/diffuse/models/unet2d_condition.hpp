@@ -116,6 +116,19 @@ class DIFFUSE_API UNet2DConditionModel final : public Network {
   static UNet2DConditionModel load(const std::filesystem::path& path, const nn::LoadOptions& options = {});
   /// From an opened folder (the model keeps the mapping alive: f32 weights are used in place).
   static UNet2DConditionModel load(io::ModelDir dir, const nn::LoadOptions& options = {});
+  /** The U-Net inside a single-file checkpoint (SD 1.x / 2.x / XL as A1111 keeps them): the
+   *  original LDM names under `prefix` ("model.diffusion_model."), mapped to the diffusers names
+   *  at load without copying a tensor (`input_blocks.N.M`, `middle_block.N`, `output_blocks.N.M`,
+   *  `time_embed.0/2`, `label_emb.0.0/0.2`, `out.0/2`; resnets' `in_layers`, `emb_layers`,
+   *  `out_layers`, `skip_connection`; docs/single_file.md). `config` describes the file (it has
+   *  none; models/checkpoint.hpp knows the families') and is checked as a config.json is. A tensor
+   *  under the prefix that the config does not explain is refused by name (format_error); tensors
+   *  outside it are left alone. */
+  static UNet2DConditionModel load_original(io::ModelDir file, std::string prefix, UNet2DConditionConfig config,
+                                            const nn::LoadOptions& options = {});
+  /// True when `dir` holds an LDM U-Net under `prefix` (`PREFIXinput_blocks.0.0.weight`,
+  /// `PREFIXtime_embed.0.weight` and `PREFIXout.2.weight`).
+  static bool has_original_names(const io::ModelDir& dir, std::string_view prefix);
 
   UNet2DConditionModel(UNet2DConditionModel&&) noexcept;
   UNet2DConditionModel& operator=(UNet2DConditionModel&&) noexcept;
