@@ -149,7 +149,8 @@ const std::vector<RegistryEntry<T>>& registry() {
     add("ddpm", [](std::vector<T> s, const SamplerParams<T>& p) {
       return std::make_unique<DdpmSampler<T>>(std::move(s), DdpmOptions<T>{p.variance_type, p.alphas_cumprod});
     });
-    add("pndm", [](std::vector<T> s, const SamplerParams<T>&) { return std::make_unique<PndmSampler<T>>(std::move(s)); });
+    add("pndm",
+        [](std::vector<T> s, const SamplerParams<T>&) { return std::make_unique<PndmSampler<T>>(std::move(s)); });
     add("flow_euler", [](std::vector<T> s, const SamplerParams<T>&) { return std::make_unique<FlowEulerSampler<T>>(std::move(s)); });
     add("flow_heun", [](std::vector<T> s, const SamplerParams<T>&) { return std::make_unique<FlowHeunSampler<T>>(std::move(s)); });
     return e;

@@ -447,8 +447,9 @@ inline Schedule make_schedule(SchedulerClass cls, const ScheduleConfig& c, std::
       c.timestep_spacing.value_or(ddpm_like ? TimestepSpacing::leading : TimestepSpacing::linspace);
 
   if (cls == SchedulerClass::pndm && !c.skip_prk_steps)
-    raise<value_error>(where, "PNDMScheduler with skip_prk_steps false (the Runge-Kutta warm-up, PRK) is not "
-                              "implemented; set skip_prk_steps to true (PLMS, as the Stable Diffusion folders do)");
+    raise<value_error>(where,
+                       "PNDMScheduler with skip_prk_steps false (the Runge-Kutta warm-up, PRK) is not "
+                       "implemented; set skip_prk_steps to true (PLMS, as the Stable Diffusion folders do)");
   if (ddpm_like) {
     for (auto t : ddpm_timesteps(spacing, N, n, c.steps_offset)) {
       // DDPM and DDIM index alphas_cumprod with the timestep (diffusers raises IndexError).
@@ -462,12 +463,8 @@ inline Schedule make_schedule(SchedulerClass cls, const ScheduleConfig& c, std::
       // diffusers' plms_timesteps: the second timestep twice (the warm-up's two calls), n + 1 in
       // all (1 for n = 1). The repeat evaluates at t_1 from t_0's Euler step, then again from the
       // corrected sample.
+      // (The warm-up's second call steps from t_1 + N // n, which is <= t_0 for every spacing.)
       if (s.timesteps.size() >= 2) s.timesteps.insert(s.timesteps.begin() + 1, s.timesteps[1]);
-      // The warm-up's second call steps from t_1 + N // n, which must be in the train table.
-      if (s.timesteps.size() >= 2 && s.timesteps[1] + static_cast<double>(N / n) >= static_cast<double>(N))
-        raise<value_error>(where, "timestep " + std::to_string(static_cast<std::int64_t>(s.timesteps[1])) + " + num_train_timesteps // " +
-                                      std::to_string(n) + " is outside the train table [0, " + std::to_string(N - 1) +
-                                      "] (PNDM's warm-up steps from there)");
     }
     s.integer_timesteps = true;
     return s;
