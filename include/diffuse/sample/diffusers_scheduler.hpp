@@ -97,7 +97,7 @@ struct DiffusersStepConfig {
   bool thresholding = false;
   double dynamic_thresholding_ratio = 0.995;
   double sample_max_value = 1.0;
-  bool set_alpha_to_one = true;          ///< DDIM, LCM
+  bool set_alpha_to_one = true;          ///< DDIM, LCM; PNDM (default false there)
   std::int64_t solver_order = 2;         ///< DPM, UniPC, DEIS
   std::string algorithm_type;            ///< DPM: dpmsolver++ / sde-dpmsolver++; DEIS: deis
   std::string solver_type;               ///< DPM: midpoint / heun; UniPC: bh1 / bh2; DEIS: logrho
@@ -338,7 +338,7 @@ class DiffusersScheduler {
 
   /// `scheduler.timesteps` (exact values; integers for the integer-timestep classes).
   const std::vector<double>& timesteps() const { return sched_.timesteps; }
-  /// `scheduler.sigmas` (float32; empty for DDPM, DDIM and LCM).
+  /// `scheduler.sigmas` (float32; empty for DDPM, DDIM, LCM and PNDM).
   const std::vector<float>& sigmas() const { return sched_.sigmas; }
   /// `scheduler.alphas_cumprod` (float32).
   const std::vector<float>& alphas_cumprod() const { return sched_.alphas_cumprod; }
@@ -372,7 +372,7 @@ class DiffusersScheduler {
 
   /** diffusers' `add_noise(original_samples, noise, timesteps)`: the forward process at each batch
    *  item's timestep (`timesteps` holds one value for the whole batch or one per item, dim 0).
-   *  - DDPM, DDIM, LCM: sqrt(ac[t]) x0 + sqrt(1 - ac[t]) noise for any integer t in [0, N)
+   *  - DDPM, DDIM, LCM, PNDM: sqrt(ac[t]) x0 + sqrt(1 - ac[t]) noise for any integer t in [0, N)
    *    (no `set_timesteps` needed);
    *  - Euler, Euler ancestral, Heun, LMS: x0 + sigma noise;
    *  - DPM-Solver (multi/singlestep), UniPC, DEIS: alpha_t x0 + sigma_t noise (`_sigma_to_alpha_sigma_t`);

@@ -332,7 +332,7 @@ struct Schedule {
   /// `scheduler.timesteps`, each value exact (int64, or float32 widened to double).
   std::vector<double> timesteps;
   bool integer_timesteps = false;  ///< true when diffusers stores int64 timesteps
-  /// `scheduler.sigmas` (float32); empty for DDPM, DDIM and LCM, which have none.
+  /// `scheduler.sigmas` (float32); empty for DDPM, DDIM, LCM and PNDM, which have none.
   std::vector<float> sigmas;
   /// `scheduler.alphas_cumprod` (float32, bit-exact); empty for the flow-matching classes.
   std::vector<float> alphas_cumprod;
