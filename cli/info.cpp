@@ -35,6 +35,7 @@ std::string_view sampler_description(std::string_view name) {
       {"lcm", "latent consistency model sampling"},
       {"ddim", "DDIM (Song et al. 2021), eta 0"},
       {"ddpm", "DDPM ancestral (Ho et al. 2020)"},
+      {"pndm", "PLMS (Liu et al. 2022; PNDMScheduler, A1111 PLMS), steps + 1 calls"},
       {"flow_euler", "flow matching Euler (FlowMatchEulerDiscreteScheduler), flow models"},
       {"flow_heun", "flow matching Heun, flow models, 2 calls/step"},
   };

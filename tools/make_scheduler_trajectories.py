@@ -15,17 +15,25 @@ The `i2i_*` cases (index "img2img") start part-way, as img2img does: set_begin_i
 timesteps[k] (scale_noise for FlowMatch), then the steps from there; see run_img2img_case.
 
 Run:  .venv-ref/bin/python tools/make_scheduler_trajectories.py  (writes tests/data/trajectories/*.json)
-Needs torch and diffusers (only here, never at test time).
+      .venv-ref/bin/python tools/make_scheduler_trajectories.py pndm  (only the cases whose name starts
+      with one of the given prefixes; index.json still lists every case)
+Needs torch and diffusers (only here, never at test time; LMSDiscreteScheduler also needs scipy).
 """
 import inspect
 import json
 import pathlib
+import sys
 
 import diffusers
 import torch
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data" / "trajectories"
 SHAPE = (1, 2, 4, 4)
+ONLY = ()  # name prefixes given on the command line: run only those cases
+
+
+def selected(name):
+    return not ONLY or any(name.startswith(p) for p in ONLY)
 
 
 def f32_list(t):
@@ -44,6 +52,8 @@ def dummy_model(x, t, e, learned_variance=False):
 
 
 def run_case(name, cls_name, config, steps, seed=0, step_kwargs=None, set_kwargs=None, learned_variance=False):
+    if not selected(name):
+        return {"name": name, "skipped": True}
     cls = getattr(diffusers, cls_name)
     sched = cls(**config)
     set_kwargs = dict(set_kwargs or {})
@@ -88,6 +98,8 @@ def run_img2img_case(name, cls_name, config, steps, begin, seed=0, use_begin_ind
     After the first step, `add_noise` at the next timestep is recorded too (the inpainting call,
     which uses the step index). Without `use_begin_index` the scheduler finds the start itself
     (index_for_timestep), as pipelines that do not call set_begin_index do."""
+    if not selected(name):
+        return {"name": name, "skipped": True}
     cls = getattr(diffusers, cls_name)
     sched = cls(**config)
     sched.set_timesteps(steps)
@@ -220,22 +232,42 @@ def cases():
     yield run_case("unipc_bh1_3_karras_sigma_min", "UniPCMultistepScheduler",
                    dict(sd, solver_type="bh1", solver_order=3, use_karras_sigmas=True, final_sigmas_type="sigma_min"), 8)
     yield run_case("deis_karras_20", "DEISMultistepScheduler", dict(sd, use_karras_sigmas=True), 20)
+    # PNDMScheduler (PLMS, skip_prk_steps): Stable Diffusion 1.5's scheduler_config (its other keys,
+    # clip_sample and trained_betas null, are not PNDM arguments), at 10, 20 and 50 steps; then
+    # v-prediction (SD 2 style), and the linspace / trailing spacings, where diffusers' step goes to
+    # t - N // n rather than to the next timestep.
+    sd15 = dict(sd, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    yield run_case("pndm_sd15_10", "PNDMScheduler", sd15, 10)
+    yield run_case("pndm_sd15_20", "PNDMScheduler", sd15, 20)
+    yield run_case("pndm_sd15_50", "PNDMScheduler", sd15, 50)
+    yield run_case("pndm_v_20", "PNDMScheduler", dict(sd15, prediction_type="v_prediction"), 20)
+    yield run_case("pndm_linspace_10", "PNDMScheduler", dict(sd15, timestep_spacing="linspace"), 10)
+    yield run_case("pndm_trailing_15_alpha_one", "PNDMScheduler",
+                   dict(sd15, timestep_spacing="trailing", set_alpha_to_one=True), 15)
+    yield run_case("pndm_2", "PNDMScheduler", sd15, 2)
+    yield run_case("pndm_1", "PNDMScheduler", sd15, 1)
 
 
 def main():
+    global ONLY
+    ONLY = tuple(sys.argv[1:])
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     index = []
     for case in cases():
+        index.append(case["name"])
+        if case.get("skipped"):
+            continue
         path = OUT / f"{case['name']}.json"
         path.write_text(json.dumps(case, separators=(",", ":")))
-        index.append(case["name"])
         print(f"{case['name']:28s} {case['class']:34s} steps={case['num_inference_steps']}")
     img2img = []
     for case in img2img_cases():
+        img2img.append(case["name"])
+        if case.get("skipped"):
+            continue
         path = OUT / f"{case['name']}.json"
         path.write_text(json.dumps(case, separators=(",", ":")))
-        img2img.append(case["name"])
         print(f"{case['name']:28s} {case['class']:34s} steps={case['num_inference_steps']} begin={case['begin_index']}")
     (OUT / "index.json").write_text(json.dumps({"diffusers": diffusers.__version__, "torch": torch.__version__,
                                                 "cases": index, "img2img": img2img}, indent=1))

@@ -371,6 +371,12 @@ Defaults default_settings(const Model& model) {
     d.sampler = "flow_euler";
     d.schedule = "default";
     d.steps = 25;
+  } else if (model.scheduler_class() == SchedulerClass::pndm) {
+    // A PNDMScheduler folder (Stable Diffusion 1.x/2.x): its own PLMS on its own timesteps, at
+    // StableDiffusionPipeline's default of 50 steps.
+    d.sampler = "pndm";
+    d.schedule = "default";
+    d.steps = 50;
   } else {
     d.sampler = "dpmpp_2m";
     d.schedule = "karras";
@@ -382,6 +388,7 @@ Defaults default_settings(const Model& model) {
     // image is the one diffusers gives for the folder (at 25 steps rather than diffusers' 50), and
     // the Stable Diffusion pipelines' guidance_scale 7.5.
     d.cfg_scale = 7.5f;
+    d.steps = 25;
     SamplerParams<float> unused;
     const nlohmann::json& j = model.scheduler_json();
     DiffusersSamplerChoice choice;
@@ -433,6 +440,7 @@ SamplerRule sampler_rule(std::string_view name_in) {
   else if (name == "euler_a") set(C::euler_ancestral, false, false, false);
   else if (name == "heun") set(C::heun, false, false, false);
   else if (name == "lms") set(C::lms, false, false, false);
+  else if (name == "pndm" || name == "plms") set(C::pndm, true, false, false);
   return r;
 }
 
@@ -493,6 +501,10 @@ std::vector<float> make_sigmas(const Model& model, std::string_view schedule, in
   if (!sampler.empty())
     if (const auto c = sampler_rule(sampler).diffusers_class) cls = *c;
   if (cls == SchedulerClass::heun) cls = SchedulerClass::euler;
+  // PNDM: its distinct timesteps, ending where diffusers' last step goes (final_alpha_cumprod) for
+  // the pndm sampler, at 0 for the others.
+  if (cls == SchedulerClass::pndm)
+    return pndm_sigmas(cfg, n, !(sampler.empty() || sampler_rule(sampler).diffusers_class == SchedulerClass::pndm));
   Schedule s = make_schedule(cls, cfg, n);
   if (!s.sigmas.empty()) return s.sigmas;
   std::vector<float> out;

@@ -201,6 +201,63 @@ TEST(Pipeline, ConvergesToTheClassForEverySamplerKind) {
   for (const char* sch : {"default", "exponential", "simple", "normal", "sgm_uniform", "beta"}) check(e, "ddim", sch, 3e-3f);
 }
 
+// A PNDMScheduler folder (Stable Diffusion's): the default sampler is PLMS on the class's own
+// timesteps, the network gets integer timesteps, the last step goes to alphas_cumprod[0].
+TEST(Pipeline, PndmConfigRunsPlms) {
+  nlohmann::json cfg = kDdpmConfig;
+  cfg["_class_name"] = "PNDMScheduler";
+  cfg["skip_prk_steps"] = true;
+  cfg["set_alpha_to_one"] = false;
+  cfg["steps_offset"] = 1;
+  cfg.erase("clip_sample");
+  auto ac = diffuse::make_schedule(diffuse::ScheduleConfig::from_json(cfg), 1).alphas_cumprod;
+  const auto train = diffuse::train_sigmas(ac);
+  const pl::Model m(std::make_shared<StandIn>(Kind::epsilon, true, true, train), cfg, "standin-pndm");
+  EXPECT_EQ(m.scheduler_class(), diffuse::SchedulerClass::pndm);
+  EXPECT_EQ(m.defaults().sampler, "pndm");
+  EXPECT_EQ(m.defaults().schedule, "default");
+  EXPECT_EQ(m.defaults().steps, 50);
+  for (const char* name : {"pndm", "plms"}) {
+    const auto r = pl::sampler_rule(name);
+    EXPECT_EQ(r.diffusers_class, diffuse::SchedulerClass::pndm) << name;
+    EXPECT_TRUE(r.integer_timesteps) << name;
+    EXPECT_FALSE(r.clip_sample) << name;
+    EXPECT_FALSE(r.thresholding) << name;
+  }
+  // The default schedule: sigmas at 901 801 ... 1 (leading, offset 1), then sigma(alphas_cumprod[0]).
+  const auto sg = pl::make_sigmas(m, "default", 10, "pndm");
+  ASSERT_EQ(sg.size(), 11u);
+  for (std::size_t i = 0; i < 10; ++i) EXPECT_EQ(sg[i], train[901 - 100 * i]) << i;
+  EXPECT_EQ(sg.back(), train.front());
+  EXPECT_GT(sg.back(), 0.0f);
+  EXPECT_EQ(pl::make_sigmas(m, "default", 10), sg);  // no sampler: the model's own (pndm)
+  // Samplers without a diffusers class take PNDM's timesteps down to 0.
+  const auto other = pl::make_sigmas(m, "default", 10, "dpm_2");
+  ASSERT_EQ(other.size(), 11u);
+  EXPECT_EQ(other[9], sg[9]);
+  EXPECT_EQ(other.back(), 0.0f);
+
+  // The stand-in's guided estimate is the constant 1.5 c (the null class gives 0), so eps is
+  // constant along the trajectory and PLMS is exact: x = D + sigma_last (x_T - D) / sigma_0.
+  Context ctx(1);
+  auto o = opts({4}, 1);
+  o.steps = 12;
+  o.cfg_scale = 1.5f;
+  diffuse::TorchGenerator gen(7);
+  o.initial_noise = diffuse::randn(gen, {1, 1, 8, 8});
+  pl::Generation g(m, o);
+  while (!g.done()) g.step(ctx);
+  EXPECT_EQ(g.nfe(), 13u);  // steps + 1: the warm-up evaluates twice
+  const auto& s = g.sigmas();
+  ASSERT_EQ(s.size(), 13u);
+  const float target = class_value(4) * 1.5f;
+  const Tensor& x = g.result();
+  for (std::size_t i = 0; i < 64; ++i) {
+    const float xt = o.initial_noise->data()[i] * std::sqrt(1.0f + s.front() * s.front());
+    EXPECT_NEAR(x.data()[i], target + s.back() * (xt - target) / s.front(), 2e-5f) << i;
+  }
+}
+
 TEST(Pipeline, CfgIsOneBatchedForwardEqualToTwoSeparateOnes) {
   auto net = flow_net();
   const auto m = flow_model(net);

@@ -440,7 +440,7 @@ TEST(Registry, NamesAliasesAndDiffusers) {
   const auto names = diffuse::list_samplers();
   for (const char* n : {"euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "lms", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
                         "dpmpp_3m_sde", "dpmpp_2s_a", "dpmpp_sde", "unipc", "deis", "lcm", "ddim", "ddpm",
-                        "flow_euler", "flow_heun", "dpm_fast", "dpm_adaptive"})
+                        "flow_euler", "flow_heun", "dpm_fast", "dpm_adaptive", "pndm"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   const auto s = diffuse_test::karras(5, 0.1, 10.0, true);
   EXPECT_EQ(diffuse::make_sampler<double>("euler_ancestral", s)->name(), "euler_a");
@@ -483,7 +483,70 @@ TEST(Registry, NamesAliasesAndDiffusers) {
     EXPECT_EQ(diffuse::sampler_for_diffusers(cfg, p), name);
   }
   cfg.class_name = "PNDMScheduler";
+  EXPECT_EQ(diffuse::sampler_for_diffusers(cfg, p), "pndm");
+  EXPECT_EQ(diffuse::make_sampler<double>("plms", s)->name(), "pndm");  // A1111's name
+  cfg.class_name = "KarrasVeScheduler";
   EXPECT_THROW(diffuse::sampler_for_diffusers(cfg, p), diffuse::value_error);
+}
+
+// PLMS (pndm): the warm-up step makes two evaluations and is diffusers' pseudo improved Euler;
+// later steps are Adams-Bashforth on the kept eps (the warm-up's second eps is not kept).
+TEST(Pndm, EvaluationsAndWarmUp) {
+  const diffuse::GaussianDenoiser<double> gd(kMu, kVar);
+  const auto sig = diffuse_test::karras(6, 0.1, 10.0, true);  // 6 steps, last to 0
+  const Tn x0 = diffuse_test::gaussian_start(kMu, kVar, 2, 10.0, 5);
+  diffuse::PndmSampler<double> s(sig);
+  diffuse::NoiseSource<double> none;
+  const diffuse::AnyDenoiser<double> d = diffuse::denoiser_ref<double>(gd);
+  Tn x = x0;
+  s.step(d, x, none);
+  EXPECT_EQ(s.nfe(), 2u);
+  // By hand: e0 at sigma0, the DDIM (Euler) step, e1 there, the step again with the mean.
+  auto eps = [&](const Tn& y, double sg) {
+    Tn e = gd(y, sg);
+    for (std::size_t k = 0; k < e.size(); ++k) e[k] = (y[k] - e[k]) / sg;
+    return e;
+  };
+  const double h0 = sig[1] - sig[0];
+  const Tn e0 = eps(x0, sig[0]);
+  Tn mid = x0;
+  for (std::size_t k = 0; k < mid.size(); ++k) mid[k] += h0 * e0[k];
+  const Tn e1 = eps(mid, sig[1]);
+  Tn want = x0;
+  for (std::size_t k = 0; k < want.size(); ++k) want[k] += h0 * (e0[k] + e1[k]) / 2;
+  EXPECT_LE(diffuse_test::max_abs_diff(x, want), 1e-14);
+  // Step 1: AB2 of e0 (not e1) and the new eps at sigma1.
+  const Tn x1 = x;
+  s.step(d, x, none);
+  EXPECT_EQ(s.nfe(), 3u);
+  const Tn e2 = eps(x1, sig[1]);
+  for (std::size_t k = 0; k < want.size(); ++k) want[k] = x1[k] + (sig[2] - sig[1]) * (3 * e2[k] - e0[k]) / 2;
+  EXPECT_LE(diffuse_test::max_abs_diff(x, want), 1e-14);
+  s.run(d, x, none);
+  EXPECT_EQ(s.nfe(), 7u);  // steps + 1
+  // One step: a single DDIM step, one evaluation (diffusers with one inference step).
+  diffuse::PndmSampler<double> one(std::vector<double>{10.0, 0.0});
+  Tn y = x0;
+  one.step(d, y, none);
+  EXPECT_EQ(one.nfe(), 1u);
+  EXPECT_LE(diffuse_test::max_abs_diff(y, gd(x0, 10.0)), 1e-14);
+  // Started part-way (img2img), the first step taken is the warm-up.
+  diffuse::PndmSampler<double> late(sig);
+  late.begin_at(3);
+  y = x0;
+  late.step(d, y, none);
+  EXPECT_EQ(late.nfe(), 2u);
+  late.run(d, y, none);
+  EXPECT_EQ(late.nfe(), 4u);
+  // A constant denoiser makes eps constant: PLMS is then exact, x = D + sigma (x0 - D) / sigma0.
+  const Tn c = gd(x0, 10.0);
+  const diffuse::AnyDenoiser<double> constant([&c](const Tn&, double) { return c; });
+  const auto sig2 = diffuse_test::karras(8, 0.1, 10.0, false);
+  diffuse::PndmSampler<double> ex(sig2);
+  y = x0;
+  ex.run(constant, y, none);
+  for (std::size_t k = 0; k < y.size(); ++k) want[k] = c[k] + sig2.back() * (x0[k] - c[k]) / sig2.front();
+  EXPECT_LE(diffuse_test::max_abs_diff(y, want), 1e-13);
 }
 
 TEST(Errors, Schedules) {

@@ -348,7 +348,15 @@ TEST(ScheduleErrors, NamesAndArguments) {
   expect_raises_value([] { diffuse::final_sigmas_from_name("one"); }, "final_sigmas_type");
   expect_raises_value([] { diffuse::time_shift_from_name("log"); }, "time_shift_type");
   expect_raises_value([] { diffuse::alpha_transform_from_name("sqrt"); }, "alpha_transform_type");
-  expect_raises_value([] { diffuse::scheduler_class_from_name("PNDMScheduler"); }, "PNDMScheduler");
+  expect_raises_value([] { diffuse::scheduler_class_from_name("KarrasVeScheduler"); }, "KarrasVeScheduler");
+  // PNDMScheduler (PLMS): the leading timesteps with the second one twice; refused without
+  // skip_prk_steps (the Runge-Kutta warm-up is not implemented).
+  auto pndm = diffuse::ScheduleConfig::from_json({{"steps_offset", 1}, {"skip_prk_steps", true}});
+  EXPECT_EQ(diffuse::make_schedule("PNDMScheduler", pndm, 4).timesteps, (std::vector<double>{751, 501, 501, 251, 1}));
+  EXPECT_EQ(diffuse::make_schedule("PNDMScheduler", pndm, 1).timesteps, (std::vector<double>{1}));
+  EXPECT_EQ(diffuse::pndm_sigmas(pndm, 4).size(), 5u);
+  pndm.skip_prk_steps = false;
+  expect_raises_value([&] { (void)diffuse::make_schedule("PNDMScheduler", pndm, 4); }, "skip_prk_steps");
   expect_raises_value([] { diffuse::make_betas(diffuse::BetaSchedule::linear, 1000, 0.02, 0.0001); }, "beta_start");
   expect_raises_value([] { diffuse::make_betas(diffuse::BetaSchedule::linear, 1); }, "num_train_timesteps");
   expect_raises_value([] { diffuse::make_betas(diffuse::BetaSchedule::linear, 10, -1.0, 0.5); }, "beta_start");

@@ -173,7 +173,7 @@ class DIFFUSE_API Generation {
   /// The current sample (noisy, in the sampler's space).
   const Tensor& sample() const;
 
-  /// The noise levels the sampler walks (in the sampler's space, ending in 0).
+  /// The noise levels the sampler walks (in the sampler's space, ending in 0; see make_sigmas for PNDM).
   const std::vector<float>& sigmas() const;
   /// The options with the model's defaults filled in: what the parameters text records.
   const GenerateOptions& options() const;

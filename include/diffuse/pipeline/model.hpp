@@ -256,9 +256,12 @@ DIFFUSE_API SamplerRule sampler_rule(std::string_view sampler);
 DIFFUSE_API float initial_noise_factor(const Model& model, std::string_view sampler, float sigma0);
 
 /** The noise levels for `steps` steps of the named schedule, in the model's space (flow sigmas in
- *  [0, 1] for a flow model, VE sigmas otherwise), ending in 0:
+ *  [0, 1] for a flow model, VE sigmas otherwise), ending in 0 (but see "default" for PNDM):
  *  - "default": the spacing of the model's own scheduler config (diffusers' `set_timesteps`), or,
- *    when `sampler` is given, of the sampler's diffusers class on that config (SamplerRule);
+ *    when `sampler` is given, of the sampler's diffusers class on that config (SamplerRule); for
+ *    PNDMScheduler (the model's class with no or the pndm sampler) `pndm_sigmas`: the n distinct
+ *    timesteps, then sigma(alphas_cumprod[0]) where diffusers' last step goes (0 with
+ *    set_alpha_to_one); other samplers get those timesteps ending in 0;
  *  - "karras", "exponential", "beta": between the model's smallest and largest noise level;
  *  - "simple", "normal", "sgm_uniform" (ComfyUI's, VP models only): from the train sigma table.
  *  Throws value_error for an unknown name (listing the known ones) or steps < 1. */

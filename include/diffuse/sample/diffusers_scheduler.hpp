@@ -19,6 +19,7 @@
  *  | HeunDiscrete, FlowMatchHeun     | here: one diffusers call is half a core step (state machine)    |
  *  | DPMSolverMultistepScheduler     | here: per-step order rules (lower_order_final, euler_at_final)  |
  *  | DPMSolverSinglestepScheduler    | here: order list and block-start sample                          |
+ *  | PNDMScheduler (skip_prk_steps)  | here: one call is a warm-up half or a PLMS step (VP, counter)    |
  *
  *  The core samplers work in the VE space x = x0 + sigma eps with a denoised estimate D. The
  *  facade turns diffusers' `model_output` into D with the config's prediction type, maps the VP
@@ -96,7 +97,7 @@ struct DiffusersStepConfig {
   bool thresholding = false;
   double dynamic_thresholding_ratio = 0.995;
   double sample_max_value = 1.0;
-  bool set_alpha_to_one = true;          ///< DDIM, LCM
+  bool set_alpha_to_one = true;          ///< DDIM, LCM; PNDM (default false there)
   std::int64_t solver_order = 2;         ///< DPM, UniPC, DEIS
   std::string algorithm_type;            ///< DPM: dpmsolver++ / sde-dpmsolver++; DEIS: deis
   std::string solver_type;               ///< DPM: midpoint / heun; UniPC: bh1 / bh2; DEIS: logrho
@@ -168,6 +169,8 @@ inline DiffusersStepConfig DiffusersStepConfig::from_json(const nlohmann::json& 
   const bool flow_class = cls == C::flow_match_euler || cls == C::flow_match_heun;
   std::string pred = flow_class ? "flow_prediction" : "epsilon";
   if (!flow_class) dfs_read(j, "prediction_type", pred);
+  if (cls == C::pndm && pred != "epsilon" && pred != "v_prediction")
+    detail::dfs_bad_value("prediction_type", pred, "epsilon, v_prediction (PNDMScheduler)");
   if (pred == "flow_prediction") {
     if (!(flow_class || cls == C::dpm_multistep || cls == C::dpm_singlestep || cls == C::unipc || cls == C::deis))
       detail::dfs_bad_value("prediction_type", pred, "epsilon, v_prediction, sample");
@@ -186,7 +189,21 @@ inline DiffusersStepConfig DiffusersStepConfig::from_json(const nlohmann::json& 
   dfs_read(j, "sample_max_value", c.sample_max_value);
   check_x0_post_keys(detail::kDfsWhere, c.clip_sample, c.clip_sample_range, c.thresholding, c.dynamic_thresholding_ratio,
                      c.sample_max_value);
+  if (cls == C::pndm) c.set_alpha_to_one = false;  // PNDMScheduler's default (DDIM's and LCM's is true)
   dfs_read(j, "set_alpha_to_one", c.set_alpha_to_one);
+  if (cls == C::pndm) {
+    // PNDMScheduler has no x0 clipping or thresholding (diffusers ignores the keys), and its
+    // Runge-Kutta warm-up (skip_prk_steps false, diffusers' default) is not implemented.
+    c.clip_sample = false;
+    c.thresholding = false;
+    bool skip_prk = false;
+    dfs_read(j, "skip_prk_steps", skip_prk);
+    if (!skip_prk)
+      raise<value_error>(detail::kDfsWhere,
+                         "config key 'skip_prk_steps': false (or absent: diffusers' default) asks for PNDM's "
+                         "Runge-Kutta warm-up (PRK), which is not implemented; the Stable Diffusion folders set "
+                         "true (PLMS)");
+  }
   dfs_read(j, "timestep_scaling", c.timestep_scaling);
   dfs_read(j, "stochastic_sampling", c.stochastic_sampling);
   if (cls == C::ddpm) {
@@ -292,6 +309,8 @@ class DiffusersScheduler {
     prev_derivative_ = o.prev_derivative_;
     dt_ = o.dt_;
     order_list_ = o.order_list_;
+    ets_ = o.ets_;
+    pndm_counter_ = o.pndm_counter_;
     return *this;
   }
   DiffusersScheduler(DiffusersScheduler&&) noexcept = default;
@@ -319,7 +338,7 @@ class DiffusersScheduler {
 
   /// `scheduler.timesteps` (exact values; integers for the integer-timestep classes).
   const std::vector<double>& timesteps() const { return sched_.timesteps; }
-  /// `scheduler.sigmas` (float32; empty for DDPM, DDIM and LCM).
+  /// `scheduler.sigmas` (float32; empty for DDPM, DDIM, LCM and PNDM).
   const std::vector<float>& sigmas() const { return sched_.sigmas; }
   /// `scheduler.alphas_cumprod` (float32).
   const std::vector<float>& alphas_cumprod() const { return sched_.alphas_cumprod; }
@@ -353,7 +372,7 @@ class DiffusersScheduler {
 
   /** diffusers' `add_noise(original_samples, noise, timesteps)`: the forward process at each batch
    *  item's timestep (`timesteps` holds one value for the whole batch or one per item, dim 0).
-   *  - DDPM, DDIM, LCM: sqrt(ac[t]) x0 + sqrt(1 - ac[t]) noise for any integer t in [0, N)
+   *  - DDPM, DDIM, LCM, PNDM: sqrt(ac[t]) x0 + sqrt(1 - ac[t]) noise for any integer t in [0, N)
    *    (no `set_timesteps` needed);
    *  - Euler, Euler ancestral, Heun, LMS: x0 + sigma noise;
    *  - DPM-Solver (multi/singlestep), UniPC, DEIS: alpha_t x0 + sigma_t noise (`_sigma_to_alpha_sigma_t`);
@@ -377,7 +396,7 @@ class DiffusersScheduler {
                                                 " (give one, or one per item)");
     // Per item: out = a x0 + b noise.
     std::vector<std::pair<T, T>> coef;
-    const bool vp_table = cls_ == C::ddpm || cls_ == C::ddim || cls_ == C::lcm;
+    const bool vp_table = cls_ == C::ddpm || cls_ == C::ddim || cls_ == C::lcm || cls_ == C::pndm;
     std::vector<float> table;
     if (vp_table && sched_.alphas_cumprod.empty()) table = detail::class_alphas_cumprod(cls_, sched_cfg_);
     const std::vector<float>& acs = vp_table && sched_.alphas_cumprod.empty() ? table : sched_.alphas_cumprod;
@@ -471,6 +490,7 @@ class DiffusersScheduler {
       case C::flow_match_heun: out = step_heun(i, m, sample, noise, opt); break;
       case C::dpm_multistep: out = step_dpm_multistep(i, m, sample, noise); break;
       case C::dpm_singlestep: out = step_dpm_singlestep(i, m, sample, noise); break;
+      case C::pndm: out = step_pndm(i, m, sample); break;
     }
     step_index_ = i + 1;
     return out;
@@ -490,6 +510,8 @@ class DiffusersScheduler {
     stored_ = BasicTensor<T>();
     prev_derivative_ = BasicTensor<T>();
     dt_.reset();
+    ets_.clear();
+    pndm_counter_ = 0;
   }
 
   void require_timesteps(std::string_view fn) const {
@@ -1126,6 +1148,64 @@ class DiffusersScheduler {
     return dpm_update(stored_, lt, l1, h, hist_[1], &d1, nullptr, zp, heun);
   }
 
+  // ---------------------------------------------------------------- PNDM (PLMS, here)
+
+  // diffusers' PNDMScheduler.step_plms: one call is one network output. Call 0 steps from t_0
+  // with e_0 and keeps the sample; call 1 (at t_1, the repeated timestep) redoes that step with
+  // (e_0 + e_1) / 2 and drops e_1; later calls step with Adams-Bashforth 2, 3, 4 of the kept
+  // outputs. The outputs are combined as given (v with v_prediction, converted to eps afterwards
+  // with the current sample), which the core PndmSampler (it combines eps) does not do; and the
+  // step goes from t to t - N // n whatever the spacing. So the step is written here, in diffusers'
+  // VP form (the paper's eq. 9) and order.
+  BasicTensor<T> step_pndm(std::size_t i, const BasicTensor<T>& m, const BasicTensor<T>& sample) {
+    const auto ratio = static_cast<double>(sched_cfg_.num_train_timesteps / n_);
+    const double t_in = sched_.timesteps[i];
+    double t = t_in, prev = t_in - ratio;
+    if (pndm_counter_ != 1) {
+      if (ets_.size() > 3) ets_.erase(ets_.begin());
+      ets_.push_back(m);
+    } else {
+      prev = t_in;
+      t = t_in + ratio;
+    }
+    const std::size_t n = m.size();
+    BasicTensor<T> comb(m.shape());
+    const BasicTensor<T>* x = &sample;
+    BasicTensor<T> start;
+    const std::size_t k = ets_.size();
+    if (k == 1 && pndm_counter_ == 0) {
+      comb = m;
+      stored_ = sample;
+    } else if (k == 1 && pndm_counter_ == 1) {
+      for (std::size_t q = 0; q < n; ++q) comb[q] = (m[q] + ets_[0][q]) / T(2);
+      start = std::move(stored_);
+      stored_ = BasicTensor<T>();
+      x = &start;
+    } else if (k == 2) {
+      for (std::size_t q = 0; q < n; ++q) comb[q] = (T(3) * ets_[1][q] - ets_[0][q]) / T(2);
+    } else if (k == 3) {
+      for (std::size_t q = 0; q < n; ++q)
+        comb[q] = (T(23) * ets_[2][q] - T(16) * ets_[1][q] + T(5) * ets_[0][q]) / T(12);
+    } else {
+      const T c = static_cast<T>(1.0 / 24.0);
+      for (std::size_t q = 0; q < n; ++q)
+        comb[q] = c * (T(55) * ets_[3][q] - T(59) * ets_[2][q] + T(37) * ets_[1][q] - T(9) * ets_[0][q]);
+    }
+    ++pndm_counter_;
+    // _get_prev_sample: eq. 9 of the paper, with diffusers' grouping.
+    const T final_ac = cfg_.set_alpha_to_one ? T(1) : static_cast<T>(sched_.alphas_cumprod.front());
+    const T a = ac(t);
+    const T ap = prev >= 0 ? ac(prev) : final_ac;
+    const T b = T(1) - a, bp = T(1) - ap;
+    if (cfg_.prediction == Prediction::v_prediction)
+      for (std::size_t q = 0; q < n; ++q) comb[q] = std::sqrt(a) * comb[q] + std::sqrt(b) * (*x)[q];
+    const T sample_coeff = std::sqrt(ap / a);
+    const T denom = a * std::sqrt(bp) + std::sqrt(a * b * ap);
+    BasicTensor<T> out(sample.shape());
+    for (std::size_t q = 0; q < n; ++q) out[q] = sample_coeff * (*x)[q] - (ap - a) * comb[q] / denom;
+    return out;
+  }
+
   // ---------------------------------------------------------------- members
 
   ScheduleConfig sched_cfg_;
@@ -1145,6 +1225,8 @@ class DiffusersScheduler {
   BasicTensor<T> prev_derivative_;         ///< Heun: derivative of the first stage
   std::optional<T> dt_;                    ///< Heun: pending step size (set = second stage next)
   std::vector<std::size_t> order_list_;    ///< DPM singlestep
+  std::vector<BasicTensor<T>> ets_;        ///< PNDM: kept model outputs, oldest first (at most 4)
+  std::size_t pndm_counter_ = 0;           ///< PNDM: diffusers' counter (calls so far)
 };
 
 DIFFUSE_END_NAMESPACE

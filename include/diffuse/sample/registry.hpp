@@ -37,6 +37,7 @@
 #include "diffuse/sample/heun.hpp"
 #include "diffuse/sample/lcm.hpp"
 #include "diffuse/sample/lms.hpp"
+#include "diffuse/sample/pndm.hpp"
 #include "diffuse/sample/sampler.hpp"
 #include "diffuse/sample/unipc.hpp"
 
@@ -148,6 +149,8 @@ const std::vector<RegistryEntry<T>>& registry() {
     add("ddpm", [](std::vector<T> s, const SamplerParams<T>& p) {
       return std::make_unique<DdpmSampler<T>>(std::move(s), DdpmOptions<T>{p.variance_type, p.alphas_cumprod});
     });
+    add("pndm",
+        [](std::vector<T> s, const SamplerParams<T>&) { return std::make_unique<PndmSampler<T>>(std::move(s)); });
     add("flow_euler", [](std::vector<T> s, const SamplerParams<T>&) { return std::make_unique<FlowEulerSampler<T>>(std::move(s)); });
     add("flow_heun", [](std::vector<T> s, const SamplerParams<T>&) { return std::make_unique<FlowHeunSampler<T>>(std::move(s)); });
     return e;
@@ -162,7 +165,7 @@ inline std::string_view canonical_sampler_name(std::string_view name) {
       {"adaptive", "dpm_adaptive"},     {"unipc_bh1", "unipc"},         {"unipc_bh2", "unipc"},
       {"dpmpp_2m_sde_heun", "dpmpp_2m_sde"}, {"k_euler", "euler"},      {"k_euler_a", "euler_a"},
       {"k_heun", "heun"},               {"k_lms", "lms"},               {"k_dpm_2", "dpm_2"},
-      {"k_dpm_2_a", "dpm_2_a"},         {"dpmpp_3m_ode", "dpmpp_3m"},
+      {"k_dpm_2_a", "dpm_2_a"},         {"dpmpp_3m_ode", "dpmpp_3m"},   {"plms", "pndm"},
   };
   for (const auto& [alias, target] : kAliases)
     if (alias == name) return target;
@@ -250,6 +253,7 @@ std::string sampler_for_diffusers(const DiffusersSamplerChoice& cfg, SamplerPara
   if (c == "DPMSolverSDEScheduler") return "dpmpp_sde";
   if (c == "LCMScheduler") return "lcm";
   if (c == "DDIMScheduler") return "ddim";
+  if (c == "PNDMScheduler") return "pndm";  // skip_prk_steps: true (PLMS)
   if (c == "FlowMatchEulerDiscreteScheduler") return "flow_euler";
   if (c == "FlowMatchHeunDiscreteScheduler") return "flow_heun";
   if (c == "DDPMScheduler") {

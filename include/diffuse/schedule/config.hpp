@@ -8,6 +8,7 @@
  *  |---------------------------------------------|----------------------------|-------------------------------------------|
  *  | DDPMScheduler, DDIMScheduler                | `ddpm_timesteps` (int)     | none                                      |
  *  | LCMScheduler                                | `lcm_timesteps` (int)      | none                                      |
+ *  | PNDMScheduler (skip_prk_steps)              | `ddpm_timesteps`, 2nd twice | none (`pndm_sigmas`: the core sampler's) |
  *  | EulerDiscrete, EulerAncestralDiscrete, LMSDiscrete | `euler_timesteps` (f32) | interp at t, karras/exp/beta, final   |
  *  | HeunDiscreteScheduler                       | as Euler, interleaved      | as Euler (final 0), interleaved           |
  *  | DPMSolverMultistep, UniPCMultistep, DEISMultistep | `dpm_timesteps` (int) | interp / karras / lu / exp / beta / flow |
@@ -60,6 +61,7 @@ enum class SchedulerClass {
   lcm,
   flow_match_euler,
   flow_match_heun,
+  pndm,
 };
 
 /// Parses a diffusers class name ("EulerDiscreteScheduler", ...). Raises value_error if unknown.
@@ -82,6 +84,7 @@ inline SchedulerClass scheduler_class_from_name(std::string_view name) {
       {"LCMScheduler", SchedulerClass::lcm},
       {"FlowMatchEulerDiscreteScheduler", SchedulerClass::flow_match_euler},
       {"FlowMatchHeunDiscreteScheduler", SchedulerClass::flow_match_heun},
+      {"PNDMScheduler", SchedulerClass::pndm},
   };
   for (const auto& e : kClasses)
     if (e.name == name) return e.cls;
@@ -126,6 +129,12 @@ struct ScheduleConfig {
   std::int64_t base_image_seq_len = 256;
   std::int64_t max_image_seq_len = 4096;
   std::int64_t original_inference_steps = 50;  ///< LCM
+  /// PNDM: false is the original Runge-Kutta warm-up (PRK), which make_schedule refuses; the
+  /// published Stable Diffusion folders set true (PLMS from the first step).
+  bool skip_prk_steps = false;
+  /// DDIM, PNDM, LCM: the alphas_cumprod the last step goes to, 1 (true) or alphas_cumprod[0]
+  /// (false); default true for DDIM and LCM, false for PNDM.
+  std::optional<bool> set_alpha_to_one;
 
   /// Parses a scheduler config object. Raises format_error for a non-object or a key of the wrong
   /// type (naming the key), value_error for an unknown name in a known key or an integer out of
@@ -284,6 +293,11 @@ inline ScheduleConfig ScheduleConfig::from_json(const nlohmann::json& j) {
   read(j, "base_image_seq_len", c.base_image_seq_len);
   read(j, "max_image_seq_len", c.max_image_seq_len);
   read(j, "original_inference_steps", c.original_inference_steps);
+  read(j, "skip_prk_steps", c.skip_prk_steps);
+  if (const auto* v = detail::present(j, "set_alpha_to_one")) {
+    if (!v->is_boolean()) detail::wrong_type("set_alpha_to_one", "a boolean", *v);
+    c.set_alpha_to_one = v->get<bool>();
+  }
   c.validate();
   return c;
 }
@@ -318,7 +332,7 @@ struct Schedule {
   /// `scheduler.timesteps`, each value exact (int64, or float32 widened to double).
   std::vector<double> timesteps;
   bool integer_timesteps = false;  ///< true when diffusers stores int64 timesteps
-  /// `scheduler.sigmas` (float32); empty for DDPM, DDIM and LCM, which have none.
+  /// `scheduler.sigmas` (float32); empty for DDPM, DDIM, LCM and PNDM, which have none.
   std::vector<float> sigmas;
   /// `scheduler.alphas_cumprod` (float32, bit-exact); empty for the flow-matching classes.
   std::vector<float> alphas_cumprod;
@@ -428,10 +442,14 @@ inline Schedule make_schedule(SchedulerClass cls, const ScheduleConfig& c, std::
   if (c.trained_betas && static_cast<std::int64_t>(ac.size()) < N)
     raise<value_error>(where, "trained_betas has " + std::to_string(ac.size()) + " entries, fewer than num_train_timesteps (" +
                                   std::to_string(N) + ")");
-  const bool ddpm_like = cls == SchedulerClass::ddpm || cls == SchedulerClass::ddim;
+  const bool ddpm_like = cls == SchedulerClass::ddpm || cls == SchedulerClass::ddim || cls == SchedulerClass::pndm;
   const TimestepSpacing spacing =
       c.timestep_spacing.value_or(ddpm_like ? TimestepSpacing::leading : TimestepSpacing::linspace);
 
+  if (cls == SchedulerClass::pndm && !c.skip_prk_steps)
+    raise<value_error>(where,
+                       "PNDMScheduler with skip_prk_steps false (the Runge-Kutta warm-up, PRK) is not "
+                       "implemented; set skip_prk_steps to true (PLMS, as the Stable Diffusion folders do)");
   if (ddpm_like) {
     for (auto t : ddpm_timesteps(spacing, N, n, c.steps_offset)) {
       // DDPM and DDIM index alphas_cumprod with the timestep (diffusers raises IndexError).
@@ -440,6 +458,13 @@ inline Schedule make_schedule(SchedulerClass cls, const ScheduleConfig& c, std::
                                       " steps gives timestep " + std::to_string(t) +
                                       ", outside the train table [0, " + std::to_string(N - 1) + "]");
       s.timesteps.push_back(static_cast<double>(t));
+    }
+    if (cls == SchedulerClass::pndm) {
+      // diffusers' plms_timesteps: the second timestep twice (the warm-up's two calls), n + 1 in
+      // all (1 for n = 1). The repeat evaluates at t_1 from t_0's Euler step, then again from the
+      // corrected sample.
+      // (The warm-up's second call steps from t_1 + N // n, which is <= t_0 for every spacing.)
+      if (s.timesteps.size() >= 2) s.timesteps.insert(s.timesteps.begin() + 1, s.timesteps[1]);
     }
     s.integer_timesteps = true;
     return s;
@@ -617,6 +642,34 @@ inline Schedule make_schedule(SchedulerClass cls, const ScheduleConfig& c, std::
     default: break;
   }
   raise<value_error>(where, "unsupported scheduler class");
+}
+
+/** The noise levels at which diffusers' PNDMScheduler (`skip_prk_steps: true`) runs, as the core
+ *  `pndm` sampler takes them (sample/pndm.hpp): the VE sigmas of the n distinct timesteps of
+ *  `set_timesteps(n)` (the warm-up's repeated timestep once), then the level the last step goes
+ *  to, diffusers' `final_alpha_cumprod`: 0 with `set_alpha_to_one`, else
+ *  sigma(alphas_cumprod[0]) (0.0292 for Stable Diffusion's betas), as DDIMScheduler's last step in
+ *  `DiffusersScheduler`. n + 1 values. `final_to_zero` ends at 0 instead (for samplers other than
+ *  pndm on a PNDM config).
+ *
+ *  diffusers steps from t to t - N // n whatever the spacing, so these levels are its steps
+ *  exactly when the timesteps are N // n apart: "leading" spacing (the Stable Diffusion folders;
+ *  steps_offset does not change that) and "trailing" when n divides N. With "linspace" (or
+ *  "trailing" otherwise) diffusers evaluates the network at one timestep and transfers the sample
+ *  from a slightly different one; the sampler here takes the timesteps' own levels (the step
+ *  `DiffusersScheduler` reproduces is diffusers'). value_error as `make_schedule`. */
+inline std::vector<float> pndm_sigmas(const ScheduleConfig& c, std::int64_t num_inference_steps,
+                                      bool final_to_zero = false) {
+  const Schedule s = make_schedule(SchedulerClass::pndm, c, num_inference_steps);
+  const std::vector<float> train = train_sigmas(s.alphas_cumprod);
+  std::vector<float> out;
+  for (std::size_t i = 0; i < s.timesteps.size(); ++i) {
+    if (i == 2) continue;  // the repeat of timesteps[1]
+    out.push_back(train[static_cast<std::size_t>(s.timesteps[i])]);
+  }
+  const bool to_one = c.set_alpha_to_one.value_or(false);
+  out.push_back(final_to_zero || to_one ? 0.0f : train.front());
+  return out;
 }
 
 /// `make_schedule` for a class given by its diffusers name ("EulerDiscreteScheduler", ...).
