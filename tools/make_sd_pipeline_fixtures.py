@@ -16,9 +16,8 @@ The folder (weights rounded to float16 and stored as F16, so diffusers ran on ex
 - unet/: UNet2DConditionModel with SD 1.5's structure in small (CrossAttnDownBlock2D + DownBlock2D, the cross-
   attention mid block, UpBlock2D + CrossAttnUpBlock2D, 1x1-conv proj_in/proj_out, cross_attention_dim 32).
 - vae/: AutoencoderKL with four blocks (8, 8, 16, 16): 8x, as the real one.
-- scheduler/: SD 1.5's published scheduler_config.json keys with the class EulerDiscreteScheduler (a common
-  choice of fine-tuned SD 1.5 folders); the cases below swap classes with `Class.from_config`, as diffusers users
-  do.
+- scheduler/: SD 1.5's published scheduler_config.json (PNDMScheduler, skip_prk_steps, set_alpha_to_one false,
+  steps_offset 1); the cases below swap classes with `Class.from_config`, as diffusers users do.
 - model_index.json as save_pretrained writes it with safety_checker and feature_extractor saved as [null, null]
   (requires_safety_checker false).
 
@@ -50,9 +49,9 @@ OUT = os.path.join(ROOT, "tests", "data", "pipelines")
 MERGES_GZ = os.path.join(ROOT, "..", "shared", "data", "clip", "bpe_simple_vocab_16e6.txt.gz")
 NUM_MERGES = 486  # 512 byte tokens + 486 merges + 2 special tokens = 1,000
 
-# stable-diffusion-v1-5/scheduler/scheduler_config.json as published, with another class.
+# stable-diffusion-v1-5/scheduler/scheduler_config.json as published.
 SD15_SCHEDULER = {
-    "_class_name": "EulerDiscreteScheduler",
+    "_class_name": "PNDMScheduler",
     "_diffusers_version": "0.6.0",
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
@@ -94,7 +93,9 @@ CASES = {
     "no_guidance": dict(cls="EulerDiscreteScheduler", prompt=["a bowl of soup"], negative=None, seed=5, guidance=1.0,
                         height=64, width=64, steps=3),
 }
-DETERMINISTIC = {"EulerDiscreteScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"}
+CASES["pndm"] = dict(cls="PNDMScheduler", prompt=["a cozy cabin in a snowy forest"], negative=["dark"], seed=21,
+                     guidance=7.5, height=64, width=64, steps=5)
+DETERMINISTIC = {"EulerDiscreteScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler"}
 
 
 def bytes_to_unicode():
@@ -212,7 +213,7 @@ def run(parts, case, double=False):
 
 
 def save_folder(folder, unet, vae, text_encoder, tokenizer):
-    pipe = pipeline(unet, vae, text_encoder, tokenizer, scheduler("EulerDiscreteScheduler"))
+    pipe = pipeline(unet, vae, text_encoder, tokenizer, scheduler("PNDMScheduler"))
     with tempfile.TemporaryDirectory() as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for sub in ["unet", "vae", "text_encoder"]:

@@ -11,8 +11,9 @@
 //   the final layer norm: the pipeline's clip_skip is A1111's, c + 1); the negative prompt (default
 //   "") the same; guidance on [negative; prompt] in one batch;
 // - noise torch.randn((B, 4, H/8, W/8), generator=manual_seed(seed)) times init_noise_sigma; the
-//   folder's EulerDiscreteScheduler and the others by `Class.from_config` (the pipeline's rule per
-//   sampler, pipeline::SamplerRule); guidance_rescale on the noise prediction (eps here);
+//   folder's PNDMScheduler (SD 1.5's) and the others by `Class.from_config` (the pipeline's rule per
+//   sampler, pipeline::SamplerRule; DDIM and PNDM end at alphas_cumprod[0], set_alpha_to_one being
+//   false); guidance_rescale on the noise prediction (eps here);
 // - decode: vae.decode(latents / 0.18215), then (x / 2 + 0.5).clamp(0, 1), stored [B, H, W, 3].
 //
 // Bound: max |ours - diffusers| <= 20 x torch's own f32-vs-f64 difference on the same case
@@ -137,8 +138,10 @@ TEST(TextPipeline, LoadsEveryComponentOfAStableDiffusionFolder) {
   EXPECT_EQ(m.image_size(), 64u);
   EXPECT_FALSE(m.force_zeros_for_empty_prompt());
   EXPECT_EQ(m.pipeline_settings().at("requires_safety_checker"), false);
-  // The folder's scheduler on its own spacing, the SD pipelines' guidance 7.5.
-  EXPECT_EQ(m.defaults().sampler, "euler");
+  // The folder's scheduler (SD 1.5's PNDMScheduler) on its own spacing, the SD pipelines' guidance 7.5.
+  EXPECT_EQ(m.scheduler_class(), diffuse::SchedulerClass::pndm);
+  EXPECT_EQ(m.defaults().sampler, "pndm");
+  EXPECT_EQ(m.defaults().steps, 25);
   EXPECT_EQ(m.defaults().schedule, "default");
   EXPECT_EQ(m.defaults().cfg_scale, 7.5f);
   // Loading the unet/ subfolder loads the whole pipeline (the text encoder comes along).
@@ -223,7 +226,7 @@ TEST(TextPipeline, PromptsChangeTheImageAndAreRecorded) {
   o.negative_prompts = {"green"};
   EXPECT_GT(max_abs_diff(pl::generate(m, o, ctx), a), 1e-4);
   const std::string text = pl::parameters_text(m, pl::resolve_options(m, o));
-  EXPECT_EQ(text.rfind("a red apple\nNegative prompt: green\nSteps: 2, Sampler: euler", 0), 0u) << text;
+  EXPECT_EQ(text.rfind("a red apple\nNegative prompt: green\nSteps: 2, Sampler: pndm", 0), 0u) << text;
 }
 
 TEST(TextPipeline, OptionsAreCheckedByName) {
