@@ -207,6 +207,22 @@ int run_generate(const GenerateArgs& a) {
                                              : diffuse::models::VaeDecodeOptions::Tiling::off;
   if (width > 0) o.width = width;
   if (height > 0) o.height = height;
+  if (a.prompt_set) o.prompts = {a.prompt};
+  if (a.negative_set) o.negative_prompts = {a.negative_prompt};
+  if (model.text_conditional() && !a.prompt_set)
+    throw UsageError(model.name() + " generates from text: give a prompt with -p \"...\"");
+  if (!a.clip_skip.empty()) o.clip_skip = whole_number("--clip-skip", a.clip_skip, 1, 12);
+  if (!(a.guidance_rescale >= 0.0 && a.guidance_rescale <= 1.0))
+    throw UsageError("--guidance-rescale must be in 0..1, got " + std::to_string(a.guidance_rescale));
+  o.guidance_rescale = static_cast<float>(a.guidance_rescale);
+  if (!a.emphasis.empty()) {
+    using E = diffuse::text::Emphasis;
+    if (a.emphasis == "original") o.prompt.emphasis = E::original;
+    else if (a.emphasis == "no_norm") o.prompt.emphasis = E::no_norm;
+    else if (a.emphasis == "ignore") o.prompt.emphasis = E::ignore;
+    else if (a.emphasis == "none") o.prompt.emphasis = E::none;
+    else throw UsageError("--emphasis must be original, no_norm, ignore or none, got '" + printable(a.emphasis) + "'");
+  }
   try {
     o = pl::resolve_options(model, o);
   } catch (const diffuse::value_error& e) {
@@ -225,6 +241,10 @@ int run_generate(const GenerateArgs& a) {
   Progress progress(gen.num_steps(), !a.quiet);
   double decode_secs = 0;
   while (!gen.done()) {
+    if (gen.stage() == pl::Generation::Stage::encode) {  // the prompts' text encoding: before step 1
+      gen.step(ctx);
+      continue;
+    }
     if (gen.stage() == pl::Generation::Stage::decode) {
       const auto t0 = std::chrono::steady_clock::now();
       gen.step(ctx);

@@ -113,6 +113,16 @@ int run_info(const std::string& path) {
     if (m.null_class()) std::printf(" (%lld = unconditional, used for guidance)", static_cast<long long>(*m.null_class()));
     if (!m.class_names().empty()) std::printf("; names listed below (--class takes a number or a name)");
     std::printf("\n");
+  } else if (m.text_conditional()) {
+    for (std::size_t i = 0; i < m.text_encoders().size(); ++i) {
+      const auto& t = m.text_encoders()[i];
+      const auto& c = t.encoder->config();
+      std::printf("%-14s%s (%s parameters: width %zu, %zu layers, %s), %zu-token sequences, %zu-token "
+                  "vocabulary; -p \"prompt\" [-n \"negative\"]\n",
+                  i == 0 ? "text" : "text 2", c.with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel",
+                  thousands(t.encoder->parameters()).c_str(), c.hidden_size, c.num_hidden_layers,
+                  printable(c.hidden_act).c_str(), t.tokenizer->max_length(), t.tokenizer->vocab_size());
+    }
   } else {
     std::printf("classes       none (unconditional)\n");
   }

@@ -75,6 +75,17 @@ int main(int argc, char** argv) {
   gen->add_option("--preview-every", g.preview_every,
                   "every N steps, write the current estimate as OUTPUT-step-K.png (a latent model's through its "
                   "latent-to-RGB preview)");
+  CLI::Option* prompt = gen->add_option("-p,--prompt", g.prompt,
+                                        "a text-to-image model's prompt (A1111's syntax: (word:1.3) emphasis, "
+                                        "BREAK, longer than 75 tokens in chunks; docs/prompts.md)");
+  CLI::Option* negative = gen->add_option("-n,--negative-prompt", g.negative_prompt,
+                                          "what guidance steers away from (text-to-image models)");
+  gen->add_option("--clip-skip", g.clip_skip,
+                  "use the text encoder's N-th layer from the end, 1..12 (A1111's Clip skip; 1 = the last layer)");
+  gen->add_option("--guidance-rescale", g.guidance_rescale, "guidance rescale phi, 0..1 (Lin et al. 2023; 0 = off)");
+  gen->add_option("--emphasis", g.emphasis,
+                  "how (word:1.3) and [word] act: original (default, A1111), no_norm, ignore (brackets removed, no "
+                  "weights) or none (the prompt is plain text)");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
   TokenizeArgs tk;
@@ -107,6 +118,8 @@ int main(int argc, char** argv) {
     return code == 0 ? kOk : kUsage;
   }
   g.cfg_set = cfg->count() > 0;
+  g.prompt_set = prompt->count() > 0;
+  g.negative_set = negative->count() > 0;
 
   try {
     if (gen->parsed()) return run_generate(g);

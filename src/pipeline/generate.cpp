@@ -143,6 +143,14 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
                                     std::to_string(o.batch));
     if (!o.negative_prompts.empty() && *o.cfg_scale == 1.0f)
       raise<value_error>(where, "a negative prompt needs classifier-free guidance: cfg_scale 1 ignores it");
+    // Every prompt parsed and tokenized now, so that a bad one is refused before any work.
+    for (const auto* list : {&o.prompts, &o.negative_prompts})
+      for (std::size_t i = 0; i < list->size(); ++i) try {
+          for (const auto& t : model.text_encoders()) (void)text::tokenize_prompt(*t.tokenizer, (*list)[i], o.prompt);
+        } catch (const value_error& e) {
+          raise<value_error>(where, std::string(list == &o.prompts ? "prompt " : "negative prompt ") +
+                                        std::to_string(i + 1) + ": " + e.what());
+        }
     const std::size_t max_skip = max_clip_skip(model);
     if (o.clip_skip < 1 || o.clip_skip > max_skip)
       raise<value_error>(where, "clip_skip must be in 1.." + std::to_string(max_skip) + " for " + model.name() +
