@@ -992,3 +992,81 @@ TEST(CApi, Abi3PerImageLabelsSamplerParamsAndInitialNoise) {
   Job j2(c, m, v2);
   EXPECT_NE(j2.p, nullptr) << c.error();
 }
+
+TEST(CApi, Abi4PromptsOfATextToImageModel) {
+  const std::string sd = std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/pipelines/sd_tiny";
+  Ctx c;
+  Model m(c, sd);
+  EXPECT_EQ(diffuse_abi_version(), 4);
+  diffuse_model_info info;
+  diffuse_model_info_init(&info);
+  ASSERT_EQ(diffuse_model_get_info(m.p, &info), DIFFUSE_OK);
+  EXPECT_EQ(info.text_conditional, 1);
+  EXPECT_EQ(info.default_guidance_scale, 7.5f);
+  const char* prompts[2] = {"a red apple", "a blue car"};
+  auto o = options(2, -1, 4);
+  o.batch = 2;
+  o.prompts = prompts;
+  o.prompt_count = 2;
+  o.negative_prompt = "blurry";
+  o.clip_skip = 2;
+  o.guidance_rescale = 0.5f;
+  Job j(c, m, o);
+  diffuse_stage stage = DIFFUSE_STAGE_MAX_ENUM;
+  ASSERT_EQ(diffuse_job_stage(j.p, &stage), DIFFUSE_OK);
+  EXPECT_EQ(stage, DIFFUSE_STAGE_ENCODE);
+  int done = 0;
+  ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << c.error();
+  ASSERT_EQ(diffuse_job_stage(j.p, &stage), DIFFUSE_OK);
+  EXPECT_EQ(stage, DIFFUSE_STAGE_DENOISE);
+  ASSERT_EQ(diffuse_job_run(j.p), DIFFUSE_OK) << c.error();
+  std::vector<float> got(2 * 3 * 64 * 64);
+  ASSERT_EQ(diffuse_job_result_f32(j.p, 0, got.data(), got.size() / 2), DIFFUSE_OK);
+  ASSERT_EQ(diffuse_job_result_f32(j.p, 1, got.data() + got.size() / 2, got.size() / 2), DIFFUSE_OK);
+  const char* params = diffuse_job_parameters(j.p, 1);
+  ASSERT_NE(params, nullptr);
+  EXPECT_EQ(std::string(params).rfind("a blue car\nNegative prompt: blurry\n", 0), 0u) << params;
+
+  // The C++ API with the same options: the same bits.
+  const auto model = pl::Model::load(sd);
+  pl::GenerateOptions go;
+  go.steps = 2;
+  go.seed = 4;
+  go.batch = 2;
+  go.prompts = {"a red apple", "a blue car"};
+  go.negative_prompts = {"blurry"};
+  go.clip_skip = 2;
+  go.guidance_rescale = 0.5f;
+  diffuse::kernels::Context kctx(1);
+  const diffuse::Tensor t = pl::generate(model, go, kctx);
+  ASSERT_EQ(t.size(), got.size());
+  EXPECT_EQ(std::memcmp(t.data(), got.data(), got.size() * sizeof(float)), 0);
+
+  // Refused: no prompt, a prompt for a model without text, wrong counts, a NULL entry, bad values.
+  diffuse_job* bad = nullptr;
+  auto b = options(2, -1, 4);
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("give a prompt"), std::string::npos) << c.error();
+  b = o;
+  b.prompt_count = 3;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("prompts_count must be 1 or batch (2), got 3"), std::string::npos) << c.error();
+  const char* with_null[2] = {"a", nullptr};
+  b = o;
+  b.prompts = with_null;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("prompts[1] is NULL"), std::string::npos) << c.error();
+  b = o;
+  b.clip_skip = -1;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  b = o;
+  b.guidance_rescale = 2.0f;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("guidance_rescale must be in 0..1"), std::string::npos) << c.error();
+  Model dit(c, kDit);
+  b = options(2, 3, 4);
+  b.prompt = "a cat";
+  EXPECT_EQ(diffuse_job_create(c.p, dit.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("not conditioned on text"), std::string::npos) << c.error();
+  EXPECT_EQ(bad, nullptr);
+}
