@@ -7,12 +7,15 @@
 #include <array>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <iterator>
 #include <string>
 
 #include "diffuse/core/error.hpp"
+#include "inflate.hpp"
 
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
@@ -38,6 +41,23 @@
 
 DIFFUSE_BEGIN_NAMESPACE
 namespace io {
+
+namespace detail {
+std::string inflate_raw(const unsigned char* data, std::size_t size, const char* what) {
+  if (size > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+    raise<format_error>("inflate", std::string(what) + ": the compressed stream is too large");
+  int out_len = 0;
+  char* out = stbi_zlib_decode_noheader_malloc(reinterpret_cast<const char*>(data), static_cast<int>(size), &out_len);
+  if (!out || out_len < 0) {
+    std::free(out);
+    raise<format_error>("inflate", std::string(what) + ": not a valid deflate stream");
+  }
+  std::string s(out, static_cast<std::size_t>(out_len));
+  std::free(out);
+  return s;
+}
+}  // namespace detail
+
 namespace {
 
 constexpr std::array<std::uint8_t, 8> kPngSignature{0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};

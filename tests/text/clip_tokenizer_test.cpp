@@ -4,6 +4,8 @@
 // OpenAI's merges list (../shared/data/clip, decompressed by tests/CMakeLists.txt).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -32,11 +34,10 @@ std::string read_file(const fs::path& p) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+// The library's own copy of OpenAI's merges list (text/clip_vocabulary.cpp); the test
+// EmbeddedVocabularyIsOpenAIsFile compares it with the file beside the repository when there is one.
 const std::string& merges_text() {
-  static const std::string text = [] {
-    constexpr const char* path = DIFFUSE_CLIP_MERGES;
-    return path[0] == '\0' ? std::string() : read_file(path);
-  }();
+  static const std::string text(diffuse::text::openai_clip_merges());
   return text;
 }
 
@@ -51,6 +52,20 @@ const std::string& merges_text() {
 const ClipTokenizer& sd1() {
   static const ClipTokenizer t = ClipTokenizer::from_openai_merges(merges_text());
   return t;
+}
+
+TEST(ClipTokenizer, EmbeddedVocabularyIsOpenAIsFile) {
+  const std::string& text = merges_text();
+  // bpe_simple_vocab_16e6.txt as gunzip gives it: 3,194,984 bytes, 262,145 lines (CLIP uses 48,895).
+  EXPECT_EQ(text.size(), 3194984u);
+  EXPECT_EQ(text.rfind("\"bpe_simple_vocab_16e6.txt#version: 0.2\ni n\nt h\n", 0), 0u) << text.substr(0, 60);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 262145);
+  const ClipTokenizer t = ClipTokenizer::openai_clip();
+  EXPECT_EQ(t.vocab_size(), 49408u);
+  EXPECT_EQ(t.encode("a photo of a cat"), (std::vector<std::int32_t>{49406, 320, 1125, 539, 320, 2368, 49407}));
+  constexpr const char* path = DIFFUSE_CLIP_MERGES;
+  if (path[0] == '\0') GTEST_SKIP() << "../shared/data/clip not beside the repository: only the embedded copy is checked";
+  EXPECT_TRUE(read_file(path) == text) << "the embedded vocabulary differs from " << path;
 }
 
 const json& corpus() {

@@ -73,6 +73,12 @@ class DIFFUSE_API ClipTokenizer {
   /// lines 2..48895, then `<|startoftext|>`, `<|endoftext|>` (49,408 tokens).
   static ClipTokenizer from_openai_merges(std::string_view merges_text, ClipTokenizerConfig config = {});
 
+  /** The real CLIP vocabulary (49,408 tokens: SD 1.x/2.x, SDXL, SD3), built from the copy of
+   *  OpenAI's merges list compiled into the library, as from_openai_merges builds it; for files
+   *  that carry no tokenizer (single-file checkpoints). The list is inflated once per process
+   *  (about 50 ms); `config` chooses the pad token ("!" for the OpenCLIP encoders). */
+  static ClipTokenizer openai_clip(ClipTokenizerConfig config = {});
+
   /// From a token -> id map and the merges in rank order ("a b" pairs).
   ClipTokenizer(std::unordered_map<std::string, std::int32_t> vocab,
                 const std::vector<std::pair<std::string, std::string>>& merges, ClipTokenizerConfig config = {});
@@ -111,6 +117,10 @@ class DIFFUSE_API ClipTokenizer {
   std::int32_t bos_ = 0, eos_ = 0, pad_ = 0, unk_ = 0;
   std::vector<std::pair<std::u32string, std::int32_t>> specials_;  // matched literally in prompts
 };
+
+/// OpenAI's bpe_simple_vocab_16e6.txt (decompressed, 48,895 lines), the copy compiled into the
+/// library (see ClipTokenizer::openai_clip).
+DIFFUSE_API std::string_view openai_clip_merges();
 
 /// GPT-2's byte-to-unicode map: the UTF-8 text of the character standing for byte `b`.
 DIFFUSE_API std::string clip_byte_char(unsigned char b);
