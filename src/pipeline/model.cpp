@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // pipeline::Model: loading a model folder with its scheduler config, and the schedules by name.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 #include <new>
@@ -14,6 +15,7 @@
 #include "diffuse/core/error.hpp"
 #include "diffuse/core/json.hpp"
 #include "diffuse/io/model_dir.hpp"
+#include "diffuse/models/unet2d_condition.hpp"
 #include "diffuse/pipeline/model.hpp"
 #include "diffuse/sample/registry.hpp"
 #include "diffuse/schedule/sigmas.hpp"
@@ -98,9 +100,10 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
   fs::path path = path_in.lexically_normal();
   if (path.has_parent_path() && path.filename().empty()) path = path.parent_path();
   std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return load_single_file(path, {}, options);
   if (!fs::is_directory(path, ec))
-    raise<io_error>(where, fs::exists(path, ec) ? path.string() + " is not a model folder"
-                                                : "no such model folder: " + path.string());
+    raise<io_error>(where, fs::exists(path, ec) ? path.string() + " is not a model folder or checkpoint file"
+                                                : "no such model folder or file: " + path.string());
   // The network folder of a pipeline: load the pipeline, so its VAE and class names come along.
   if (!fs::exists(path / "model_index.json", ec) && path.has_parent_path() &&
       fs::exists(path.parent_path() / "model_index.json", ec)) {
@@ -212,6 +215,63 @@ Model Model::load(const fs::path& path_in, const nn::LoadOptions& options) {
     m.class_names_ = ClassNames(index.id2label);
   }
   m.init(sched);
+  return m;
+}
+
+Model Model::load_single_file(const fs::path& file, const SingleFileOptions& so, const nn::LoadOptions& options) {
+  constexpr std::string_view where = "Model::load_single_file";
+  std::string ext = file.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
+    raise<value_error>(where, file.string() + " is a pickle checkpoint, which can run code when it is read; diffuse "
+                                              "reads safetensors only (convert it, e.g. with diffusers or ComfyUI)");
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) raise<io_error>(where, "no such checkpoint file: " + file.string());
+  const models::CheckpointInfo info =
+      so.checkpoint ? *so.checkpoint : models::detect_checkpoint(io::ModelDir::open(file), {so.prediction_type});
+  const std::string label = file.string();
+  if (info.family == models::CheckpointFamily::sd1_inpaint || info.family == models::CheckpointFamily::sd2_inpaint ||
+      info.family == models::CheckpointFamily::sdxl_inpaint)
+    raise<value_error>(where, label + " is an inpainting checkpoint (" + std::string(models::family_name(info.family)) +
+                                  ": a 9-channel U-Net); inpainting is not supported yet");
+  Model m;
+  try {
+    auto unet = std::make_shared<models::UNet2DConditionModel>(models::UNet2DConditionModel::load_original(
+        io::ModelDir::open(file), info.unet_prefix, models::UNet2DConditionConfig::from_json(info.unet_config, label),
+        options));
+    m.network_ = std::move(unet);
+    if (!models::AutoencoderKL::has_ldm_names(io::ModelDir::open(file), info.vae_prefix))
+      raise<io_error>(where, label + " has no VAE (no " + info.vae_prefix +
+                                 "decoder.* tensors): a pruned checkpoint needs its VAE from elsewhere");
+    m.vae_ = std::make_shared<const models::AutoencoderKL>(
+        models::AutoencoderKL::load_ldm(io::ModelDir::open(file), info.vae_prefix, info.vae_config, options));
+    std::vector<TextEncoder> text;
+    for (const auto& t : info.text_encoders) {
+      TextEncoder e;
+      e.encoder = std::make_shared<const models::ClipTextModel>(models::ClipTextModel::load_original(
+          io::ModelDir::open(file), t.prefix, models::ClipTextConfig::from_json(t.config, label), options));
+      if (so.tokenizer.empty()) {
+        text::ClipTokenizerConfig tc;
+        tc.pad_token = t.pad_token;
+        e.tokenizer = std::make_shared<const text::ClipTokenizer>(text::ClipTokenizer::openai_clip(tc));
+      } else {
+        e.tokenizer = std::make_shared<const text::ClipTokenizer>(text::ClipTokenizer::load(so.tokenizer));
+      }
+      text.push_back(std::move(e));
+    }
+    m.set_text_encoders(std::move(text));
+  } catch (const std::bad_alloc& e) {
+    raise<memory_error>(where, label + ": an allocation failed while loading the model (out of memory: " + e.what() + ")");
+  } catch (const std::length_error& e) {
+    raise<memory_error>(where, label + ": an allocation failed while loading the model (" + std::string(e.what()) + ")");
+  }
+  m.path_ = file;
+  m.name_ = file.stem().string();
+  m.weights_bytes_ = fs::file_size(file, ec);
+  const bool xl = info.family == models::CheckpointFamily::sdxl || info.family == models::CheckpointFamily::sdxl_inpaint;
+  m.pipeline_class_ = xl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline";
+  m.check_latent_channels(m.vae_->config().latent_channels, "VAE", where);
+  m.init(info.scheduler_config);
   return m;
 }
 

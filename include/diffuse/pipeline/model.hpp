@@ -52,6 +52,7 @@
 #include "diffuse/config.hpp"
 #include "diffuse/denoise/denoiser.hpp"
 #include "diffuse/denoise/parameterization.hpp"
+#include "diffuse/models/checkpoint.hpp"
 #include "diffuse/models/clip_text.hpp"
 #include "diffuse/models/network.hpp"
 #include "diffuse/models/taesd.hpp"
@@ -79,6 +80,19 @@ struct TextEncoder {
   std::shared_ptr<const text::ClipTokenizer> tokenizer;
 };
 
+/// How a single-file checkpoint is read (Model::load_single_file).
+struct SingleFileOptions {
+  /// "epsilon" or "v_prediction" instead of the family's rule (models/checkpoint.hpp: SD 2.x files
+  /// are taken as v_prediction unless they say otherwise); empty: the rule.
+  std::string prediction_type;
+  /// A tokenizer folder (vocab.json, merges.txt; or a pipeline folder with tokenizer/) for every
+  /// text encoder, in place of the CLIP vocabulary compiled into the library. Empty: the built-in one.
+  std::filesystem::path tokenizer;
+  /// The family and configs, in place of models::detect_checkpoint's (a fine-tune of another
+  /// size, a test model); the file's names must still be the family's layout.
+  std::optional<models::CheckpointInfo> checkpoint;
+};
+
 /// A loaded model (see the file comment).
 class DIFFUSE_API Model {
  public:
@@ -86,6 +100,19 @@ class DIFFUSE_API Model {
   /// component or scheduler config, format_error for a malformed one, value_error for an
   /// unsupported component, scheduler class or prediction type, or components that do not fit.
   static Model load(const std::filesystem::path& path, const nn::LoadOptions& options = {});
+
+  /** A Stable Diffusion single-file checkpoint (`.safetensors` in the original layout, as A1111,
+   *  ComfyUI and stable-diffusion.cpp users keep them; `load` calls this for a file): the family
+   *  told from its keys with the configs of its published diffusers folders (models/checkpoint.hpp),
+   *  the U-Net (`model.diffusion_model.`), the VAE (`first_stage_model.`) and the text encoder(s)
+   *  (`cond_stage_model.` / `conditioner.embedders.N.`) bound in place from the one mapping, the
+   *  tokenizer from `options.tokenizer` or the built-in CLIP vocabulary, the scheduler from the
+   *  family's. Behaves as the diffusers folder of the same weights (pipeline_class
+   *  StableDiffusionPipeline or StableDiffusionXLPipeline). Pickle checkpoints (`.ckpt`, `.pt`,
+   *  `.bin`) are refused (value_error: convert them to safetensors); a file of no known family is a
+   *  format_error naming the keys looked for (detect_checkpoint). */
+  static Model load_single_file(const std::filesystem::path& file, const SingleFileOptions& options = {},
+                                const nn::LoadOptions& load_options = {});
 
   /** A model from a network built elsewhere (a stand-in network in a test, a host's own network)
    *  and the parsed `scheduler_config.json`. `name` is what the parameters text records. */
