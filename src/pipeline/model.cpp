@@ -345,7 +345,10 @@ void Model::set_text_encoders(std::vector<TextEncoder> encoders) {
       raise<value_error>(where, "the " + ni.architecture + " takes a pooled text embedding of width " +
                                     std::to_string(ni.pooled_dim) +
                                     ", which the last text encoder must give (CLIPTextModelWithProjection, projection_dim " +
-                                    std::to_string(ni.pooled_dim) + ")");
+                                    std::to_string(ni.pooled_dim) + "); the last one is " +
+                                    (last.with_projection ? "a CLIPTextModelWithProjection of projection_dim " +
+                                                                std::to_string(last.projection_dim)
+                                                          : std::string("a CLIPTextModel without projection")));
   }
   text_ = std::move(encoders);
 }
