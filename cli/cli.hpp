@@ -55,6 +55,7 @@ struct GenerateArgs {
   std::string clip_skip;        ///< A1111's clip skip (empty: 1)
   double guidance_rescale = 0;  ///< phi in 0..1
   std::string emphasis;         ///< none, ignore, original (default), no_norm
+  bool no_winograd = false;     ///< LoadOptions::winograd off: less memory, slower 3x3 convolutions
 };
 
 /// The options of `diffuse tokenize`.

@@ -160,6 +160,7 @@ int run_generate(const GenerateArgs& a) {
   }
   diffuse::nn::LoadOptions load;
   load.memory_limit = memory_limit;
+  load.winograd = !a.no_winograd;
   const std::size_t preview_every =
       a.preview_every.empty() ? 0 : whole_number("--preview-every", a.preview_every, 1, 10000);
   pl::Model model = pl::Model::load(a.model, load);

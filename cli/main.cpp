@@ -86,6 +86,9 @@ int main(int argc, char** argv) {
   gen->add_option("--emphasis", g.emphasis,
                   "how (word:1.3) and [word] act: original (default, A1111), no_norm, ignore (brackets removed, no "
                   "weights) or none (the prompt is plain text)");
+  gen->add_flag("--no-winograd", g.no_winograd,
+                "keep no Winograd copies of the 3x3 convolution weights: 16/9 of them less memory (3.8 GB less for "
+                "Stable Diffusion 1.5's U-Net), about half the speed of those convolutions");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
   TokenizeArgs tk;

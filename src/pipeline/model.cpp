@@ -449,8 +449,8 @@ Defaults default_settings(const Model& model) {
   if (model.text_conditional()) {
     // A text-to-image pipeline: its own scheduler class on its own spacing, so that the default
     // image is the one diffusers gives for the folder (at 25 steps rather than diffusers' 50), and
-    // the Stable Diffusion pipelines' guidance_scale 7.5.
-    d.cfg_scale = 7.5f;
+    // the pipelines' guidance_scale: 7.5 (StableDiffusionPipeline), 5 (StableDiffusionXLPipeline).
+    d.cfg_scale = model.pipeline_class().rfind("StableDiffusionXL", 0) == 0 ? 5.0f : 7.5f;
     d.steps = 25;
     SamplerParams<float> unused;
     const nlohmann::json& j = model.scheduler_json();

@@ -150,7 +150,7 @@ TEST(SdxlPipeline, LoadsBothTextEncodersAndTheAddedConditioning) {
   EXPECT_EQ(m.defaults().sampler, "euler");
   EXPECT_EQ(m.defaults().schedule, "default");
   EXPECT_EQ(m.defaults().steps, 25);
-  EXPECT_EQ(m.defaults().cfg_scale, 7.5f);
+  EXPECT_EQ(m.defaults().cfg_scale, 5.0f);  // StableDiffusionXLPipeline's guidance_scale
   // clip_skip: the shorter encoder (3 layers) from its penultimate layer allows 1..2.
   pl::GenerateOptions o;
   o.prompts = {"a"};
