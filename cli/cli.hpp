@@ -55,6 +55,8 @@ struct GenerateArgs {
   std::string clip_skip;        ///< A1111's clip skip (empty: 1)
   double guidance_rescale = 0;  ///< phi in 0..1
   std::string emphasis;         ///< none, ignore, original (default), no_norm
+  std::string init_image;       ///< img2img: the PNG (or any stb_image file) to start from
+  std::string strength;         ///< img2img strength, (0, 1]; empty: 0.8
 };
 
 /// The options of `diffuse tokenize`.

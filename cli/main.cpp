@@ -86,6 +86,12 @@ int main(int argc, char** argv) {
   gen->add_option("--emphasis", g.emphasis,
                   "how (word:1.3) and [word] act: original (default, A1111), no_norm, ignore (brackets removed, no "
                   "weights) or none (the prompt is plain text)");
+  gen->add_option("--init-image", g.init_image,
+                  "image-to-image: start from this image (PNG, JPEG, ...; read as RGB) instead of pure noise; its "
+                  "size is the output's (latent models with a VAE; docs/img2img.md)");
+  gen->add_option("--strength", g.strength,
+                  "with --init-image: how much of the schedule runs, 0 < S <= 1 (default 0.8; 1 = all of it from noise "
+                  "over the image)");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
   TokenizeArgs tk;
