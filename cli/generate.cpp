@@ -8,6 +8,7 @@
 #include <limits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -224,6 +225,21 @@ int run_generate(const GenerateArgs& a) {
     else if (a.emphasis == "none") o.prompt.emphasis = E::none;
     else throw UsageError("--emphasis must be original, no_norm, ignore or none, got '" + printable(a.emphasis) + "'");
   }
+  if (!a.strength.empty()) {
+    if (a.init_image.empty()) throw UsageError("--strength is for image-to-image: give --init-image too");
+    char* end = nullptr;
+    const float s = std::strtof(a.strength.c_str(), &end);
+    if (end == a.strength.c_str() || *end != '\0' || !(s > 0.0f && s <= 1.0f))
+      throw UsageError("--strength must be a number in (0, 1], got '" + printable(a.strength) + "'");
+    o.strength = s;
+  }
+  if (!a.init_image.empty()) {  // read as diffusers' load_image + VaeImageProcessor: RGB, 2 v / 255 - 1
+    if (!model.vae())
+      throw UsageError("--init-image: " + model.name() +
+                       (model.latent() ? " has only a tiny VAE" : " generates images directly") +
+                       "; image-to-image needs a latent model with a VAE to encode the image");
+    o.init_image = diffuse::io::to_rgb_tensor(diffuse::io::read_image(a.init_image));
+  }
   try {
     o = pl::resolve_options(model, o);
   } catch (const diffuse::value_error& e) {
@@ -242,7 +258,8 @@ int run_generate(const GenerateArgs& a) {
   Progress progress(gen.num_steps(), !a.quiet);
   double decode_secs = 0;
   while (!gen.done()) {
-    if (gen.stage() == pl::Generation::Stage::encode) {  // the prompts' text encoding: before step 1
+    if (gen.stage() == pl::Generation::Stage::encode || gen.stage() == pl::Generation::Stage::encode_image) {
+      // the prompts' text encoding, an init image's VAE encode: before step 1
       gen.step(ctx);
       continue;
     }

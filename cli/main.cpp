@@ -89,6 +89,12 @@ int main(int argc, char** argv) {
   gen->add_flag("--no-winograd", g.no_winograd,
                 "keep no Winograd copies of the 3x3 convolution weights: 16/9 of them less memory (3.8 GB less for "
                 "Stable Diffusion 1.5's U-Net), about half the speed of those convolutions");
+  gen->add_option("--init-image", g.init_image,
+                  "image-to-image: start from this image (PNG, JPEG, ...; read as RGB) instead of pure noise; its "
+                  "size is the output's (latent models with a VAE; docs/img2img.md)");
+  gen->add_option("--strength", g.strength,
+                  "with --init-image: how much of the schedule runs, 0 < S <= 1 (default 0.8; 1 = all of it from noise "
+                  "over the image)");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
   TokenizeArgs tk;

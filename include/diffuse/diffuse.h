@@ -326,6 +326,15 @@ typedef struct diffuse_job_options {
   int clip_skip;
   /** (ABI 4) Guidance rescale phi (Lin et al. 2023) in 0..1; 0 (default): off. */
   float guidance_rescale;
+  /** (ABI 4) Image-to-image (a latent model with a VAE; docs/img2img.md): start from this image,
+   *  `init_image_count` floats [1 or batch, 3, height, width] in [-1, 1] (8-bit pixels v as
+   *  2 v / 255 - 1, planar RGB), with height and width the job's (0: the model's size). One image
+   *  serves every image of the batch. NULL (default): text-to-image / pure noise. Copied. */
+  const float* init_image;
+  size_t init_image_count;
+  /** (ABI 4) With init_image, how much of the schedule runs: 0 < strength <= 1 (of `steps`
+   *  steps, floor(steps x strength) are run, from that noise level on). NaN (initial value): 0.8. */
+  float strength;
 } diffuse_job_options;
 
 DIFFUSE_API void diffuse_job_options_init(diffuse_job_options* options);
@@ -363,6 +372,7 @@ typedef enum diffuse_stage {
   DIFFUSE_STAGE_DECODE = 1,
   DIFFUSE_STAGE_DONE = 2,
   DIFFUSE_STAGE_ENCODE = 3, /**< (ABI 4) a text model's first step: the prompts' text encoding */
+  DIFFUSE_STAGE_ENCODE_IMAGE = 4, /**< (ABI 4) img2img: the init image's VAE encode (after ENCODE) */
   DIFFUSE_STAGE_MAX_ENUM = 0x7fffffff /**< not a stage (see DIFFUSE_STATUS_MAX_ENUM) */
 } diffuse_stage;
 

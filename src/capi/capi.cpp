@@ -659,6 +659,9 @@ void diffuse_job_options_init(diffuse_job_options* o) {
   o->negative_prompt_count = 0;
   o->clip_skip = 0;
   o->guidance_rescale = 0.0f;
+  o->init_image = nullptr;
+  o->init_image_count = 0;
+  o->strength = std::numeric_limits<float>::quiet_NaN();
 }
 
 diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* model, const diffuse_job_options* options,
@@ -742,6 +745,22 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
       api_fail(DIFFUSE_INVALID_ARGUMENT, where, "tiling must be -1, 0 or 1, got " + std::to_string(o.tiling));
     if (o.tiling >= 0)
       g.decode.tiling = o.tiling ? diffuse::models::VaeDecodeOptions::Tiling::on : diffuse::models::VaeDecodeOptions::Tiling::off;
+    if (o.init_image) {  // img2img: [1 or batch, 3, height, width]
+      const std::size_t w = g.width.value_or(base.image_size()), h = g.height.value_or(base.image_size());
+      const std::size_t one = 3 * h * w;
+      if (o.init_image_count != one && o.init_image_count != g.batch * one)
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+                 "init_image_count is " + std::to_string(o.init_image_count) + ", an init image of " + std::to_string(w) +
+                     "x" + std::to_string(h) + " (width x height) has " + std::to_string(one) + " values" +
+                     (g.batch > 1 ? " (or " + std::to_string(g.batch * one) + " for one per image)" : std::string()));
+      diffuse::Tensor image({o.init_image_count / one, 3, h, w});
+      std::memcpy(image.data(), o.init_image, image.size() * sizeof(float));
+      g.init_image = std::move(image);
+    } else if (o.init_image_count != 0) {
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "init_image is NULL but init_image_count is " +
+                                                    std::to_string(o.init_image_count));
+    }
+    if (!std::isnan(o.strength)) g.strength = o.strength;
     if (o.initial_noise) {
       const std::size_t ls = base.latent_scale();
       const std::size_t w = g.width.value_or(base.image_size()) / ls, h = g.height.value_or(base.image_size()) / ls;
@@ -845,6 +864,7 @@ diffuse_status diffuse_job_stage(const diffuse_job* job, diffuse_stage* stage) {
   if (!stage) return DIFFUSE_INVALID_ARGUMENT;
   switch (j->gen.stage()) {
     case dp::Generation::Stage::encode: *stage = DIFFUSE_STAGE_ENCODE; break;
+    case dp::Generation::Stage::encode_image: *stage = DIFFUSE_STAGE_ENCODE_IMAGE; break;
     case dp::Generation::Stage::denoise: *stage = DIFFUSE_STAGE_DENOISE; break;
     case dp::Generation::Stage::decode: *stage = DIFFUSE_STAGE_DECODE; break;
     case dp::Generation::Stage::done: *stage = DIFFUSE_STAGE_DONE; break;

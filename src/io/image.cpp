@@ -236,6 +236,21 @@ Tensor image_to_tensor(const Image& image) {
   return t;
 }
 
+Tensor to_rgb_tensor(const Image& image) {
+  check_image(image, "to_rgb_tensor");
+  const auto c = static_cast<std::size_t>(image.channels), h = static_cast<std::size_t>(image.height),
+             w = static_cast<std::size_t>(image.width);
+  Tensor t({1, 3, h, w});
+  for (std::size_t k = 0; k < 3; ++k) {
+    const std::size_t src = c >= 3 ? k : 0;  // grey (and grey + alpha): the one channel thrice
+    for (std::size_t i = 0; i < h * w; ++i) {
+      const float v = static_cast<float>(image.pixels[i * c + src]) / 255.0f;
+      t[k * h * w + i] = 2.0f * v - 1.0f;
+    }
+  }
+  return t;
+}
+
 Image make_grid(const std::vector<Image>& images, int columns, int padding) {
   if (images.empty()) raise<value_error>("make_grid", "no images");
   if (columns < 1 || padding < 0) raise<value_error>("make_grid", "columns must be >= 1 and padding >= 0");

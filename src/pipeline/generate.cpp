@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // pipeline::Generation: options, noise, denoiser (parameterisation + batched CFG), sampler loop.
 #include <algorithm>
+#include <charconv>
 #include <limits>
 #include <cmath>
 #include <cstdio>
@@ -62,6 +63,60 @@ std::string fmt_float(double v) {
   return buf;
 }
 
+// ---- img2img: the init image and strength (GenerateOptions::init_image) ----
+
+/// Checks the init image against the model and takes the generation's width and height from it
+/// (before the defaults fill them in). Nothing without one, but a strength alone is refused.
+void resolve_init_image(const Model& model, GenerateOptions& o, std::string_view where) {
+  if (!o.init_image) {
+    if (o.strength)
+      raise<value_error>(where, "strength " + fmt_float(*o.strength) + " is for image-to-image: it needs an init_image");
+    return;
+  }
+  if (!model.vae())
+    raise<value_error>(where, model.name() + (model.latent() ? " has only a tiny VAE (TAESD)" : " generates images directly") +
+                                  ": image-to-image (init_image) needs a VAE to encode the image");
+  const Tensor& im = *o.init_image;
+  const std::size_t ch = model.vae()->config().in_channels;
+  if (im.ndim() != 4 || im.dim(1) != ch)
+    raise<value_error>(where, "init_image must be [1 or batch, " + std::to_string(ch) + ", height, width], got " +
+                                  shape_string(im.shape()));
+  if (im.dim(0) != 1 && im.dim(0) != o.batch)
+    raise<value_error>(where, "give one init_image for all images or one per image: " + std::to_string(im.dim(0)) +
+                                  " images for a batch of " + std::to_string(o.batch));
+  const std::size_t H = im.dim(2), W = im.dim(3);
+  if ((o.width && *o.width != W) || (o.height && *o.height != H))
+    raise<value_error>(where, "init_image is " + std::to_string(W) + "x" + std::to_string(H) + " but width x height is " +
+                                  (o.width ? std::to_string(*o.width) : std::string("(unset)")) + "x" +
+                                  (o.height ? std::to_string(*o.height) : std::string("(unset)")) +
+                                  ": leave them unset (the image's size) or give the image's");
+  const std::size_t mult = std::max<std::size_t>(model.info().size_multiple, 1) * model.latent_scale();
+  if (W % mult != 0 || H % mult != 0 || W < mult || H < mult || W > kMaxSide || H > kMaxSide)
+    raise<value_error>(where, "init_image is " + std::to_string(W) + "x" + std::to_string(H) + ": " + model.name() +
+                                  " needs sizes that are multiples of " + std::to_string(mult) + " up to " +
+                                  std::to_string(kMaxSide) + " (e.g. " + std::to_string(std::max(mult, W / mult * mult)) +
+                                  "x" + std::to_string(std::max(mult, H / mult * mult)) + ")");
+  for (float v : im.values())
+    if (!std::isfinite(v)) raise<value_error>(where, "init_image contains a non-finite value");
+  o.width = W;
+  o.height = H;
+  if (!o.strength) o.strength = 0.8f;  // diffusers' default
+  if (!(*o.strength > 0.0f && *o.strength <= 1.0f))
+    raise<value_error>(where, "strength must be in (0, 1] (0 keeps the image, 1 replaces it), got " + fmt_float(*o.strength));
+}
+
+/** diffusers' get_timesteps: the steps run, min(int(n * strength), n), with strength the double
+ *  Python would hold for the number typed: the float's shortest decimal (0.7f is 0.69999999, and
+ *  10 x that would run 6 steps where diffusers' 10 x 0.7 runs 7). */
+std::size_t init_timesteps(int steps, float strength) {
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, strength);
+  double s = static_cast<double>(strength);
+  if (ec == std::errc()) (void)std::from_chars(buf, end, s);
+  const auto n = static_cast<std::size_t>(steps);
+  return std::min(static_cast<std::size_t>(static_cast<double>(steps) * s), n);
+}
+
 }  // namespace
 
 std::vector<std::string> option_warnings(const Model& model, const GenerateOptions& in) {
@@ -94,6 +149,7 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   if (o.schedule.empty()) o.schedule = d.schedule;
   if (!o.steps) o.steps = d.steps;
   if (!o.cfg_scale) o.cfg_scale = model.guidable() ? d.cfg_scale : 1.0f;
+  resolve_init_image(model, o, where);  // img2img: the size comes from the image
   if (!o.width) o.width = model.image_size();
   if (!o.height) o.height = model.image_size();
 
@@ -109,6 +165,16 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   }
   if (*o.steps < 1 || *o.steps > kMaxSteps)
     raise<value_error>(where, "steps must be in 1.." + std::to_string(kMaxSteps) + ", got " + std::to_string(*o.steps));
+  if (o.init_image) {  // img2img: the schedule's cut must keep a step
+    if (adaptive(*probe))
+      raise<value_error>(where, "sampler 'dpm_adaptive' chooses its own noise levels from the model's largest; it cannot "
+                                "start part-way for an init_image (strength): choose another sampler");
+    if (init_timesteps(*o.steps, *o.strength) < 1)
+      raise<value_error>(where, "strength " + fmt_float(*o.strength) + " with " + std::to_string(*o.steps) +
+                                    " steps runs int(" + std::to_string(*o.steps) + " x " + fmt_float(*o.strength) +
+                                    ") = 0 steps: give a strength of at least " + fmt_float(1.0 / *o.steps) +
+                                    " or more steps");
+  }
   if (!std::isfinite(*o.cfg_scale))
     raise<value_error>(where, "cfg_scale must be a finite number, got " + fmt_float(*o.cfg_scale));
   if (*o.cfg_scale != 1.0f && !model.guidable())
@@ -215,6 +281,11 @@ std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOption
     const double decode = static_cast<double>(tiny ? model.tiny_vae()->decode_bytes(1, h, w)
                                                    : model.vae()->decode_peak_bytes(h, w, o.decode));
     total = std::max(total, state + images + decode);
+    if (o.init_image && model.vae()) {  // img2img: the encode runs image by image, before the sampler
+      const double inputs = static_cast<double>(o.init_image->size()) * sizeof(float);
+      const double encode = static_cast<double>(model.vae()->encode_bytes(1, h * ls, w * ls));
+      total = std::max(total, state + inputs + encode);
+    }
   }
   return total >= 1.8e19 ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(total);
 }
@@ -260,12 +331,19 @@ struct Generation::State {
   Tensor x;
   Tensor images;  // the decoded result of a latent model
   bool decoded = false;
+  // img2img (GenerateOptions::init_image): the generator as it was before the posterior noise,
+  // the noise to add at sigmas[0], whether the sampler walks flow space, and whether it is done.
+  TorchGenerator posterior_gen;
+  Tensor added_noise;
+  bool flow_sampler = false;
+  bool image_encoded = false;
   Tensor empty;
   bool failed = false;
 
   State(const Model& m, GenerateOptions o) : model(m), opt(std::move(o)), gen(opt.seed) {}
 
   void encode(kernels::Context& c);
+  void encode_image(kernels::Context& c);
 
   /// The network as `(x_in, t) -> output` with the conditioning of one branch bound.
   struct Net {
@@ -374,6 +452,37 @@ void Generation::State::encode(kernels::Context& c) {
   encoded = true;
 }
 
+// The img2img encode stage: the init images' posterior moments (image by image), a sample of the
+// posterior with the generator's first draws (retrieve_latents(..., generator), sample_mode
+// "sample"), scaled to model latents, repeated for the batch when one image serves all, and the
+// noise added at the first noise level (scheduler.add_noise / scale_noise).
+void Generation::State::encode_image(kernels::Context& c) {
+  const models::AutoencoderKL& vae = *model.vae();
+  const Tensor& im = *opt.init_image;
+  const std::size_t n = im.dim(0);
+  Tensor moments;
+  for (std::size_t b = 0; b < n; ++b) {
+    const Tensor one = batch_rows(im, b, 1);
+    const Tensor m = vae.encode_moments(one, c);
+    if (b == 0) moments = Tensor({n, m.dim(1), m.dim(2), m.dim(3)});
+    std::copy_n(m.data(), m.size(), moments.data() + b * m.size());
+  }
+  const Tensor z = vae.to_model_latents(models::AutoencoderKL::posterior_sample(moments, posterior_gen));
+  const std::size_t row = z.size() / n, B = opt.batch;
+  const float sigma = sigmas.front();
+  Tensor out(added_noise.shape());
+  for (std::size_t b = 0; b < B; ++b) {
+    const float* z0 = z.data() + (n == 1 ? 0 : b) * row;
+    const float* e = added_noise.data() + b * row;
+    float* px = out.data() + b * row;
+    for (std::size_t i = 0; i < row; ++i) px[i] = flow_sampler ? (1.0f - sigma) * z0[i] + sigma * e[i] : z0[i] + sigma * e[i];
+  }
+  for (float v : out.values())
+    if (!std::isfinite(v)) raise<value_error>("Generation::step", "the VAE encode of init_image gave a non-finite value");
+  x = std::move(out);
+  image_encoded = true;
+}
+
 Generation::Generation(const Model& model, const GenerateOptions& options) try
     : s_(std::make_unique<State>(model, resolve_options(model, options))) {
   init();
@@ -408,6 +517,10 @@ void Generation::init() {
   const bool budgeted = adaptive(*make_sampler<float>(o.sampler, {1.0f, 0.5f, 0.0f}, params));
   if (budgeted) params.max_steps = static_cast<std::size_t>(*o.steps);
   std::vector<float> sigmas = make_sigmas(model, o.schedule, budgeted ? 2 : *o.steps, o.sampler);
+  if (o.init_image) {  // img2img: the full schedule's noise levels from t_start on (diffusers' get_timesteps)
+    const std::size_t t_start = static_cast<std::size_t>(*o.steps) - init_timesteps(*o.steps, *o.strength);
+    sigmas.erase(sigmas.begin(), sigmas.begin() + static_cast<std::ptrdiff_t>(t_start));
+  }
   s.sampler = make_sampler<float>(o.sampler, sigmas, params);
   const bool to_ve = flow && !runs_in_flow_space(*s.sampler);
   if (to_ve) {
@@ -450,9 +563,23 @@ void Generation::init() {
       model.space());
   s.denoiser = to_ve ? flow_to_ve(std::move(any)) : std::move(any);
 
+  const std::size_t ls = model.latent_scale();
+  if (o.init_image) {
+    // img2img, diffusers' order of draws: the posterior's noise [images, C, h, w] (drawn at the
+    // encode stage from a copy of the generator as it is now: skipped here), then the noise to add
+    // [batch, C, h, w], then the per-step noise. The sample is made at the encode stage.
+    s.posterior_gen = s.gen;
+    (void)randn(s.gen, {o.init_image->dim(0), ni.in_channels, *o.height / ls, *o.width / ls});
+    s.added_noise = randn(s.gen, {o.batch, ni.in_channels, *o.height / ls, *o.width / ls});
+    if (o.initial_noise) s.added_noise = *o.initial_noise;
+    s.flow_sampler = flow && !to_ve;
+    s.x = s.added_noise;
+    s.noise = torch_noise<float>(s.gen);
+    return;
+  }
+
   // Initial noise, torch.randn(batch, C, H, W) for the seed; per-step noise continues the stream.
   // Given initial noise replaces the draw, which is still made so the per-step stream is unchanged.
-  const std::size_t ls = model.latent_scale();
   s.x = randn(s.gen, {o.batch, ni.in_channels, *o.height / ls, *o.width / ls});
   if (o.initial_noise) s.x = *o.initial_noise;
   const float s0 = sigmas.front();
@@ -489,6 +616,25 @@ void Generation::step(kernels::Context& ctx) {
     } catch (const value_error& e) {
       s.failed = true;
       raise<value_error>(where, std::string("encoding the prompts: ") + e.what());
+    } catch (...) {
+      s.failed = true;
+      throw;
+    }
+    return;
+  }
+  if (stage() == Stage::encode_image) {  // img2img: the init image's encode and the added noise
+    const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
+    try {
+      s.encode_image(ctx);
+    } catch (const std::bad_alloc& e) {
+      s.failed = true;
+      rethrow_allocation_failure(where, e);
+    } catch (const std::length_error& e) {
+      s.failed = true;
+      rethrow_allocation_failure(where, e);
+    } catch (const value_error& e) {
+      s.failed = true;
+      raise<value_error>(where, std::string("encoding init_image: ") + e.what());
     } catch (...) {
       s.failed = true;
       throw;
@@ -550,6 +696,7 @@ void Generation::step(kernels::Context& ctx) {
 
 Generation::Stage Generation::stage() const {
   if (s_->model.text_conditional() && !s_->encoded) return Stage::encode;
+  if (s_->opt.init_image && !s_->image_encoded) return Stage::encode_image;
   if (!s_->sampler->done()) return Stage::denoise;
   if (s_->model.latent() && !s_->decoded) return Stage::decode;
   return Stage::done;

@@ -125,6 +125,7 @@ std::string parameters_text(const Model& model, const GenerateOptions& o, std::o
   add("Model", model.name());
   if (o.clip_skip > 1) add("Clip skip", std::to_string(o.clip_skip));
   if (o.guidance_rescale != 0.0f) add("Guidance rescale", fmt_float(o.guidance_rescale));
+  if (o.init_image) add("Denoising strength", fmt_float(o.strength.value_or(0.8f)));  // A1111's img2img key
   if (o.batch > 1) add("Batch size", std::to_string(o.batch));
   if (index && o.batch > 1) add("Batch pos", std::to_string(*index));
   for (const auto& [k, v] : extra) add(k, v);

@@ -25,6 +25,7 @@
 #include "capi/capi_internal.hpp"
 #include "diffuse/core/random.hpp"
 #include "diffuse/diffuse.h"
+#include "diffuse/io/image.hpp"
 #include "diffuse/kernels/parallel.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
 
@@ -1068,5 +1069,93 @@ TEST(CApi, Abi4PromptsOfATextToImageModel) {
   b.prompt = "a cat";
   EXPECT_EQ(diffuse_job_create(c.p, dit.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
   EXPECT_NE(c.error().find("not conditioned on text"), std::string::npos) << c.error();
+  EXPECT_EQ(bad, nullptr);
+}
+
+TEST(CApi, Abi4ImageToImage) {
+  const std::string sd = std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/pipelines/sd_tiny";
+  const std::string png = std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/pipelines/sd_tiny_img2img_init.png";
+  const diffuse::Tensor init = diffuse::io::to_rgb_tensor(diffuse::io::read_image(png));  // [1, 3, 64, 64]
+  Ctx c;
+  Model m(c, sd);
+  diffuse_job_options o;
+  diffuse_job_options_init(&o);
+  EXPECT_EQ(o.init_image, nullptr);
+  EXPECT_EQ(o.init_image_count, 0u);
+  EXPECT_TRUE(std::isnan(o.strength));
+  o = options(5, -1, 2);
+  o.batch = 2;
+  o.prompt = "a red apple";
+  o.sampler = "euler_a";  // the per-step noise follows the posterior's and the added noise's draws
+  o.init_image = init.data();
+  o.init_image_count = init.size();  // one image for both
+  o.strength = 0.6f;
+  Job j(c, m, o);
+  diffuse_stage stage = DIFFUSE_STAGE_MAX_ENUM;
+  int done = 0;
+  ASSERT_EQ(diffuse_job_stage(j.p, &stage), DIFFUSE_OK);
+  EXPECT_EQ(stage, DIFFUSE_STAGE_ENCODE);
+  ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << c.error();
+  ASSERT_EQ(diffuse_job_stage(j.p, &stage), DIFFUSE_OK);
+  EXPECT_EQ(stage, DIFFUSE_STAGE_ENCODE_IMAGE);
+  ASSERT_EQ(diffuse_job_step(j.p, &done), DIFFUSE_OK) << c.error();
+  ASSERT_EQ(diffuse_job_stage(j.p, &stage), DIFFUSE_OK);
+  EXPECT_EQ(stage, DIFFUSE_STAGE_DENOISE);
+  int step = -1, steps = -1;
+  ASSERT_EQ(diffuse_job_progress(j.p, &step, &steps), DIFFUSE_OK);
+  EXPECT_EQ(step, 0);
+  EXPECT_EQ(steps, 3);  // int(5 x 0.6)
+  ASSERT_EQ(diffuse_job_run(j.p), DIFFUSE_OK) << c.error();
+  std::vector<float> got(2 * 3 * 64 * 64);
+  ASSERT_EQ(diffuse_job_result_f32(j.p, 0, got.data(), got.size() / 2), DIFFUSE_OK);
+  ASSERT_EQ(diffuse_job_result_f32(j.p, 1, got.data() + got.size() / 2, got.size() / 2), DIFFUSE_OK);
+  const char* params = diffuse_job_parameters(j.p, 0);
+  ASSERT_NE(params, nullptr);
+  EXPECT_NE(std::string(params).find("Denoising strength: 0.6"), std::string::npos) << params;
+
+  // The C++ API with the same options: the same bits.
+  const auto model = pl::Model::load(sd);
+  pl::GenerateOptions go;
+  go.steps = 5;
+  go.seed = 2;
+  go.batch = 2;
+  go.sampler = "euler_a";
+  go.prompts = {"a red apple"};
+  go.init_image = init;
+  go.strength = 0.6f;
+  diffuse::kernels::Context kctx(1);
+  const diffuse::Tensor t = pl::generate(model, go, kctx);
+  ASSERT_EQ(t.size(), got.size());
+  EXPECT_EQ(std::memcmp(t.data(), got.data(), got.size() * sizeof(float)), 0);
+
+  // Refused: a count that is no image of the job's size, a count without data, a bad strength, a pixel model.
+  diffuse_job* bad = nullptr;
+  auto b = o;
+  b.init_image_count = init.size() - 1;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("init_image_count is 12287, an init image of 64x64 (width x height) has 12288 values"),
+            std::string::npos)
+      << c.error();
+  b = o;
+  b.init_image = nullptr;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("init_image is NULL but init_image_count is 12288"), std::string::npos) << c.error();
+  b = o;
+  b.strength = 1.5f;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("strength must be in (0, 1]"), std::string::npos) << c.error();
+  b = o;
+  b.init_image = nullptr;
+  b.init_image_count = 0;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("needs an init_image"), std::string::npos) << c.error();
+  Model dit(c, kDit);
+  b = options(2, 3, 4);
+  b.width = b.height = 16;
+  std::vector<float> small(3 * 16 * 16, 0.0f);
+  b.init_image = small.data();
+  b.init_image_count = small.size();
+  EXPECT_EQ(diffuse_job_create(c.p, dit.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("needs a VAE"), std::string::npos) << c.error();
   EXPECT_EQ(bad, nullptr);
 }

@@ -57,6 +57,12 @@ DIFFUSE_API Image tensor_to_image(const Tensor& chw);
 /// An 8-bit image to a tensor [C, H, W] with values in [-1, 1].
 DIFFUSE_API Tensor image_to_tensor(const Image& image);
 
+/** An 8-bit image as an image-to-image input [1, 3, H, W] in [-1, 1], as diffusers reads a file:
+ *  converted to RGB as PIL's `convert("RGB")` does (diffusers.utils.load_image: grey replicated,
+ *  alpha dropped), then 2 (v / 255) - 1 in float32 as its VaeImageProcessor computes it (so the
+ *  values are the bits diffusers gives the VAE). value_error for an inconsistent image. */
+DIFFUSE_API Tensor to_rgb_tensor(const Image& image);
+
 /// Lays out `images` (all the same size) in a grid of `columns` columns, `padding` pixels apart.
 DIFFUSE_API Image make_grid(const std::vector<Image>& images, int columns, int padding = 2);
 

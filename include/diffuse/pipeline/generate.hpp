@@ -23,6 +23,12 @@
  *  x = noise. A flow model used with a VE-only sampler (dpmpp_2m, unipc, euler_a, ...) runs
  *  through `flow_to_ve` with its first noise level capped at 1 - 1/num_train_timesteps.
  *
+ *  Image-to-image (GenerateOptions::init_image, docs/img2img.md): the sampler walks the schedule
+ *  from noise level t_start = n - min(floor(n strength), n) on, starting at the init image's
+ *  latents plus noise at that level, x = z0 + sigma_t_start * noise (VE form: diffusers'
+ *  scheduler.add_noise for VP and Euler-family classes alike; a flow model's
+ *  (1 - s) z0 + s noise, diffusers' scale_noise), z0 a sample of the VAE posterior.
+ *
  *  **Example**
  *  @code
  *  auto model = diffuse::pipeline::Model::load("models/digits-dit");
@@ -95,6 +101,22 @@ struct GenerateOptions {
   /// place of torch.randn for `seed`, e.g. a slerp of two seeds' noise. The per-step noise of a
   /// stochastic sampler still comes from `seed`'s stream, continued as if the seed had drawn it.
   std::optional<Tensor> initial_noise;
+  /** Image-to-image (diffusers' StableDiffusionImg2ImgPipeline; docs/img2img.md): start from this
+   *  image [1 or batch, 3, H, W] (values in [-1, 1], as diffusers' image processor makes them of
+   *  8-bit pixels: 2 v / 255 - 1; io::to_rgb_tensor) instead of pure noise. Latent models with a
+   *  VAE only. Its H and W are the generation's (width / height may be left unset; given, they
+   *  must agree); one image serves every image of the batch. The generation encodes it (the
+   *  Stage::encode_image step), samples the VAE posterior with the seed's generator, scales it to
+   *  model latents and adds noise at the schedule's noise level number t_start (see `strength`);
+   *  the sampler walks the schedule from there. The generator's draws, in diffusers' order: the
+   *  posterior noise [images, C, h, w], the added noise [batch, C, h, w] (`initial_noise` replaces
+   *  it, the draw is still made), then a stochastic sampler's per-step noise. */
+  std::optional<Tensor> init_image;
+  /** How much of the schedule img2img runs, 0 < strength <= 1; unset: 0.8 (diffusers' default).
+   *  With n steps, init_timestep = min(floor(n strength), n) steps are run, from the full schedule's
+   *  noise level t_start = n - init_timestep on (at least one: floor(n strength) >= 1). Needs
+   *  init_image. */
+  std::optional<float> strength;
   /// How a latent model's VAE decodes the result (tiling: automatic above 1 GiB, on, off).
   models::VaeDecodeOptions decode;
   /// Decode the result with the model's tiny VAE (TAESD: fast, approximate) instead of its VAE.
@@ -110,14 +132,17 @@ struct GenerateOptions {
  *  activations for one forward (of 2 x batch images with classifier-free guidance,
  *  Network::forward_bytes) plus the sampler's state (kGenerationStateTensors tensors of
  *  [batch, C, h, w]: the sample, the noise, denoised estimates, multistep history, the guidance
- *  batch), or, when larger, a latent model's decode of one image plus the decoded batch. */
+ *  batch), or, when larger, a latent model's decode of one image plus the decoded batch, or
+ *  (img2img) the VAE encode of one init image plus the init images and the state. */
 DIFFUSE_API std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOptions& resolved);
 inline constexpr std::size_t kGenerationStateTensors = 12;
 
 /** `options` with every unset field filled from the model's defaults and every field checked.
  *  Throws value_error naming the option: unknown sampler or schedule, steps < 1 or > 10000,
  *  cfg_scale not finite (or != 1 without a null class), batch 0 or > 4096, labels missing, of the
- *  wrong count or out of range, width/height 0, > 4096 or not a multiple of the network's. Throws
+ *  wrong count or out of range, width/height 0, > 4096 or not a multiple of the network's;
+ *  init_image for a model without a VAE, of the wrong shape, batch or size, or disagreeing with
+ *  width/height; strength without init_image, outside (0, 1] or running no step. Throws
  *  memory_error when estimate_generation_bytes exceeds the memory limit (how much, for what). */
 DIFFUSE_API GenerateOptions resolve_options(const Model& model, const GenerateOptions& options);
 
@@ -142,9 +167,9 @@ class DIFFUSE_API Generation {
    *  or the sampler produce a non-finite value. After an exception the generation is unusable. */
   void step(kernels::Context& ctx);
 
-  /// Which part runs at the next step(): (text models) the prompts' encoding, the sampler, then
-  /// (latent models) the VAE decode.
-  enum class Stage { encode, denoise, decode, done };
+  /// Which part runs at the next step(): (text models) the prompts' encoding, (img2img) the init
+  /// image's VAE encode and the added noise, the sampler, then (latent models) the VAE decode.
+  enum class Stage { encode, encode_image, denoise, decode, done };
   Stage stage() const;
   /// True once the images are ready (after the decode of a latent model).
   bool done() const;
@@ -170,10 +195,12 @@ class DIFFUSE_API Generation {
   /// The final latents of a latent model (the sampler's result; result() for a pixel model).
   /// Throws value_error before the sampler's last step.
   const Tensor& latents() const;
-  /// The current sample (noisy, in the sampler's space).
+  /// The current sample (noisy, in the sampler's space; img2img: the added noise until the init
+  /// image is encoded).
   const Tensor& sample() const;
 
-  /// The noise levels the sampler walks (in the sampler's space, ending in 0; see make_sigmas for PNDM).
+  /// The noise levels the sampler walks (in the sampler's space, ending in 0; see make_sigmas for
+  /// PNDM; img2img: the schedule's from t_start on).
   const std::vector<float>& sigmas() const;
   /// The options with the model's defaults filled in: what the parameters text records.
   const GenerateOptions& options() const;
