@@ -57,10 +57,10 @@ CASES["pndm_060"] = dict(cls="PNDMScheduler", prompt=["a cozy cabin in a snowy f
 # The cases whose decoded images are stored too (the others keep their latents only: the decode is the text-to-image
 # pipeline's, checked there; the fixture stays small).
 WITH_IMAGES = {"euler_075", "batch_one_image", "two_images", "euler_a", "pndm_060"}
-# Euler-family classes call the U-Net at fractional timesteps (249.75): diffuse finds the timestep of a noise level by
-# diffusers' _sigma_to_t (log-sigma interpolation), which gives 249.75036 for the sigma Euler interpolated linearly.
-# For them `CASE.latents_log_t` is the same generation with the U-Net given those timesteps, which isolates the
-# img2img path from that (the plain reference differs from it by up to 5e-5 x max|ref| at these strengths).
+# Euler-family classes call the U-Net at fractional timesteps (249.75), which diffuse passes as the schedule has
+# them. `CASE.latents_log_t` is a control: the same generation with the U-Net given the timesteps diffusers'
+# _sigma_to_t (log-sigma interpolation) finds for those noise levels (249.75036); it differs from the plain
+# reference by up to 5e-5 x max|ref| at these strengths, so a pipeline that derived t from sigma would show.
 EULER_FAMILY = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"}
 DETERMINISTIC = {"EulerDiscreteScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler"}
 

@@ -542,6 +542,11 @@ void Generation::init() {
   po.clip_sample = false;
   po.thresholding = false;
   po.integer_timesteps = !flow && rule.integer_timesteps;
+  if (!flow && !to_ve && !budgeted) {  // the schedule's own timesteps, where diffusers passes them
+    const std::vector<float> ts = schedule_timesteps(model, o.schedule, *o.steps, o.sampler);
+    const std::vector<float> full = make_sigmas(model, o.schedule, *o.steps, o.sampler);
+    for (std::size_t k = 0; k < ts.size() && k < full.size(); ++k) po.timestep_table.emplace_back(full[k], ts[k]);
+  }
   State* sp = &s;
   auto branch = [&](const State::Cond& c) {
     return State::Parameterized(State::Net{sp, &c}, model.prediction(), model.train_sigmas(), po);

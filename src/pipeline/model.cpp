@@ -592,5 +592,20 @@ float initial_noise_factor(const Model& model, std::string_view sampler, float s
   return spacing == TimestepSpacing::leading ? vp : sigma0;
 }
 
+std::vector<float> schedule_timesteps(const Model& model, std::string_view schedule, int steps, std::string_view sampler) {
+  if (schedule != "default" || steps < 1 || model.prediction() == Prediction::flow) return {};
+  SchedulerClass cls = model.scheduler_class();
+  if (!sampler.empty())
+    if (const auto c = sampler_rule(sampler).diffusers_class) cls = *c;
+  using C = SchedulerClass;
+  if (cls != C::euler && cls != C::euler_ancestral && cls != C::heun && cls != C::lms) return {};
+  // With karras / exponential / beta sigmas in the config, the class's timesteps are the sigmas'
+  // _sigma_to_t, the same values the fallback computes.
+  const Schedule s = make_schedule(cls == C::heun ? C::euler : cls, model.schedule_config(), steps);
+  std::vector<float> out;
+  for (double t : s.timesteps) out.push_back(static_cast<float>(t));
+  return out;
+}
+
 }  // namespace pipeline
 DIFFUSE_END_NAMESPACE

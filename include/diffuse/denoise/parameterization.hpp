@@ -109,6 +109,11 @@ struct ParameterizationOptions {
   /// VP models: the network gets sigma_to_t(sigma) rounded to an integer (half to even, as
   /// torch.round), what diffusers' DDPM/DDIM/DPM-Solver/UniPC/DEIS/LCM pass as `timesteps`.
   bool integer_timesteps = false;
+  /// VP models: (sigma, t) pairs of a schedule whose timesteps came first and whose sigmas were
+  /// interpolated from them (diffusers' Euler-family set_timesteps): at a sigma equal to one of
+  /// them the network gets that t, exactly what diffusers passes (249.75, where sigma_to_t's
+  /// log-sigma inverse of the linear interpolation gives 249.75036); other sigmas use sigma_to_t.
+  std::vector<std::pair<T, T>> timestep_table;
 };
 
 namespace detail {
@@ -228,7 +233,13 @@ class ParameterizedDenoiser {
   /// The timestep the network is called with at `sigma`.
   T timestep(T sigma) const {
     if (p_ == Prediction::flow) return sigma * o_.flow_time_scale;
-    const T t = sigma_to_t(sigma, log_sigmas_);
+    T t = T(-1);
+    for (const auto& [s, ts] : o_.timestep_table)
+      if (s == sigma) {
+        t = ts;
+        break;
+      }
+    if (t < T(0)) t = sigma_to_t(sigma, log_sigmas_);
     return o_.integer_timesteps ? std::nearbyint(t) : t;  // the default rounding mode: half to even
   }
   Prediction prediction() const { return p_; }

@@ -295,5 +295,12 @@ DIFFUSE_API float initial_noise_factor(const Model& model, std::string_view samp
 DIFFUSE_API std::vector<float> make_sigmas(const Model& model, std::string_view schedule, int steps,
                                            std::string_view sampler = {});
 
+/** The timesteps behind make_sigmas' noise levels when the schedule is timesteps first and sigmas
+ *  interpolated from them (the "default" schedule of the Euler, Euler ancestral, Heun and LMS
+ *  classes): one per sigma but the final 0, what diffusers passes to the network. Empty otherwise
+ *  (the network's timestep is then found from the sigma: ParameterizationOptions::timestep_table). */
+DIFFUSE_API std::vector<float> schedule_timesteps(const Model& model, std::string_view schedule, int steps,
+                                                  std::string_view sampler = {});
+
 }  // namespace pipeline
 DIFFUSE_END_NAMESPACE
