@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: MIT
-// The smallest complete generation: load a model folder, pick a class, generate with the model's
-// default sampler, schedule, steps and guidance, and write a PNG that records those settings.
-// Start here; the `diffuse` program (cli/) is the same thing with every option exposed.
+// The smallest complete generation: load a model folder, pick a class (or give a prompt to a
+// text-to-image model), generate with the model's default sampler, schedule, steps and guidance,
+// and write a PNG that records those settings. Start here; the `diffuse` program (cli/) is the same
+// thing with every option exposed.
 //
-//   diffuse_generate <model folder> [class] [seed] [out.png] [steps]
+//   diffuse_generate <model folder or file> [class or prompt] [seed] [out.png] [steps]
 //   diffuse_generate models/digits-dit 3 42 three.png
+//   diffuse_generate stable-diffusion-v1-5 "a lighthouse at dusk" 1 lighthouse.png
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -16,7 +19,7 @@ namespace pl = diffuse::pipeline;
 
 int main(int argc, char** argv) try {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s <model folder> [class] [seed] [out.png] [steps]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s <model folder or file> [class or prompt] [seed] [out.png] [steps]\n", argv[0]);
     return 2;
   }
   const std::string out = argc > 4 ? argv[4] : "generate.png";
@@ -28,6 +31,7 @@ int main(int argc, char** argv) try {
   // 2. What to generate. Fields left unset take the model's defaults (model.defaults()).
   pl::GenerateOptions options;
   if (model.class_conditional()) options.labels = {argc > 2 ? std::stoll(argv[2]) : 0};
+  if (model.text_conditional()) options.prompts = {argc > 2 ? argv[2] : ""};  // A1111's prompt syntax
   options.seed = argc > 3 ? std::stoull(argv[3]) : 0;  // same seed, same image (torch-identical noise)
   if (argc > 5) options.steps = std::stoi(argv[5]);
 
@@ -41,11 +45,14 @@ int main(int argc, char** argv) try {
   }
   std::fprintf(stderr, "\n");
 
-  // 4. Write the image, enlarged 8x (the shipped models are 16x16), with the settings actually used
-  //    (defaults filled in) in the PNG's "parameters" text chunk, as image tools expect.
+  // 4. Write the image, small ones enlarged to 128 pixels (the shipped models are 16x16: 8x), with the
+  //    settings actually used (defaults filled in) in the PNG's "parameters" text chunk, as image tools
+  //    expect.
   const pl::GenerateOptions& used = generation.options();
-  const auto images = pl::to_images(generation.result(), 8);
-  const std::string params = pl::parameters_text(model, used, std::nullopt, {{"Scale", "8x (nearest)"}});
+  const int scale = static_cast<int>(std::max<std::size_t>(1, 128 / std::max(*used.width, *used.height)));
+  const auto images = pl::to_images(generation.result(), scale);
+  const std::string params = pl::parameters_text(
+      model, used, std::nullopt, {{"Scale", std::to_string(scale) + "x (nearest)"}});
   diffuse::io::write_png(out, images.front(), {{"parameters", params}});
   std::printf("wrote %s (%s)\n", out.c_str(), params.c_str());
   return 0;
