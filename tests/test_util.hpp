@@ -8,9 +8,14 @@
 #include <cmath>
 #include <cstddef>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <initializer_list>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
+#include "diffuse/core/error.hpp"
 #include "diffuse/core/tensor.hpp"
 
 namespace diffuse_test {
@@ -27,6 +32,13 @@ void expect_error(F&& f, std::initializer_list<std::string> parts) {
   } catch (const std::exception& e) {
     ADD_FAILURE() << "wrong exception type: " << e.what();
   }
+}
+
+/// A JSON fixture file; io_error when it cannot be opened.
+inline nlohmann::json read_json(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) diffuse::raise<diffuse::io_error>("read_json", "cannot open " + path.string());
+  return nlohmann::json::parse(in);
 }
 
 /// max |a - b| / max |b| (a parity figure against a reference `b`); a shape mismatch is a test

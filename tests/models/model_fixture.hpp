@@ -42,6 +42,7 @@
 #include "diffuse/core/random.hpp"
 #include "diffuse/core/tensor.hpp"
 #include "diffuse/io/safetensors.hpp"
+#include "test_util.hpp"
 
 namespace diffuse_test {
 
@@ -152,12 +153,6 @@ struct Recipe {
   std::vector<RecipeParam> params;  ///< state_dict order = generation order
   nlohmann::json manifest;          ///< the whole file (for `checks`, `num_parameters`, ...)
 };
-
-inline nlohmann::json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) diffuse::raise<diffuse::io_error>("read_json", "cannot open " + path.string());
-  return nlohmann::json::parse(in);
-}
 
 #ifdef DIFFUSE_TEST_DATA_DIR
 inline double torch_f32_vs_f64(const std::string& name) {

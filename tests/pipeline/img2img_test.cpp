@@ -44,12 +44,17 @@
 #include "diffuse/io/image.hpp"
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
+#include "pipeline/pipeline_fixture.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 using diffuse::Tensor;
 using diffuse_test::expect_error;
+using diffuse_test::as_np_images;
+using diffuse_test::max_abs_diff;
+using diffuse_test::max_abs;
+using diffuse_test::sampler_of;
 
 namespace {
 
@@ -64,41 +69,6 @@ nlohmann::json cases() {
 const diffuse::io::SafetensorsFile& ref() {
   static const auto f = diffuse::io::SafetensorsFile::open(kData / "sd_tiny_img2img.safetensors");
   return f;
-}
-
-/// ours [B, 3, H, W] in [-1, 1] as diffusers' output_type "np": (x / 2 + 0.5).clamp(0, 1), [B, H, W, 3].
-Tensor as_np_images(const Tensor& x) {
-  const std::size_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  Tensor out({B, H, W, C});
-  for (std::size_t b = 0; b < B; ++b)
-    for (std::size_t c = 0; c < C; ++c)
-      for (std::size_t i = 0; i < H * W; ++i)
-        out.data()[(b * H * W + i) * C + c] = std::clamp(x.data()[(b * C + c) * H * W + i] / 2.0f + 0.5f, 0.0f, 1.0f);
-  return out;
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e9;
-  double d = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(static_cast<double>(a.data()[i]) - b.data()[i]));
-  return d;
-}
-
-double max_abs(const Tensor& a) {
-  double m = 0;
-  for (float v : a.values()) m = std::max(m, std::abs(static_cast<double>(v)));
-  return m;
-}
-
-std::string sampler_of(const std::string& cls) {
-  if (cls == "EulerDiscreteScheduler") return "euler";
-  if (cls == "EulerAncestralDiscreteScheduler") return "euler_a";
-  if (cls == "DDIMScheduler") return "ddim";
-  if (cls == "DPMSolverMultistepScheduler") return "dpmpp_2m";
-  if (cls == "PNDMScheduler") return "pndm";
-  ADD_FAILURE() << "no sampler for " << cls;
-  return {};
 }
 
 /// The fixture's init image (what diffusers' image processor gave vae.encode), or `n` = 2: it and its mirror.
@@ -196,7 +166,7 @@ TEST(Img2Img, GenerationsMatchDiffusersStableDiffusionImg2ImgPipeline) {
       g.step(ctx);
       ASSERT_TRUE(g.done());
       const Tensor ref_lat = ref().to_f32(name + ".latents");
-      const double e_lat = max_abs_diff(latents, ref_lat) / max_abs(ref_lat);
+      const double e_lat = diffuse_test::rel_error(latents, ref_lat);
       double e_img = 0;
       const bool images = ref().contains(name + ".images");
       if (images) e_img = max_abs_diff(as_np_images(g.result()), ref().to_f32(name + ".images"));
@@ -205,7 +175,7 @@ TEST(Img2Img, GenerationsMatchDiffusersStableDiffusionImg2ImgPipeline) {
       double e_log_t = 0;
       if (log_t) {
         const Tensor r = ref().to_f32(name + ".latents_log_t");
-        e_log_t = max_abs_diff(latents, r) / max_abs(r);
+        e_log_t = diffuse_test::rel_error(latents, r);
       }
       std::printf("[img2img] sd_tiny %s, %zu thread(s): latents %.3g x max|ref| (bound %.3g)", name.c_str(), threads,
                   e_lat, bound_lat);

@@ -39,6 +39,7 @@
 #include "diffuse/pipeline/pipeline.hpp"
 #include "diffuse/pipeline/preview.hpp"
 #include "models/model_fixture.hpp"
+#include "pipeline/pipeline_fixture.hpp"
 #include "temp_dir.hpp"
 #include "test_util.hpp"
 
@@ -46,46 +47,16 @@ namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 using diffuse::Tensor;
 using diffuse_test::expect_error;
+using diffuse_test::read_json;
+using diffuse_test::write_json;
+using diffuse_test::as_np_images;
+using diffuse_test::max_abs_diff;
+using diffuse_test::max_abs;
 
 namespace {
 
 const fs::path kData = fs::path(DIFFUSE_TEST_DATA_DIR);
 const fs::path kTiny = kData / "pipelines" / "dit_tiny";
-
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  return nlohmann::json::parse(in);
-}
-
-void write_json(const fs::path& p, const nlohmann::json& j) {
-  std::ofstream out(p);
-  out << j.dump(2);
-}
-
-/// ours [B, 3, H, W] in [-1, 1] as diffusers' output_type "np": (x / 2 + 0.5).clamp(0, 1), [B, H, W, 3].
-Tensor as_np_images(const Tensor& x) {
-  const std::size_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  Tensor out({B, H, W, C});
-  for (std::size_t b = 0; b < B; ++b)
-    for (std::size_t c = 0; c < C; ++c)
-      for (std::size_t i = 0; i < H * W; ++i)
-        out.data()[(b * H * W + i) * C + c] = std::clamp(x.data()[(b * C + c) * H * W + i] / 2.0f + 0.5f, 0.0f, 1.0f);
-  return out;
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e9;
-  double d = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(static_cast<double>(a.data()[i]) - b.data()[i]));
-  return d;
-}
-
-double max_abs(const Tensor& a) {
-  double m = 0;
-  for (float v : a.values()) m = std::max(m, std::abs(static_cast<double>(v)));
-  return m;
-}
 
 /// A copy of the tiny pipeline folder to edit.
 fs::path copy_tiny(const diffuse_test::TempDir& tmp) {
@@ -170,7 +141,7 @@ TEST(LatentPipeline, DitGenerationsMatchDiffusersDitPipeline) {
       const Tensor images = g.result();
       ASSERT_EQ(images.shape(), (diffuse::Shape{2, 3, 64, 64}));
       const Tensor ref_latents = ref.to_f32(sampler + ".latents");
-      const double e_lat = max_abs_diff(latents, ref_latents) / max_abs(ref_latents);
+      const double e_lat = diffuse_test::rel_error(latents, ref_latents);
       const double e_img = max_abs_diff(as_np_images(images), ref.to_f32(sampler + ".images"));
       std::printf("[latent] dit_tiny %s, %zu thread(s): latents %.3g x max|ref| (bound %.3g), images %.3g (bound %.3g)\n",
                   sampler.c_str(), threads, e_lat, bound_latents, e_img, bound_images);
@@ -402,7 +373,7 @@ TEST(LatentPipeline, DitXl2At256MatchesDiffusersDitPipeline) {
     pl::Generation g(m, o);
     while (!g.done()) g.step(ctx);
     const Tensor ref_latents = ref.to_f32(sampler + ".latents");
-    const double e_lat = max_abs_diff(g.latents(), ref_latents) / max_abs(ref_latents);
+    const double e_lat = diffuse_test::rel_error(g.latents(), ref_latents);
     const Tensor np = as_np_images(g.result());  // [2, 256, 256, 3]
     Tensor stride4({2, 64, 64, 3}), patch({2, 32, 32, 3});
     for (std::size_t i = 0; i < 2; ++i)

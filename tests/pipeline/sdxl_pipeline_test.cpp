@@ -39,6 +39,7 @@
 #include "diffuse/core/error.hpp"
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
+#include "pipeline/pipeline_fixture.hpp"
 #include "temp_dir.hpp"
 #include "test_util.hpp"
 
@@ -46,6 +47,10 @@ namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 using diffuse::Tensor;
 using diffuse_test::expect_error;
+using diffuse_test::as_np_images;
+using diffuse_test::max_abs_diff;
+using diffuse_test::max_abs;
+using diffuse_test::sampler_of;
 
 namespace {
 
@@ -57,31 +62,6 @@ nlohmann::json cases() {
   return nlohmann::json::parse(in).at("sdxl_tiny").at("cases");
 }
 
-/// ours [B, 3, H, W] in [-1, 1] as diffusers' output_type "np": (x / 2 + 0.5).clamp(0, 1), [B, H, W, 3].
-Tensor as_np_images(const Tensor& x) {
-  const std::size_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  Tensor out({B, H, W, C});
-  for (std::size_t b = 0; b < B; ++b)
-    for (std::size_t c = 0; c < C; ++c)
-      for (std::size_t i = 0; i < H * W; ++i)
-        out.data()[(b * H * W + i) * C + c] = std::clamp(x.data()[(b * C + c) * H * W + i] / 2.0f + 0.5f, 0.0f, 1.0f);
-  return out;
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e9;
-  double d = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(static_cast<double>(a.data()[i]) - b.data()[i]));
-  return d;
-}
-
-double max_abs(const Tensor& a) {
-  double m = 0;
-  for (float v : a.values()) m = std::max(m, std::abs(static_cast<double>(v)));
-  return m;
-}
-
 /// Rows first .. first + n - 1 of `t` along dim 0.
 Tensor rows(const Tensor& t, std::size_t first, std::size_t n) {
   diffuse::Shape shape = t.shape();
@@ -90,15 +70,6 @@ Tensor rows(const Tensor& t, std::size_t first, std::size_t n) {
   Tensor out(shape);
   std::copy_n(t.data() + first * row, n * row, out.data());
   return out;
-}
-
-std::string sampler_of(const std::string& cls) {
-  if (cls == "EulerDiscreteScheduler") return "euler";
-  if (cls == "EulerAncestralDiscreteScheduler") return "euler_a";
-  if (cls == "DDIMScheduler") return "ddim";
-  if (cls == "DPMSolverMultistepScheduler") return "dpmpp_2m";
-  ADD_FAILURE() << "no sampler for " << cls;
-  return {};
 }
 
 /// A fixture case's settings as GenerateOptions.
@@ -204,10 +175,10 @@ TEST(SdxlPipeline, EncodeTextMatchesDiffusersEncodePrompt) {
   const Tensor pe = ref.to_f32("encode.prompt_embeds"), ne = ref.to_f32("encode.negative_prompt_embeds");
   const Tensor pp = ref.to_f32("encode.pooled_prompt_embeds"), np = ref.to_f32("encode.negative_pooled_prompt_embeds");
   // transformers' encoders in f32 against ours: 3 and 4 layers, bound 1e-5 x max|ref|.
-  const double e_pos = max_abs_diff(rows(tc.hidden, 2, 2), pe) / max_abs(pe);
-  const double e_neg = max_abs_diff(rows(tc.hidden, 0, 2), ne) / max_abs(ne);
-  const double e_pooled = max_abs_diff(rows(tc.pooled, 2, 2), pp) / max_abs(pp);
-  const double e_neg_pooled = max_abs_diff(rows(tc.pooled, 0, 2), np) / max_abs(np);
+  const double e_pos = diffuse_test::rel_error(rows(tc.hidden, 2, 2), pe);
+  const double e_neg = diffuse_test::rel_error(rows(tc.hidden, 0, 2), ne);
+  const double e_pooled = diffuse_test::rel_error(rows(tc.pooled, 2, 2), pp);
+  const double e_neg_pooled = diffuse_test::rel_error(rows(tc.pooled, 0, 2), np);
   std::printf("[sdxl] encode_prompt: prompt_embeds %.3g, negative %.3g, pooled %.3g, negative pooled %.3g x max|ref|\n",
               e_pos, e_neg, e_pooled, e_neg_pooled);
   EXPECT_LE(e_pos, 1e-5);
@@ -237,7 +208,7 @@ TEST(SdxlPipeline, GenerationsMatchDiffusersStableDiffusionXLPipeline) {
       ASSERT_TRUE(g.done());
       const Tensor images = g.result();
       const Tensor ref_lat = ref.to_f32(name + ".latents");
-      const double e_lat = max_abs_diff(latents, ref_lat) / max_abs(ref_lat);
+      const double e_lat = diffuse_test::rel_error(latents, ref_lat);
       const double e_img = max_abs_diff(as_np_images(images), ref.to_f32(name + ".images"));
       std::printf(
           "[sdxl] sdxl_tiny %s, %zu thread(s): latents %.3g x max|ref| (bound %.3g), images %.3g (bound %.3g)\n",

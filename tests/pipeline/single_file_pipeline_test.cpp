@@ -17,6 +17,7 @@
 
 #include "diffuse/core/error.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
+#include "pipeline/pipeline_fixture.hpp"
 #include "temp_dir.hpp"
 #include "test_util.hpp"
 
@@ -24,17 +25,13 @@ namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 using diffuse::Tensor;
 using diffuse_test::expect_error;
+using diffuse_test::read_json;
 
 namespace {
 
 const fs::path kData = fs::path(DIFFUSE_TEST_DATA_DIR);
 const fs::path kFolder = kData / "pipelines" / "sd_tiny";
 const fs::path kFile = kData / "pipelines" / "sd_tiny_single.safetensors";
-
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  return nlohmann::json::parse(in);
-}
 
 /// The SD 1.x family's layout with the tiny folder's configs and tokenizer.
 pl::SingleFileOptions tiny_options() {
