@@ -603,100 +603,80 @@ Generation::~Generation() = default;
 Generation::Generation(Generation&&) noexcept = default;
 Generation& Generation::operator=(Generation&&) noexcept = default;
 
+namespace {
+/** Runs one stage of a generation: the context's arena capped at the memory limit; an allocation
+ *  failure as memory_error; a value_error with `what()` (what the stage was doing) before its
+ *  message; any exception leaves the generation failed (`failed` set). */
+template <class Body, class What>
+void run_stage(kernels::Context& ctx, std::uint64_t memory_limit, bool& failed, std::string_view where, Body&& body,
+               What&& what) {
+  const ArenaLimit cap(ctx.arena(), resolve_memory_limit(memory_limit));
+  try {
+    body();
+  } catch (const std::bad_alloc& e) {
+    failed = true;
+    rethrow_allocation_failure(where, e);
+  } catch (const std::length_error& e) {
+    failed = true;
+    rethrow_allocation_failure(where, e);
+  } catch (const value_error& e) {
+    failed = true;
+    raise<value_error>(where, what() + e.what());
+  } catch (...) {
+    failed = true;
+    throw;
+  }
+}
+}  // namespace
+
 void Generation::step(kernels::Context& ctx) {
   constexpr std::string_view where = "Generation::step";
   State& s = *s_;
   if (s.failed) raise<value_error>(where, "an earlier step failed; start a new generation");
   if (done()) raise<value_error>(where, "the generation is done (" + std::to_string(num_steps()) + " steps)");
-  if (stage() == Stage::encode) {  // a text model's first stage: the prompts' text states
-    const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
-    try {
-      s.encode(ctx);
-    } catch (const std::bad_alloc& e) {
-      s.failed = true;
-      rethrow_allocation_failure(where, e);
-    } catch (const std::length_error& e) {
-      s.failed = true;
-      rethrow_allocation_failure(where, e);
-    } catch (const value_error& e) {
-      s.failed = true;
-      raise<value_error>(where, std::string("encoding the prompts: ") + e.what());
-    } catch (...) {
-      s.failed = true;
-      throw;
-    }
-    return;
-  }
-  if (stage() == Stage::encode_image) {  // img2img: the init image's encode and the added noise
-    const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
-    try {
-      s.encode_image(ctx);
-    } catch (const std::bad_alloc& e) {
-      s.failed = true;
-      rethrow_allocation_failure(where, e);
-    } catch (const std::length_error& e) {
-      s.failed = true;
-      rethrow_allocation_failure(where, e);
-    } catch (const value_error& e) {
-      s.failed = true;
-      raise<value_error>(where, std::string("encoding init_image: ") + e.what());
-    } catch (...) {
-      s.failed = true;
-      throw;
-    }
-    return;
-  }
-  if (s.sampler->done()) {  // a latent model's last stage: the decode
-    const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
-    try {
-      s.images = decode_latents(s.model, s.x, ctx, s.opt.decode, s.opt.tiny_decode);
-      s.decoded = true;
-    } catch (const std::bad_alloc& e) {
-      s.failed = true;
-      rethrow_allocation_failure(where, e);
-    } catch (const std::length_error& e) {
-      s.failed = true;
-      rethrow_allocation_failure(where, e);
-    } catch (const value_error& e) {
-      s.failed = true;
-      raise<value_error>(where, std::string("decoding the latents: ") + e.what());
-    } catch (...) {
-      s.failed = true;
-      throw;
-    }
-    return;
+  const auto run = [&](auto&& body, auto&& what) { run_stage(ctx, s.opt.memory_limit, s.failed, where, body, what); };
+  switch (stage()) {
+    case Stage::encode:  // a text model's first stage: the prompts' text states
+      run([&] { s.encode(ctx); }, [] { return std::string("encoding the prompts: "); });
+      return;
+    case Stage::encode_image:  // img2img: the init image's encode and the added noise
+      run([&] { s.encode_image(ctx); }, [] { return std::string("encoding init_image: "); });
+      return;
+    case Stage::decode:  // a latent model's last stage: the decode
+      run(
+          [&] {
+            s.images = decode_latents(s.model, s.x, ctx, s.opt.decode, s.opt.tiny_decode);
+            s.decoded = true;
+          },
+          [] { return std::string("decoding the latents: "); });
+      return;
+    case Stage::denoise:
+    case Stage::done:
+      break;
   }
   const std::size_t i = s.sampler->step_index();
   const float sigma = s.sigmas[std::min(i, s.sigmas.size() - 1)];
-  s.ctx = &ctx;
-  const ArenaLimit cap(ctx.arena(), resolve_memory_limit(s.opt.memory_limit));
-  try {
-    s.sampler->step(s.denoiser, s.x, s.noise);
-    // A schedule that ends above sigma 0 (DDIM without set_alpha_to_one): the last sample in the
-    // VP form diffusers returns, x_vp = x_ve / sqrt(1 + sigma^2).
-    if (s.sampler->done() && s.model.space() == NoiseSpace::ve && s.sigmas.back() > 0.0f) {
-      const float k = 1.0f / std::sqrt(1.0f + s.sigmas.back() * s.sigmas.back());
-      for (float& v : s.x.values()) v *= k;
-    }
-  } catch (const std::bad_alloc& e) {
-    s.ctx = nullptr;
-    s.failed = true;
-    rethrow_allocation_failure(where, e);
-  } catch (const std::length_error& e) {
-    s.ctx = nullptr;
-    s.failed = true;
-    rethrow_allocation_failure(where, e);
-  } catch (const value_error& e) {
-    s.ctx = nullptr;
-    s.failed = true;
-    raise<value_error>(where, "step " + std::to_string(i + 1) + " of " + std::to_string(num_steps()) + " (sigma " +
-                                  fmt_float(sigma) + "): " + e.what());
-  } catch (...) {
-    s.ctx = nullptr;
-    s.failed = true;
-    throw;
-  }
-  s.ctx = nullptr;
+  struct ContextFor {  // the network's context, for the duration of the step (exceptions included)
+    State& s;
+    ContextFor(State& st, kernels::Context& c) : s(st) { s.ctx = &c; }
+    ~ContextFor() { s.ctx = nullptr; }
+    ContextFor(const ContextFor&) = delete;
+    ContextFor& operator=(const ContextFor&) = delete;
+  } bound(s, ctx);
+  run(
+      [&] {
+        s.sampler->step(s.denoiser, s.x, s.noise);
+        // A schedule that ends above sigma 0 (DDIM without set_alpha_to_one): the last sample in the
+        // VP form diffusers returns, x_vp = x_ve / sqrt(1 + sigma^2).
+        if (s.sampler->done() && s.model.space() == NoiseSpace::ve && s.sigmas.back() > 0.0f) {
+          const float k = 1.0f / std::sqrt(1.0f + s.sigmas.back() * s.sigmas.back());
+          for (float& v : s.x.values()) v *= k;
+        }
+      },
+      [&] {
+        return "step " + std::to_string(i + 1) + " of " + std::to_string(num_steps()) + " (sigma " + fmt_float(sigma) +
+               "): ";
+      });
 }
 
 Generation::Stage Generation::stage() const {
