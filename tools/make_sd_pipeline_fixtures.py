@@ -131,11 +131,9 @@ def write_tokenizer(folder):
             f.write("\n")
 
 
-def make_text_encoder(seed):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    model = CLIPTextModel(CLIPTextConfig(**TINY_TEXT)).eval()
+def seed_clip_weights(model, seed):
+    """Every parameter of a CLIP text encoder overwritten from one generator, in named_parameters order: embeddings
+    N(0, 0.5), layer norms N(1, 0.1) / N(0, 0.05), biases N(0, 0.05), matrices N(0, 1/fan_in)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -151,11 +149,19 @@ def make_text_encoder(seed):
     return model
 
 
-def make_unet(seed):
+def make_text_encoder(seed, config=None, cls=None):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    model = (cls or CLIPTextModel)(CLIPTextConfig(**(config or TINY_TEXT))).eval()
+    return seed_clip_weights(model, seed)
+
+
+def make_unet(seed, config=None):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    model = UNet2DConditionModel(**TINY_UNET).eval()
+    model = UNet2DConditionModel(**(config or TINY_UNET)).eval()
     mnf.load_weights(model, mnf.generate(mnf.param_list(model), seed))
     return model
 

@@ -122,32 +122,11 @@ def write_tokenizers(folder):
 
 
 def make_text_encoder(cls, config, seed):
-    from transformers import CLIPTextConfig
-
-    torch.manual_seed(0)
-    model = cls(CLIPTextConfig(**config)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # the init of tools/make_sd_pipeline_fixtures.py
-        for name, p in model.named_parameters():
-            if name.endswith("embedding.weight"):
-                mean, std = 0.0, 0.5
-            elif "layer_norm" in name:
-                mean, std = (1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)
-            elif name.endswith("bias"):
-                mean, std = 0.0, 0.05
-            else:
-                mean, std = 0.0, 1.0 / (p.shape[1] ** 0.5)
-            p.copy_(torch.randn(p.shape, generator=g) * std + mean)
-    return model
+    return msd.make_text_encoder(seed, config, cls)
 
 
 def make_unet(seed):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    model = UNet2DConditionModel(**TINY_UNET).eval()
-    mnf.load_weights(model, mnf.generate(mnf.param_list(model), seed))
-    return model
+    return msd.make_unet(seed, TINY_UNET)
 
 
 def scheduler(cls_name):
