@@ -386,16 +386,6 @@ Tensor batch_rows(const Tensor& t, std::size_t first, std::size_t n) {
   std::copy_n(t.data() + first * row, n * row, out.data());
   return out;
 }
-
-/// [a; b] along dim 0.
-Tensor cat_rows(const Tensor& a, const Tensor& b) {
-  Shape shape = a.shape();
-  shape[0] += b.dim(0);
-  Tensor out(shape);
-  std::copy_n(a.data(), a.size(), out.data());
-  std::copy_n(b.data(), b.size(), out.data() + a.size());
-  return out;
-}
 }  // namespace
 
 // The encode stage: every prompt of the generation in one batch, [negative...; prompt...] when
@@ -445,9 +435,9 @@ void Generation::State::encode(kernels::Context& c) {
     uncond.time_ids = cond.time_ids;
   }
   if (cfg) {
-    both.text = cat_rows(uncond.text, cond.text);
-    if (pooled) both.pooled = cat_rows(uncond.pooled, cond.pooled);
-    if (ni.time_ids > 0) both.time_ids = cat_rows(uncond.time_ids, cond.time_ids);
+    both.text = detail::concat_batch(uncond.text, cond.text);
+    if (pooled) both.pooled = detail::concat_batch(uncond.pooled, cond.pooled);
+    if (ni.time_ids > 0) both.time_ids = detail::concat_batch(uncond.time_ids, cond.time_ids);
   }
   encoded = true;
 }
@@ -517,6 +507,7 @@ void Generation::init() {
   const bool budgeted = adaptive(*make_sampler<float>(o.sampler, {1.0f, 0.5f, 0.0f}, params));
   if (budgeted) params.max_steps = static_cast<std::size_t>(*o.steps);
   std::vector<float> sigmas = make_sigmas(model, o.schedule, budgeted ? 2 : *o.steps, o.sampler);
+  const std::vector<float> full_schedule = sigmas;  // before img2img's cut: the timestep table's keys
   if (o.init_image) {  // img2img: the full schedule's noise levels from t_start on (diffusers' get_timesteps)
     const std::size_t t_start = static_cast<std::size_t>(*o.steps) - init_timesteps(*o.steps, *o.strength);
     sigmas.erase(sigmas.begin(), sigmas.begin() + static_cast<std::ptrdiff_t>(t_start));
@@ -544,8 +535,8 @@ void Generation::init() {
   po.integer_timesteps = !flow && rule.integer_timesteps;
   if (!flow && !to_ve && !budgeted) {  // the schedule's own timesteps, where diffusers passes them
     const std::vector<float> ts = schedule_timesteps(model, o.schedule, *o.steps, o.sampler);
-    const std::vector<float> full = make_sigmas(model, o.schedule, *o.steps, o.sampler);
-    for (std::size_t k = 0; k < ts.size() && k < full.size(); ++k) po.timestep_table.emplace_back(full[k], ts[k]);
+    for (std::size_t k = 0; k < ts.size() && k < full_schedule.size(); ++k)
+      po.timestep_table.emplace_back(full_schedule[k], ts[k]);
   }
   State* sp = &s;
   auto branch = [&](const State::Cond& c) {
