@@ -57,7 +57,8 @@ struct GenerateArgs {
   std::string emphasis;         ///< none, ignore, original (default), no_norm
   bool no_winograd = false;     ///< LoadOptions::winograd off: less memory, slower 3x3 convolutions
   std::string init_image;       ///< img2img: the PNG (or any stb_image file) to start from
-  std::string strength;         ///< img2img strength, (0, 1]; empty: 0.8
+  std::string strength;         ///< img2img strength, (0, 1]; empty: 0.8 (1 with a mask)
+  std::string mask;             ///< inpainting: the mask image (white = repaint), with init_image
 };
 
 /// The options of `diffuse tokenize`.

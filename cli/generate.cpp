@@ -240,6 +240,15 @@ int run_generate(const GenerateArgs& a) {
                        "; image-to-image needs a latent model with a VAE to encode the image");
     o.init_image = diffuse::io::to_rgb_tensor(diffuse::io::read_image(a.init_image));
   }
+  if (!a.mask.empty()) {  // read as diffusers' mask processor: PIL's convert("L"), v / 255
+    if (a.init_image.empty()) throw UsageError("--mask is for inpainting: give --init-image (the image to repaint) too");
+    o.mask = diffuse::io::to_mask_tensor(diffuse::io::read_image(a.mask));
+    if (o.mask->dim(2) != o.init_image->dim(2) || o.mask->dim(3) != o.init_image->dim(3))
+      throw UsageError("--mask " + printable(a.mask) + " is " + std::to_string(o.mask->dim(3)) + "x" +
+                       std::to_string(o.mask->dim(2)) + " but --init-image " + printable(a.init_image) + " is " +
+                       std::to_string(o.init_image->dim(3)) + "x" + std::to_string(o.init_image->dim(2)) +
+                       ": give a mask of the image's size");
+  }
   try {
     o = pl::resolve_options(model, o);
   } catch (const diffuse::value_error& e) {

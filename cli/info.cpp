@@ -100,8 +100,12 @@ int run_info(const std::string& path) {
       by = "the tiny VAE (AutoencoderTiny, " + thousands(m.tiny_vae()->parameters()) + " parameters)";
     std::printf("latents       %zu channel%s, %zux%zu, decoded by %s to %zu-channel images of %zux%zu (sizes: "
                 "multiples of %zu)\n",
-                ni.in_channels, ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size, by.c_str(),
+                m.sample_channels(), m.sample_channels() == 1 ? "" : "s", ni.sample_size, ni.sample_size, by.c_str(),
                 m.image_channels(), m.image_size(), m.image_size(), ni.size_multiple * m.latent_scale());
+    if (m.inpainting())
+      std::printf("inpainting    the network takes %zu channels: the latents, the mask and the masked image's latents "
+                  "(--init-image, --mask)\n",
+                  ni.in_channels);
   } else {
     std::printf("sample        %zu channel%s, %zux%zu (sizes: multiples of %zu)\n", ni.in_channels,
                 ni.in_channels == 1 ? "" : "s", ni.sample_size, ni.sample_size, ni.size_multiple);

@@ -93,8 +93,12 @@ int main(int argc, char** argv) {
                   "image-to-image: start from this image (PNG, JPEG, ...; read as RGB) instead of pure noise; its "
                   "size is the output's (latent models with a VAE; docs/img2img.md)");
   gen->add_option("--strength", g.strength,
-                  "with --init-image: how much of the schedule runs, 0 < S <= 1 (default 0.8; 1 = all of it from noise "
-                  "over the image)");
+                  "with --init-image: how much of the schedule runs, 0 < S <= 1 (default 0.8, with --mask 1; 1 = all "
+                  "of it, from noise)");
+  gen->add_option("--mask", g.mask,
+                  "inpainting, with --init-image: a mask image of the same size (read as grey, white = repaint, "
+                  "black = keep; binarized at 50%); an inpainting model sees it, any other has the kept part blended "
+                  "back at every step (docs/inpainting.md)");
   gen->add_flag("-q,--quiet", g.quiet, "no progress and no summary on stderr");
 
   TokenizeArgs tk;

@@ -81,7 +81,7 @@ extern "C" {
 /** The version of this C interface. It grows by one when a function or an enum value is added;
  *  structs grow at their end only (see `struct_size`), so older callers keep working. Compare with
  *  `diffuse_abi_version()` at run time to check the library loaded is at least this new. */
-#define DIFFUSE_ABI_VERSION 4
+#define DIFFUSE_ABI_VERSION 5
 
 /* ---- status codes ---- */
 
@@ -238,7 +238,7 @@ typedef struct diffuse_model_info {
   size_t struct_size;
   const char* name;           /**< folder name, e.g. "digits-dit" */
   const char* architecture;   /**< config _class_name, e.g. "DiTTransformer2DModel" */
-  int channels;               /**< image channels (in_channels) */
+  int channels;               /**< channels of the sample (the network's in_channels; an inpainting model's latents') */
   int sample_size;            /**< native width = height */
   int size_multiple;          /**< width and height must be multiples of this */
   int num_classes;            /**< class labels accepted: 0 .. num_classes-1; 0 = unconditional */
@@ -251,6 +251,9 @@ typedef struct diffuse_model_info {
   /** (ABI 4) 1 when the model generates from a prompt (a text-to-image pipeline: give
    *  diffuse_job_options.prompt), else 0. */
   int text_conditional;
+  /** (ABI 5) 1 for an inpainting model (the 9-channel U-Net of the inpainting checkpoints: it
+   *  takes an init image and a mask), else 0. `channels` is then its latents' (4). */
+  int inpainting;
 } diffuse_model_info;
 
 DIFFUSE_API void diffuse_model_info_init(diffuse_model_info* info);
@@ -333,8 +336,15 @@ typedef struct diffuse_job_options {
   const float* init_image;
   size_t init_image_count;
   /** (ABI 4) With init_image, how much of the schedule runs: 0 < strength <= 1 (of `steps`
-   *  steps, floor(steps x strength) are run, from that noise level on). NaN (initial value): 0.8. */
+   *  steps, floor(steps x strength) are run, from that noise level on). NaN (initial value): 0.8,
+   *  with a mask 1. */
   float strength;
+  /** (ABI 5) Inpainting, with init_image (docs/inpainting.md): `mask_count` floats [1 or batch,
+   *  1, height, width] in [0, 1], 1 (white) = repaint, 0 = keep, binarized at 0.5. An inpainting
+   *  model (diffuse_model_info.inpainting) sees it; any other latent model has the kept part
+   *  blended back after every step. NULL (default): no mask. Copied. */
+  const float* mask;
+  size_t mask_count;
 } diffuse_job_options;
 
 DIFFUSE_API void diffuse_job_options_init(diffuse_job_options* options);
@@ -372,7 +382,7 @@ typedef enum diffuse_stage {
   DIFFUSE_STAGE_DECODE = 1,
   DIFFUSE_STAGE_DONE = 2,
   DIFFUSE_STAGE_ENCODE = 3, /**< (ABI 4) a text model's first step: the prompts' text encoding */
-  DIFFUSE_STAGE_ENCODE_IMAGE = 4, /**< (ABI 4) img2img: the init image's VAE encode (after ENCODE) */
+  DIFFUSE_STAGE_ENCODE_IMAGE = 4, /**< (ABI 4) img2img and inpainting: the VAE encode of the init (and masked) image (after ENCODE) */
   DIFFUSE_STAGE_MAX_ENUM = 0x7fffffff /**< not a stage (see DIFFUSE_STATUS_MAX_ENUM) */
 } diffuse_stage;
 

@@ -609,7 +609,7 @@ diffuse_status diffuse_model_get_info(const diffuse_model* model, diffuse_model_
   diffuse_model_info_init(&full);
   full.name = m->model.name().c_str();
   full.architecture = ni.architecture.c_str();
-  full.channels = static_cast<int>(ni.in_channels);
+  full.channels = static_cast<int>(m->model.sample_channels());
   full.sample_size = static_cast<int>(ni.sample_size);
   full.size_multiple = static_cast<int>(std::max<std::size_t>(ni.size_multiple, 1));
   // num_classes counts the classes a caller picks from: the network's embedding rows minus a
@@ -624,6 +624,7 @@ diffuse_status diffuse_model_get_info(const diffuse_model* model, diffuse_model_
   full.default_steps = d.steps;
   full.default_guidance_scale = m->model.guidable() ? d.cfg_scale : 1.0f;
   full.text_conditional = m->model.text_conditional() ? 1 : 0;
+  full.inpainting = m->model.inpainting() ? 1 : 0;
   const std::size_t n = std::min(info->struct_size, sizeof full) - sizeof(std::size_t);
   std::memcpy(reinterpret_cast<char*>(info) + sizeof(std::size_t), reinterpret_cast<const char*>(&full) + sizeof(std::size_t), n);
   return DIFFUSE_OK;
@@ -662,6 +663,8 @@ void diffuse_job_options_init(diffuse_job_options* o) {
   o->init_image = nullptr;
   o->init_image_count = 0;
   o->strength = std::numeric_limits<float>::quiet_NaN();
+  o->mask = nullptr;
+  o->mask_count = 0;
 }
 
 diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* model, const diffuse_job_options* options,
@@ -761,10 +764,24 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
                                                     std::to_string(o.init_image_count));
     }
     if (!std::isnan(o.strength)) g.strength = o.strength;
+    if (o.mask) {  // inpainting: [1 or batch, 1, height, width]
+      const std::size_t w = g.width.value_or(base.image_size()), h = g.height.value_or(base.image_size());
+      const std::size_t one = h * w;
+      if (o.mask_count != one && o.mask_count != g.batch * one)
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+                 "mask_count is " + std::to_string(o.mask_count) + ", a mask of " + std::to_string(w) + "x" +
+                     std::to_string(h) + " (width x height) has " + std::to_string(one) + " values" +
+                     (g.batch > 1 ? " (or " + std::to_string(g.batch * one) + " for one per image)" : std::string()));
+      diffuse::Tensor mask({o.mask_count / one, 1, h, w});
+      std::memcpy(mask.data(), o.mask, mask.size() * sizeof(float));
+      g.mask = std::move(mask);
+    } else if (o.mask_count != 0) {
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "mask is NULL but mask_count is " + std::to_string(o.mask_count));
+    }
     if (o.initial_noise) {
       const std::size_t ls = base.latent_scale();
       const std::size_t w = g.width.value_or(base.image_size()) / ls, h = g.height.value_or(base.image_size()) / ls;
-      const diffuse::Shape shape{g.batch, base.info().in_channels, h, w};
+      const diffuse::Shape shape{g.batch, base.sample_channels(), h, w};
       if (o.initial_noise_count != diffuse::shape_numel(shape))
         api_fail(DIFFUSE_INVALID_ARGUMENT, where,
                  "initial_noise_count is " + std::to_string(o.initial_noise_count) + ", the noise " +

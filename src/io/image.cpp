@@ -251,6 +251,20 @@ Tensor to_rgb_tensor(const Image& image) {
   return t;
 }
 
+Tensor to_mask_tensor(const Image& image) {
+  check_image(image, "to_mask_tensor");
+  const auto c = static_cast<std::size_t>(image.channels), h = static_cast<std::size_t>(image.height),
+             w = static_cast<std::size_t>(image.width);
+  Tensor t({1, 1, h, w});
+  for (std::size_t i = 0; i < h * w; ++i) {
+    const std::uint8_t* px = &image.pixels[i * c];
+    // PIL's ImagingConvert RGB -> L: the ITU-R 601-2 luma in 16-bit fixed point, rounded.
+    const std::uint32_t l = c >= 3 ? (19595u * px[0] + 38470u * px[1] + 7471u * px[2] + 0x8000u) >> 16 : px[0];
+    t[i] = static_cast<float>(l) / 255.0f;
+  }
+  return t;
+}
+
 Image make_grid(const std::vector<Image>& images, int columns, int padding) {
   if (images.empty()) raise<value_error>("make_grid", "no images");
   if (columns < 1 || padding < 0) raise<value_error>("make_grid", "columns must be >= 1 and padding >= 0");

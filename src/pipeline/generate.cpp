@@ -68,6 +68,9 @@ std::string fmt_float(double v) {
 /// Checks the init image against the model and takes the generation's width and height from it
 /// (before the defaults fill them in). Nothing without one, but a strength alone is refused.
 void resolve_init_image(const Model& model, GenerateOptions& o, std::string_view where) {
+  if (o.mask && !o.init_image)
+    raise<value_error>(where, "a mask is for inpainting: it needs an init_image (the image whose masked part is "
+                              "generated anew)");
   if (!o.init_image) {
     if (o.strength)
       raise<value_error>(where, "strength " + fmt_float(*o.strength) + " is for image-to-image: it needs an init_image");
@@ -98,9 +101,24 @@ void resolve_init_image(const Model& model, GenerateOptions& o, std::string_view
                                   "x" + std::to_string(std::max(mult, H / mult * mult)) + ")");
   for (float v : im.values())
     if (!std::isfinite(v)) raise<value_error>(where, "init_image contains a non-finite value");
+  if (o.mask) {
+    const Tensor& m = *o.mask;
+    if (m.ndim() != 4 || m.dim(1) != 1)
+      raise<value_error>(where, "mask must be [1 or batch, 1, height, width] (one channel, 1 = repaint), got " +
+                                    shape_string(m.shape()));
+    if (m.dim(0) != 1 && m.dim(0) != o.batch)
+      raise<value_error>(where, "give one mask for all images or one per image: " + std::to_string(m.dim(0)) +
+                                    " masks for a batch of " + std::to_string(o.batch));
+    if (m.dim(2) != H || m.dim(3) != W)
+      raise<value_error>(where, "the mask is " + std::to_string(m.dim(3)) + "x" + std::to_string(m.dim(2)) +
+                                    " but init_image is " + std::to_string(W) + "x" + std::to_string(H) +
+                                    ": they must be the same size");
+    for (float v : m.values())
+      if (!std::isfinite(v)) raise<value_error>(where, "the mask contains a non-finite value");
+  }
   o.width = W;
   o.height = H;
-  if (!o.strength) o.strength = 0.8f;  // diffusers' default
+  if (!o.strength) o.strength = o.mask ? 1.0f : 0.8f;  // diffusers' defaults (inpainting, img2img)
   if (!(*o.strength > 0.0f && *o.strength <= 1.0f))
     raise<value_error>(where, "strength must be in (0, 1] (0 keeps the image, 1 replaces it), got " + fmt_float(*o.strength));
 }
@@ -150,6 +168,9 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   if (!o.steps) o.steps = d.steps;
   if (!o.cfg_scale) o.cfg_scale = model.guidable() ? d.cfg_scale : 1.0f;
   resolve_init_image(model, o, where);  // img2img: the size comes from the image
+  if (model.inpainting() && !model.vae())
+    raise<value_error>(where, model.name() + " is an inpainting model: it needs its VAE to encode the masked image "
+                                             "(it has only a tiny VAE)");
   if (!o.width) o.width = model.image_size();
   if (!o.height) o.height = model.image_size();
 
@@ -254,7 +275,7 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
   }
   if (o.initial_noise) {
     const std::size_t ls = model.latent_scale();
-    const Shape want{o.batch, ni.in_channels, *o.height / ls, *o.width / ls};
+    const Shape want{o.batch, model.sample_channels(), *o.height / ls, *o.width / ls};
     if (o.initial_noise->shape() != want)
       raise<value_error>(where, "initial_noise has shape " + shape_string(o.initial_noise->shape()) + ", expected " +
                                     shape_string(want));
@@ -270,7 +291,7 @@ std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOption
                     w = o.width.value_or(model.image_size()) / ls;
   const bool cfg = o.cfg_scale && *o.cfg_scale != 1.0f;
   const double state = static_cast<double>(kGenerationStateTensors) * static_cast<double>(batch) *
-                       static_cast<double>(model.info().in_channels) * static_cast<double>(h) * static_cast<double>(w) *
+                       static_cast<double>(model.sample_channels()) * static_cast<double>(h) * static_cast<double>(w) *
                        sizeof(float);
   const double net = static_cast<double>(model.network().forward_bytes(cfg ? 2 * batch : batch, h, w));
   double total = state + net;
@@ -281,8 +302,11 @@ std::uint64_t estimate_generation_bytes(const Model& model, const GenerateOption
     const double decode = static_cast<double>(tiny ? model.tiny_vae()->decode_bytes(1, h, w)
                                                    : model.vae()->decode_peak_bytes(h, w, o.decode));
     total = std::max(total, state + images + decode);
-    if (o.init_image && model.vae()) {  // img2img: the encode runs image by image, before the sampler
-      const double inputs = static_cast<double>(o.init_image->size()) * sizeof(float);
+    if ((o.init_image || model.inpainting()) && model.vae()) {  // img2img, inpainting: the encodes run image by
+      // image, before the sampler (the init images, the masked images and the masks kept)
+      const double inputs =
+          2.0 * static_cast<double>(o.init_image ? o.init_image->size() : 3 * h * ls * w * ls) * sizeof(float) +
+          (o.mask ? static_cast<double>(o.mask->size()) * sizeof(float) : 0.0);
       const double encode = static_cast<double>(model.vae()->encode_bytes(1, h * ls, w * ls));
       total = std::max(total, state + inputs + encode);
     }
@@ -337,6 +361,17 @@ struct Generation::State {
   Tensor added_noise;
   bool flow_sampler = false;
   bool image_encoded = false;
+  // Inpainting (GenerateOptions::mask, Model::inpainting()): whether the sample starts from pure
+  // noise (strength 1), whether the init image's latents z0 are drawn, the generator before the
+  // masked image's posterior noise, the mask at latent size [1 or B, 1, h, w] in {0, 1}, the
+  // masked image's latents [1 or B, C, h, w] (inpainting model), z0 [1 or B, C, h, w] and whether
+  // the known region is blended back after each step (legacy inpainting).
+  bool from_noise = false;
+  bool draw_z0 = false;
+  bool draw_masked = false;
+  TorchGenerator masked_gen;
+  Tensor mask_latent, masked_latents, image_latents;
+  bool blend = false;
   Tensor empty;
   bool failed = false;
 
@@ -344,6 +379,23 @@ struct Generation::State {
 
   void encode(kernels::Context& c);
   void encode_image(kernels::Context& c);
+  void blend_known_region();
+
+  /// An inpainting network's input: [x_in, mask, masked image latents] along the channels, row r
+  /// of a batch of B or 2B (guidance) taking image r mod B's mask and latents.
+  Tensor inpaint_input(const Tensor& x_in) const {
+    const std::size_t N = x_in.dim(0), C = x_in.dim(1), hw = x_in.dim(2) * x_in.dim(3), B = opt.batch;
+    const std::size_t mc = masked_latents.dim(1);
+    Tensor in({N, C + 1 + mc, x_in.dim(2), x_in.dim(3)});
+    for (std::size_t r = 0; r < N; ++r) {
+      const std::size_t b = r % B;
+      float* o = in.data() + r * (C + 1 + mc) * hw;
+      std::copy_n(x_in.data() + r * C * hw, C * hw, o);
+      std::copy_n(mask_latent.data() + (mask_latent.dim(0) == 1 ? 0 : b) * hw, hw, o + C * hw);
+      std::copy_n(masked_latents.data() + (masked_latents.dim(0) == 1 ? 0 : b) * mc * hw, mc * hw, o + (C + 1) * hw);
+    }
+    return in;
+  }
 
   /// The network as `(x_in, t) -> output` with the conditioning of one branch bound.
   struct Net {
@@ -351,12 +403,15 @@ struct Generation::State {
     const Cond* c;
     Tensor operator()(const Tensor& x_in, float t) const {
       const float ts[1] = {t};
-      if (c->text.size() == 0) return s->model.network().forward(x_in, ts, c->labels, *s->ctx);
+      Tensor joined;
+      if (s->model.inpainting()) joined = s->inpaint_input(x_in);
+      const Tensor& in = s->model.inpainting() ? joined : x_in;
+      if (c->text.size() == 0) return s->model.network().forward(in, ts, c->labels, *s->ctx);
       models::Conditioning mc;
       mc.text = &c->text;
       if (c->pooled.size() != 0) mc.pooled = &c->pooled;
       if (c->time_ids.size() != 0) mc.time_ids = &c->time_ids;
-      return s->model.network().forward_conditioned(x_in, ts, mc, *s->ctx);
+      return s->model.network().forward_conditioned(in, ts, mc, *s->ctx);
     }
   };
   using Parameterized = ParameterizedDenoiser<float, Net>;
@@ -448,29 +503,103 @@ void Generation::State::encode(kernels::Context& c) {
 // noise added at the first noise level (scheduler.add_noise / scale_noise).
 void Generation::State::encode_image(kernels::Context& c) {
   const models::AutoencoderKL& vae = *model.vae();
-  const Tensor& im = *opt.init_image;
-  const std::size_t n = im.dim(0);
-  Tensor moments;
-  for (std::size_t b = 0; b < n; ++b) {
-    const Tensor one = batch_rows(im, b, 1);
-    const Tensor m = vae.encode_moments(one, c);
-    if (b == 0) moments = Tensor({n, m.dim(1), m.dim(2), m.dim(3)});
-    std::copy_n(m.data(), m.size(), moments.data() + b * m.size());
+  const std::size_t B = opt.batch, ls = model.latent_scale();
+  // The posterior moments of `images`, image by image (the activations of one encode).
+  auto moments_of = [&](const Tensor& pictures) {
+    const std::size_t n = pictures.dim(0);
+    Tensor moments;
+    for (std::size_t b = 0; b < n; ++b) {
+      const Tensor m = vae.encode_moments(batch_rows(pictures, b, 1), c);
+      if (b == 0) moments = Tensor({n, m.dim(1), m.dim(2), m.dim(3)});
+      std::copy_n(m.data(), m.size(), moments.data() + b * m.size());
+    }
+    return moments;
+  };
+  auto check = [](const Tensor& t, std::string_view what) {
+    for (float v : t.values())
+      if (!std::isfinite(v)) raise<value_error>("Generation::step", "the VAE encode of " + std::string(what) + " gave a non-finite value");
+  };
+  Tensor z;
+  if (draw_z0) {
+    z = vae.to_model_latents(models::AutoencoderKL::posterior_sample(moments_of(*opt.init_image), posterior_gen));
+    check(z, "init_image");
   }
-  const Tensor z = vae.to_model_latents(models::AutoencoderKL::posterior_sample(moments, posterior_gen));
-  const std::size_t row = z.size() / n, B = opt.batch;
-  const float sigma = sigmas.front();
-  Tensor out(added_noise.shape());
-  for (std::size_t b = 0; b < B; ++b) {
-    const float* z0 = z.data() + (n == 1 ? 0 : b) * row;
-    const float* e = added_noise.data() + b * row;
-    float* px = out.data() + b * row;
-    for (std::size_t i = 0; i < row; ++i) px[i] = flow_sampler ? (1.0f - sigma) * z0[i] + sigma * e[i] : z0[i] + sigma * e[i];
+  // The mask, binarized at 0.5 (diffusers' mask processor), at latent size by nearest sampling
+  // (F.interpolate's default: pixel (ls i, ls j)); all-repaint for an inpainting model without one.
+  if (opt.mask || model.inpainting()) {
+    const std::size_t h = *opt.height / ls, w = *opt.width / ls, H = *opt.height, W = *opt.width;
+    if (opt.mask) {
+      const Tensor& m = *opt.mask;
+      mask_latent = Tensor({m.dim(0), 1, h, w});
+      for (std::size_t b = 0; b < m.dim(0); ++b)
+        for (std::size_t i = 0; i < h; ++i)
+          for (std::size_t j = 0; j < w; ++j)
+            mask_latent.data()[(b * h + i) * w + j] = m.data()[(b * H + i * ls) * W + j * ls] >= 0.5f ? 1.0f : 0.0f;
+    } else {
+      mask_latent = Tensor({1, 1, h, w});
+      std::fill(mask_latent.values().begin(), mask_latent.values().end(), 1.0f);
+    }
   }
-  for (float v : out.values())
-    if (!std::isfinite(v)) raise<value_error>("Generation::step", "the VAE encode of init_image gave a non-finite value");
-  x = std::move(out);
+  if (model.inpainting()) {
+    // The masked image init_image * (mask < 0.5): one per init image or mask (either may be one for
+    // all), encoded and sampled with the generator's draws after the noise; without init_image,
+    // mid grey (0) everywhere, its posterior mean.
+    if (opt.init_image) {
+      const Tensor& im = *opt.init_image;
+      const std::size_t n = std::max(im.dim(0), opt.mask ? opt.mask->dim(0) : std::size_t{1});
+      const std::size_t ch = im.dim(1), H = im.dim(2), W = im.dim(3);
+      Tensor masked({n, ch, H, W});
+      for (std::size_t b = 0; b < n; ++b)
+        for (std::size_t k = 0; k < ch; ++k)
+          for (std::size_t p = 0; p < H * W; ++p) {
+            const float keep =
+                opt.mask ? (opt.mask->data()[(opt.mask->dim(0) == 1 ? 0 : b) * H * W + p] < 0.5f ? 1.0f : 0.0f) : 0.0f;
+            masked.data()[(b * ch + k) * H * W + p] = im.data()[((im.dim(0) == 1 ? 0 : b) * ch + k) * H * W + p] * keep;
+          }
+      masked_latents = vae.to_model_latents(models::AutoencoderKL::posterior_sample(moments_of(masked), masked_gen));
+    } else {
+      const Tensor grey({1, vae.config().in_channels, *opt.height, *opt.width});
+      masked_latents = vae.to_model_latents(models::AutoencoderKL::posterior_mean(moments_of(grey)));
+    }
+    check(masked_latents, "the masked image");
+  }
+  if (blend) image_latents = z;
+  if (!from_noise) {  // z0 plus the noise at the first noise level (scheduler.add_noise / scale_noise)
+    const std::size_t n = z.dim(0), row = z.size() / n;
+    const float sigma = sigmas.front();
+    Tensor out(added_noise.shape());
+    for (std::size_t b = 0; b < B; ++b) {
+      const float* z0 = z.data() + (n == 1 ? 0 : b) * row;
+      const float* e = added_noise.data() + b * row;
+      float* px = out.data() + b * row;
+      for (std::size_t i = 0; i < row; ++i) px[i] = flow_sampler ? (1.0f - sigma) * z0[i] + sigma * e[i] : z0[i] + sigma * e[i];
+    }
+    x = std::move(out);
+  }
   image_encoded = true;
+}
+
+// Legacy inpainting, after each sampler step (diffusers' inpaint loop for a 4-channel U-Net): the
+// known region (mask 0) replaced by z0 noised to the next noise level with the initial noise, the
+// clean z0 after the last step.
+void Generation::State::blend_known_region() {
+  const std::size_t i = sampler->step_index();  // the step just taken is i - 1
+  const bool last = sampler->done();
+  const float sigma = last ? 0.0f : sigmas[std::min(i, sigmas.size() - 1)];
+  const std::size_t B = opt.batch, row = x.size() / B, hw = mask_latent.dim(2) * mask_latent.dim(3);
+  const std::size_t C = row / hw;
+  for (std::size_t b = 0; b < B; ++b) {
+    const float* z0 = image_latents.data() + (image_latents.dim(0) == 1 ? 0 : b) * row;
+    const float* e = added_noise.data() + b * row;
+    const float* m = mask_latent.data() + (mask_latent.dim(0) == 1 ? 0 : b) * hw;
+    float* px = x.data() + b * row;
+    for (std::size_t k = 0; k < C; ++k)
+      for (std::size_t p = 0; p < hw; ++p) {
+        const std::size_t q = k * hw + p;
+        const float known = last ? z0[q] : flow_sampler ? (1.0f - sigma) * z0[q] + sigma * e[q] : z0[q] + sigma * e[q];
+        px[q] = (1.0f - m[p]) * known + m[p] * px[q];
+      }
+  }
 }
 
 Generation::Generation(const Model& model, const GenerateOptions& options) try
@@ -486,7 +615,6 @@ void Generation::init() {
   State& s = *s_;
   const Model& model = s.model;
   const GenerateOptions& o = s.opt;
-  const auto& ni = model.info();
   const bool flow = model.space() == NoiseSpace::flow;
 
   // Labels: cond per image; uncond all null; both = [uncond; cond] (guidance.hpp's batch order).
@@ -560,24 +688,8 @@ void Generation::init() {
   s.denoiser = to_ve ? flow_to_ve(std::move(any)) : std::move(any);
 
   const std::size_t ls = model.latent_scale();
-  if (o.init_image) {
-    // img2img, diffusers' order of draws: the posterior's noise [images, C, h, w] (drawn at the
-    // encode stage from a copy of the generator as it is now: skipped here), then the noise to add
-    // [batch, C, h, w], then the per-step noise. The sample is made at the encode stage.
-    s.posterior_gen = s.gen;
-    (void)randn(s.gen, {o.init_image->dim(0), ni.in_channels, *o.height / ls, *o.width / ls});
-    s.added_noise = randn(s.gen, {o.batch, ni.in_channels, *o.height / ls, *o.width / ls});
-    if (o.initial_noise) s.added_noise = *o.initial_noise;
-    s.flow_sampler = flow && !to_ve;
-    s.x = s.added_noise;
-    s.noise = torch_noise<float>(s.gen);
-    return;
-  }
-
-  // Initial noise, torch.randn(batch, C, H, W) for the seed; per-step noise continues the stream.
-  // Given initial noise replaces the draw, which is still made so the per-step stream is unchanged.
-  s.x = randn(s.gen, {o.batch, ni.in_channels, *o.height / ls, *o.width / ls});
-  if (o.initial_noise) s.x = *o.initial_noise;
+  const std::size_t C = model.sample_channels(), h = *o.height / ls, w = *o.width / ls;
+  // The first sample of a generation from pure noise: randn scaled as the sampler's class starts.
   const float s0 = sigmas.front();
   float scale = 1.0f;
   if (to_ve) {
@@ -585,8 +697,41 @@ void Generation::init() {
   } else if (!flow) {
     scale = initial_noise_factor(model, o.sampler, s0);  // as the sampler's diffusers class starts
   }
-  if (scale != 1.0f)
-    for (float& v : s.x.values()) v *= scale;
+  auto scaled_noise = [scale](Tensor t) {
+    if (scale != 1.0f)
+      for (float& v : t.values()) v *= scale;
+    return t;
+  };
+  if (o.init_image || model.inpainting()) {
+    // img2img and inpainting, diffusers' order of draws: the init image's posterior noise [images,
+    // C, h, w] (drawn at the encode stage from a copy of the generator as it is now: skipped here),
+    // the noise [batch, C, h, w], the masked image's posterior noise (inpainting), then the
+    // per-step noise. Inpainting at strength 1 starts from pure noise (is_strength_max) and then
+    // needs z0 only to blend it back (a 4-channel network).
+    const bool masking = o.mask.has_value() || model.inpainting();
+    s.from_noise = masking && (!o.init_image || *o.strength == 1.0f);
+    s.draw_z0 = o.init_image && !(model.inpainting() && s.from_noise);
+    s.draw_masked = masking && o.init_image;
+    s.blend = o.mask && !model.inpainting();
+    s.posterior_gen = s.gen;
+    if (s.draw_z0) (void)randn(s.gen, {o.init_image->dim(0), C, h, w});
+    s.added_noise = randn(s.gen, {o.batch, C, h, w});
+    if (o.initial_noise) s.added_noise = *o.initial_noise;
+    if (s.draw_masked) {
+      s.masked_gen = s.gen;
+      (void)randn(s.gen, {std::max(o.init_image->dim(0), o.mask ? o.mask->dim(0) : std::size_t{1}), C, h, w});
+    }
+    s.flow_sampler = flow && !to_ve;
+    s.x = s.from_noise ? scaled_noise(s.added_noise) : s.added_noise;
+    s.noise = torch_noise<float>(s.gen);
+    return;
+  }
+
+  // Initial noise, torch.randn(batch, C, H, W) for the seed; per-step noise continues the stream.
+  // Given initial noise replaces the draw, which is still made so the per-step stream is unchanged.
+  s.x = randn(s.gen, {o.batch, C, h, w});
+  if (o.initial_noise) s.x = *o.initial_noise;
+  s.x = scaled_noise(std::move(s.x));
   s.noise = torch_noise<float>(s.gen);
 }
 
@@ -663,6 +808,7 @@ void Generation::step(kernels::Context& ctx) {
           const float k = 1.0f / std::sqrt(1.0f + s.sigmas.back() * s.sigmas.back());
           for (float& v : s.x.values()) v *= k;
         }
+        if (s.blend) s.blend_known_region();
       },
       [&] {
         return "step " + std::to_string(i + 1) + " of " + std::to_string(num_steps()) + " (sigma " + fmt_float(sigma) +
@@ -672,7 +818,7 @@ void Generation::step(kernels::Context& ctx) {
 
 Generation::Stage Generation::stage() const {
   if (s_->model.text_conditional() && !s_->encoded) return Stage::encode;
-  if (s_->opt.init_image && !s_->image_encoded) return Stage::encode_image;
+  if ((s_->opt.init_image || s_->model.inpainting()) && !s_->image_encoded) return Stage::encode_image;
   if (!s_->sampler->done()) return Stage::denoise;
   if (s_->model.latent() && !s_->decoded) return Stage::decode;
   return Stage::done;
@@ -720,7 +866,7 @@ Tensor decode_latents(const Model& model, const Tensor& latents, kernels::Contex
   if (tiny && !model.tiny_vae())
     raise<value_error>(where, model.name() + " has no tiny VAE (TAESD) to decode with; set one (--preview-vae)");
   tiny = tiny || !model.vae();
-  const std::size_t lc = model.info().in_channels;
+  const std::size_t lc = model.sample_channels();
   if (latents.ndim() != 4 || latents.dim(1) != lc)
     raise<shape_error>(where, "latents must be [B, " + std::to_string(lc) + ", h, w], got " + shape_string(latents.shape()));
   const std::size_t B = latents.dim(0), C = latents.dim(1), h = latents.dim(2), w = latents.dim(3);

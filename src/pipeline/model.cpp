@@ -230,10 +230,6 @@ Model Model::load_single_file(const fs::path& file, const SingleFileOptions& so,
   const models::CheckpointInfo info =
       so.checkpoint ? *so.checkpoint : models::detect_checkpoint(io::ModelDir::open(file), {so.prediction_type});
   const std::string label = file.string();
-  if (info.family == models::CheckpointFamily::sd1_inpaint || info.family == models::CheckpointFamily::sd2_inpaint ||
-      info.family == models::CheckpointFamily::sdxl_inpaint)
-    raise<value_error>(where, label + " is an inpainting checkpoint (" + std::string(models::family_name(info.family)) +
-                                  ": a 9-channel U-Net); inpainting is not supported yet");
   Model m;
   try {
     auto unet = std::make_shared<models::UNet2DConditionModel>(models::UNet2DConditionModel::load_original(
@@ -269,7 +265,10 @@ Model Model::load_single_file(const fs::path& file, const SingleFileOptions& so,
   m.name_ = file.stem().string();
   m.weights_bytes_ = fs::file_size(file, ec);
   const bool xl = info.family == models::CheckpointFamily::sdxl || info.family == models::CheckpointFamily::sdxl_inpaint;
-  m.pipeline_class_ = xl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline";
+  const bool inpaint = info.family == models::CheckpointFamily::sd1_inpaint ||
+                       info.family == models::CheckpointFamily::sd2_inpaint ||
+                       info.family == models::CheckpointFamily::sdxl_inpaint;
+  m.pipeline_class_ = std::string(xl ? "StableDiffusionXL" : "StableDiffusion") + (inpaint ? "InpaintPipeline" : "Pipeline");
   m.check_latent_channels(m.vae_->config().latent_channels, "VAE", where);
   m.init(info.scheduler_config);
   return m;
@@ -277,6 +276,7 @@ Model Model::load_single_file(const fs::path& file, const SingleFileOptions& so,
 
 void Model::check_latent_channels(std::size_t lc, std::string_view what, std::string_view where) const {
   const auto& ni = info();
+  if (lc == ni.out_channels && ni.in_channels == 2 * lc + 1) return;  // an inpainting network (Model::inpainting)
   if (lc != ni.in_channels || lc != ni.out_channels)
     raise<value_error>(where, "the " + std::string(what) + "'s latents have " + std::to_string(lc) +
                                   " channels, but the network (" + ni.architecture + ") takes " +

@@ -86,11 +86,13 @@ TEST(SingleFilePipeline, RefusesWhatItCannotRead) {
   expect_error<diffuse::format_error>(
       [&] { (void)pl::Model::load(kFolder / "vae" / "diffusion_pytorch_model.safetensors"); },
       {"diffusion_pytorch_model.safetensors"});
-  // An inpainting family is refused by name.
+  // An inpainting configuration (9 input channels) over a text-to-image U-Net: the first conv's
+  // shape disagrees, named.
   auto inpaint = tiny_options();
   inpaint.checkpoint->family = diffuse::models::CheckpointFamily::sd1_inpaint;
-  expect_error<diffuse::value_error>([&] { (void)pl::Model::load_single_file(kFile, inpaint); },
-                                     {"inpainting checkpoint", "not supported yet"});
+  inpaint.checkpoint->unet_config["in_channels"] = 9;
+  expect_error<diffuse::error>([&] { (void)pl::Model::load_single_file(kFile, inpaint); },
+                               {"model.diffusion_model.input_blocks.0.0.weight"});
   // The built-in CLIP vocabulary has ids the tiny encoder (1,000 tokens) cannot embed: refused at encode.
   auto builtin = tiny_options();
   builtin.tokenizer.clear();

@@ -63,6 +63,12 @@ DIFFUSE_API Tensor image_to_tensor(const Image& image);
  *  values are the bits diffusers gives the VAE). value_error for an inconsistent image. */
 DIFFUSE_API Tensor to_rgb_tensor(const Image& image);
 
+/** An 8-bit image as an inpainting mask [1, 1, H, W] in [0, 1] (white = repaint), as diffusers'
+ *  mask processor reads a file: PIL's `convert("L")` (L = (19595 R + 38470 G + 7471 B + 2^15)
+ *  >> 16 for colour, alpha dropped), then v / 255. The pipeline binarizes it at 0.5.
+ *  value_error for an inconsistent image. */
+DIFFUSE_API Tensor to_mask_tensor(const Image& image);
+
 /// Lays out `images` (all the same size) in a grid of `columns` columns, `padding` pixels apart.
 DIFFUSE_API Image make_grid(const std::vector<Image>& images, int columns, int padding = 2);
 

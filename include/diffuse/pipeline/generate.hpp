@@ -112,7 +112,23 @@ struct GenerateOptions {
    *  posterior noise [images, C, h, w], the added noise [batch, C, h, w] (`initial_noise` replaces
    *  it, the draw is still made), then a stochastic sampler's per-step noise. */
   std::optional<Tensor> init_image;
-  /** How much of the schedule img2img runs, 0 < strength <= 1; unset: 0.8 (diffusers' default).
+  /** Inpainting (diffusers' StableDiffusionInpaintPipeline; docs/inpainting.md): which pixels of
+   *  init_image are generated anew, [1 or batch, 1, H, W] at init_image's size, 1 (white) =
+   *  repaint, 0 = keep; binarized at 0.5 as diffusers' mask processor does (io::to_mask_tensor
+   *  makes it of a PNG). Needs init_image. With an inpainting model (Model::inpainting(), the
+   *  9-channel U-Net) the network sees the mask and the masked image's latents at every step; with
+   *  any other latent model the known region is blended back after every step ("legacy"
+   *  inpainting): x = (1 - m) (z0 + sigma_next noise) + m x, the clean z0 after the last step.
+   *  strength defaults to 1 here, which starts from pure noise (not z0 plus noise). The generator's
+   *  draws, in diffusers' order: the init image's posterior noise (unless an inpainting model
+   *  starts from pure noise), the noise [batch, C, h, w], the masked image's posterior noise (made
+   *  for any model, used by an inpainting one), then the per-step noise.
+   *  An inpainting model without a mask is given an all-repaint mask and a masked image of 0 (mid
+   *  grey), as A1111 conditions it for text-to-image and image-to-image; without init_image that
+   *  image's latents are the posterior mean (no draw). */
+  std::optional<Tensor> mask;
+  /** How much of the schedule img2img runs, 0 < strength <= 1; unset: 0.8 (diffusers' default;
+   *  1 with a mask).
    *  With n steps, init_timestep = min(floor(n strength), n) steps are run, from the full schedule's
    *  noise level t_start = n - init_timestep on (at least one: floor(n strength) >= 1). Needs
    *  init_image. */
@@ -142,7 +158,8 @@ inline constexpr std::size_t kGenerationStateTensors = 12;
  *  cfg_scale not finite (or != 1 without a null class), batch 0 or > 4096, labels missing, of the
  *  wrong count or out of range, width/height 0, > 4096 or not a multiple of the network's;
  *  init_image for a model without a VAE, of the wrong shape, batch or size, or disagreeing with
- *  width/height; strength without init_image, outside (0, 1] or running no step. Throws
+ *  width/height; strength without init_image, outside (0, 1] or running no step; a mask without
+ *  init_image, of the wrong shape, batch or size, or not finite. Throws
  *  memory_error when estimate_generation_bytes exceeds the memory limit (how much, for what). */
 DIFFUSE_API GenerateOptions resolve_options(const Model& model, const GenerateOptions& options);
 
@@ -167,8 +184,9 @@ class DIFFUSE_API Generation {
    *  or the sampler produce a non-finite value. After an exception the generation is unusable. */
   void step(kernels::Context& ctx);
 
-  /// Which part runs at the next step(): (text models) the prompts' encoding, (img2img) the init
-  /// image's VAE encode and the added noise, the sampler, then (latent models) the VAE decode.
+  /// Which part runs at the next step(): (text models) the prompts' encoding, (img2img and
+  /// inpainting) the VAE encode of the init image and the masked image and the added noise, the
+  /// sampler, then (latent models) the VAE decode.
   enum class Stage { encode, encode_image, denoise, decode, done };
   Stage stage() const;
   /// True once the images are ready (after the decode of a latent model).

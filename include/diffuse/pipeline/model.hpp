@@ -189,6 +189,16 @@ class DIFFUSE_API Model {
   std::size_t latent_scale() const noexcept {
     return vae_ ? vae_->scale_factor() : tiny_ ? tiny_->decoder_scale_factor() : 1;
   }
+  /** True for an inpainting model: a latent model whose network takes 2 C + 1 input channels for
+   *  C latent channels (the 9-channel U-Net of stable-diffusion-inpainting: the noisy latents, the
+   *  mask at latent size and the masked image's latents, concatenated along the channels). */
+  bool inpainting() const noexcept {
+    const auto& ni = info();
+    return latent() && ni.in_channels == 2 * ni.out_channels + 1;
+  }
+  /// Channels of the sample the sampler walks: the network's input channels, or an inpainting
+  /// model's latent channels (its output channels).
+  std::size_t sample_channels() const noexcept { return inpainting() ? info().out_channels : info().in_channels; }
   /// Channels of the generated image (the VAE's out_channels, else the network's).
   std::size_t image_channels() const noexcept {
     return vae_ ? vae_->config().out_channels : tiny_ ? tiny_->config().out_channels : info().in_channels;
