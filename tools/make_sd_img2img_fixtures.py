@@ -20,7 +20,9 @@ The pipeline is loaded with from_pretrained from the folder (float32); the cases
 `Class.from_config` of the folder's scheduler_config.json as written (absent keys take the class's defaults), as the
 text-to-image fixtures do.
 """
+import contextlib
 import copy
+import importlib
 import json
 import os
 
@@ -32,6 +34,7 @@ from safetensors.torch import save_file
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "tests", "data", "pipelines")
 FOLDER = os.path.join(OUT, "sd_tiny")
+INIT_PNG = os.path.join(OUT, "sd_tiny_img2img_init.png")
 
 # Each case: diffusers class, prompts (the batch), the number of init images (1: repeated for every prompt, as
 # diffusers does; 2: the image and its mirror), strength, seed, guidance, steps.
@@ -77,6 +80,20 @@ def init_pixels():
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
+def init_images():
+    """The init PNG as diffusers.utils.load_image reads a file, and its left-right mirror (PIL RGB images)."""
+    pil = [Image.open(INIT_PNG).convert("RGB")]
+    return pil + [pil[0].transpose(Image.FLIP_LEFT_RIGHT)]
+
+
+def folder_scheduler(cls_name):
+    """`Class.from_config` of the folder's scheduler_config.json as written (absent keys take the class's defaults)."""
+    import diffusers
+
+    with open(os.path.join(FOLDER, "scheduler", "scheduler_config.json")) as f:
+        return getattr(diffusers, cls_name).from_config(json.load(f))
+
+
 def pndm_timesteps(pipe, steps, strength):
     """PNDM's timesteps for img2img without the misalignment: distinct[t_start:] with the second one repeated."""
     full = [int(t) for t in pipe.scheduler.timesteps]
@@ -115,6 +132,22 @@ def f32_draws():
     return orig, draw
 
 
+@contextlib.contextmanager
+def drawing_f32(module_names):
+    """Within the block, randn_tensor as the named modules call it draws in float32 (f32_draws)."""
+    _, draw = f32_draws()
+    patched = []
+    try:
+        for name in module_names:
+            mod = importlib.import_module(name)
+            patched.append((mod, mod.randn_tensor))
+            mod.randn_tensor = draw
+        yield
+    finally:
+        for mod, fn in patched:
+            mod.randn_tensor = fn
+
+
 RANDN_USERS = ["diffusers.models.autoencoders.vae",
                "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img"]
 
@@ -139,9 +172,6 @@ def log_sigma_timesteps(unet, sched):
 
 @torch.no_grad()
 def run(base, case, pil_images, double=False, log_t=False):
-    import importlib
-
-    import diffusers
     from diffusers import StableDiffusionImg2ImgPipeline
 
     unet, vae, text_encoder = base.unet, base.vae, base.text_encoder
@@ -149,8 +179,7 @@ def run(base, case, pil_images, double=False, log_t=False):
         unet, vae, text_encoder = (copy.deepcopy(m).double() for m in (unet, vae, text_encoder))
     else:
         vae = copy.deepcopy(vae)
-    with open(os.path.join(FOLDER, "scheduler", "scheduler_config.json")) as f:
-        sched = getattr(diffusers, case["cls"]).from_config(json.load(f))
+    sched = folder_scheduler(case["cls"])
     pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=base.tokenizer, unet=unet,
                                           scheduler=sched, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
@@ -166,18 +195,8 @@ def run(base, case, pil_images, double=False, log_t=False):
                   generator=torch.Generator().manual_seed(case["seed"]))
     if case.get("consistent_pndm"):
         pipe.get_timesteps = lambda n, strength, device: pndm_timesteps(pipe, n, strength)
-    patched = []
-    if double:
-        _, draw = f32_draws()
-        for name in RANDN_USERS:
-            mod = importlib.import_module(name)
-            patched.append((mod, mod.randn_tensor))
-            mod.randn_tensor = draw
-    try:
+    with drawing_f32(RANDN_USERS if double else []):
         images = pipe(**kwargs).images
-    finally:
-        for mod, fn in patched:
-            mod.randn_tensor = fn
     dtype = torch.float64 if double else torch.float32
     latents = (dec.x * vae.config.scaling_factor).to(dtype)
     ran, _ = pipe.get_timesteps(case["steps"], case["strength"], "cpu")  # the timesteps the loop walked
@@ -189,10 +208,8 @@ def main():
 
     torch.set_num_threads(2)
     pixels = init_pixels()
-    png = os.path.join(OUT, "sd_tiny_img2img_init.png")
-    Image.fromarray(pixels, "RGB").save(png)
-    pil = [Image.open(png).convert("RGB")]  # as diffusers.utils.load_image reads a file
-    pil.append(pil[0].transpose(Image.FLIP_LEFT_RIGHT))
+    Image.fromarray(pixels, "RGB").save(INIT_PNG)
+    pil = init_images()
     base = StableDiffusionImg2ImgPipeline.from_pretrained(FOLDER, torch_dtype=torch.float32, safety_checker=None,
                                                           requires_safety_checker=False)
 
