@@ -1159,3 +1159,66 @@ TEST(CApi, Abi4ImageToImage) {
   EXPECT_NE(c.error().find("needs a VAE"), std::string::npos) << c.error();
   EXPECT_EQ(bad, nullptr);
 }
+
+TEST(CApi, Abi5Inpainting) {
+  const std::string sd = std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/pipelines/sd_tiny";
+  const std::string data = std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/pipelines/";
+  const diffuse::Tensor init = diffuse::io::to_rgb_tensor(diffuse::io::read_image(data + "sd_tiny_img2img_init.png"));
+  const diffuse::Tensor mask = diffuse::io::to_mask_tensor(diffuse::io::read_image(data + "sd_tiny_inpaint_mask.png"));
+  EXPECT_EQ(diffuse_abi_version(), 5);
+  Ctx c;
+  Model m(c, sd);
+  diffuse_model_info info;
+  diffuse_model_info_init(&info);
+  ASSERT_EQ(diffuse_model_get_info(m.p, &info), DIFFUSE_OK);
+  EXPECT_EQ(info.inpainting, 0);  // a 4-channel U-Net: the blend
+  EXPECT_EQ(info.channels, 4);
+  diffuse_job_options o;
+  diffuse_job_options_init(&o);
+  EXPECT_EQ(o.mask, nullptr);
+  EXPECT_EQ(o.mask_count, 0u);
+  o = options(4, -1, 3);
+  o.prompt = "a red apple";
+  o.sampler = "euler_a";
+  o.init_image = init.data();
+  o.init_image_count = init.size();
+  o.mask = mask.data();
+  o.mask_count = mask.size();
+  Job j(c, m, o);
+  ASSERT_EQ(diffuse_job_run(j.p), DIFFUSE_OK) << c.error();
+  std::vector<float> got(3 * 64 * 64);
+  ASSERT_EQ(diffuse_job_result_f32(j.p, 0, got.data(), got.size()), DIFFUSE_OK);
+  EXPECT_NE(std::string(diffuse_job_parameters(j.p, 0)).find("Denoising strength: 1"), std::string::npos);
+
+  // The C++ API with the same options: the same bits.
+  const auto model = pl::Model::load(sd);
+  pl::GenerateOptions go;
+  go.steps = 4;
+  go.seed = 3;
+  go.sampler = "euler_a";
+  go.prompts = {"a red apple"};
+  go.init_image = init;
+  go.mask = mask;
+  diffuse::kernels::Context kctx(1);
+  const diffuse::Tensor t = pl::generate(model, go, kctx);
+  ASSERT_EQ(t.size(), got.size());
+  EXPECT_EQ(std::memcmp(t.data(), got.data(), got.size() * sizeof(float)), 0);
+
+  // Refused: a count that is no mask of the job's size, a count without data, a mask without an init image.
+  diffuse_job* bad = nullptr;
+  auto b = o;
+  b.mask_count = mask.size() + 1;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("mask_count is 4097, a mask of 64x64 (width x height) has 4096 values"), std::string::npos)
+      << c.error();
+  b = o;
+  b.mask = nullptr;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("mask is NULL but mask_count is 4096"), std::string::npos) << c.error();
+  b = o;
+  b.init_image = nullptr;
+  b.init_image_count = 0;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &b, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("needs an init_image"), std::string::npos) << c.error();
+  EXPECT_EQ(bad, nullptr);
+}

@@ -22,8 +22,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "diffuse/core/error.hpp"
 #include "diffuse/core/random.hpp"
@@ -31,14 +34,17 @@
 #include "diffuse/io/safetensors.hpp"
 #include "diffuse/pipeline/pipeline.hpp"
 #include "pipeline/pipeline_fixture.hpp"
+#include "temp_dir.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
 namespace pl = diffuse::pipeline;
 using diffuse::Tensor;
 using diffuse_test::expect_error;
+using diffuse_test::as_np_images;
 using diffuse_test::max_abs;
 using diffuse_test::max_abs_diff;
+using diffuse_test::sampler_of;
 
 namespace {
 
@@ -71,6 +77,51 @@ pl::GenerateOptions base_options(const std::string& sampler, float strength) {
   o.init_image = init_image();
   o.strength = strength;
   return o;
+}
+
+const diffuse::io::SafetensorsFile& ref() {
+  static const auto f = diffuse::io::SafetensorsFile::open(kData / "sd_tiny_inpaint.safetensors");
+  return f;
+}
+
+nlohmann::json fixture() {
+  std::ifstream in(kData / "sd_tiny_inpaint.json");
+  return nlohmann::json::parse(in);
+}
+
+/// The tiny SD folder with the 9-channel U-Net in place of its own, assembled in a temp folder (the
+/// fixture keeps only the U-Net), as StableDiffusionInpaintPipeline.
+class InpaintFolder {
+ public:
+  InpaintFolder() : dir_("inpaint") {
+    for (const char* part : {"scheduler", "text_encoder", "tokenizer", "vae"})
+      fs::copy(kTiny / part, dir_.path() / part, fs::copy_options::recursive);
+    fs::copy(kData / "sd_tiny_inpaint_unet", dir_.path() / "unet", fs::copy_options::recursive);
+    nlohmann::json index = diffuse_test::read_json(kTiny / "model_index.json");
+    index["_class_name"] = "StableDiffusionInpaintPipeline";
+    diffuse_test::write_json(dir_.path() / "model_index.json", index);
+  }
+  const fs::path& path() const { return dir_.path(); }
+
+ private:
+  diffuse_test::TempDir dir_;
+};
+
+const pl::Model& inpainting_model() {
+  static const InpaintFolder folder;
+  static const pl::Model m = pl::Model::load(folder.path());
+  return m;
+}
+
+/// [n, C, H, W] of `t` [1, C, H, W]: it, then (n = 2) it mirrored left-right.
+Tensor with_mirror(const Tensor& t, std::size_t n) {
+  if (n == 1) return t;
+  const std::size_t C = t.dim(1), H = t.dim(2), W = t.dim(3);
+  Tensor out({2, C, H, W});
+  std::copy_n(t.data(), t.size(), out.data());
+  for (std::size_t r = 0; r < C * H; ++r)
+    for (std::size_t x = 0; x < W; ++x) out.data()[t.size() + r * W + x] = t.data()[r * W + (W - 1 - x)];
+  return out;
 }
 
 Tensor run(const pl::Model& m, const pl::GenerateOptions& o) {
@@ -169,4 +220,97 @@ TEST(Inpaint, MaskFromAnImageIsPilsGrey) {
   const Tensor g = diffuse::io::to_mask_tensor(ga);
   EXPECT_EQ(g[0], 200.0f / 255.0f);
   EXPECT_EQ(g[1], 7.0f / 255.0f);
+}
+
+TEST(Inpaint, TheMaskPngsReadAsDiffusersReadsThem) {
+  // Grey mask: PIL's "L" as is; RGB mask: PIL's convert("L") (values at the threshold included).
+  const Tensor grey = diffuse::io::to_mask_tensor(diffuse::io::read_image(kData / "sd_tiny_inpaint_mask.png"));
+  const Tensor rgb = diffuse::io::to_mask_tensor(diffuse::io::read_image(kData / "sd_tiny_inpaint_mask_rgb.png"));
+  EXPECT_EQ(max_abs_diff(rgb, ref().to_f32("mask_rgb.gray")), 0.0);
+  // Binarized at 0.5 as the mask processor does.
+  for (const auto& [mask, key] : {std::pair{&grey, "mask.condition"}, std::pair{&rgb, "mask_rgb.condition"}}) {
+    const Tensor cond = ref().to_f32(key);
+    ASSERT_EQ(cond.shape(), mask->shape());
+    for (std::size_t i = 0; i < cond.size(); ++i) ASSERT_EQ(cond[i], (*mask)[i] >= 0.5f ? 1.0f : 0.0f) << key << " " << i;
+  }
+}
+
+TEST(Inpaint, GenerationsMatchDiffusersStableDiffusionInpaintPipeline) {
+  const nlohmann::json all = fixture().at("cases");
+  const pl::Model& nine = inpainting_model();
+  EXPECT_TRUE(nine.inpainting());
+  EXPECT_FALSE(tiny().inpainting());
+  EXPECT_EQ(nine.sample_channels(), 4u);
+  EXPECT_EQ(nine.info().in_channels, 9u);
+  const Tensor grey = diffuse::io::to_mask_tensor(diffuse::io::read_image(kData / "sd_tiny_inpaint_mask.png"));
+  const Tensor rgb = diffuse::io::to_mask_tensor(diffuse::io::read_image(kData / "sd_tiny_inpaint_mask_rgb.png"));
+  std::size_t checked = 0;
+  for (const auto& [name, c] : all.items()) {
+    const bool legacy = c.at("unet") == "sd_tiny";
+    const pl::Model& m = legacy ? tiny() : nine;
+    // Bound: 20 x torch's own f32-vs-f64 difference on the case, floored at 2e-5 (latents relative
+    // to max |ref|, [0, 1] images absolute), as the img2img test.
+    const double bound_lat = std::max(20 * c.at("torch_f32_vs_f64_latents").get<double>(), 2e-5);
+    const double bound_img = std::max(20 * c.at("torch_f32_vs_f64_images").get<double>(), 2e-5);
+    pl::GenerateOptions o;
+    o.sampler = sampler_of(c.at("cls").get<std::string>());
+    o.schedule = "default";
+    o.steps = c.at("steps").get<int>();
+    o.cfg_scale = c.at("guidance").get<float>();
+    o.seed = c.at("seed").get<std::uint64_t>();
+    o.prompts = c.at("prompt").get<std::vector<std::string>>();
+    if (c.contains("negative") && !c.at("negative").is_null())
+      o.negative_prompts = c.at("negative").get<std::vector<std::string>>();
+    o.batch = o.prompts.size();
+    o.init_image = with_mirror(init_image(), c.at("images").get<std::size_t>());
+    o.mask = with_mirror(c.at("mask") == "mask_rgb" ? rgb : grey, c.at("masks").get<std::size_t>());
+    o.strength = c.at("strength").get<float>();
+    Tensor first;
+    for (std::size_t threads : {1u, 2u}) {
+      diffuse::kernels::Context ctx(threads);
+      pl::Generation g(m, o);
+      EXPECT_EQ(g.num_steps(), c.at("timesteps").size()) << name;
+      g.step(ctx);
+      ASSERT_EQ(g.stage(), pl::Generation::Stage::encode_image) << name;
+      while (!g.done()) {
+        if (g.stage() == pl::Generation::Stage::decode) {
+          const double e_lat = diffuse_test::rel_error(g.latents(), ref().to_f32(name + ".latents"));
+          std::printf("[inpaint] %s (%s U-Net), %zu thread(s): latents %.3g x max|ref| (bound %.3g)\n", name.c_str(),
+                      legacy ? "4-channel, blended" : "9-channel", threads, e_lat, bound_lat);
+          EXPECT_LE(e_lat, bound_lat) << name;
+        }
+        g.step(ctx);
+      }
+      if (ref().contains(name + ".images")) {
+        const double e_img = max_abs_diff(as_np_images(g.result()), ref().to_f32(name + ".images"));
+        std::printf("[inpaint] %s: images %.3g (bound %.3g)\n", name.c_str(), e_img, bound_img);
+        EXPECT_LE(e_img, bound_img) << name;
+      }
+      if (threads == 1) {
+        first = g.result();
+      } else {
+        EXPECT_EQ(max_abs_diff(first, g.result()), 0.0) << name << ": the thread count changed the bits";
+      }
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 13u);
+}
+
+// An inpainting model without a mask (A1111's conditioning for text-to-image and image-to-image):
+// an all-repaint mask and a mid-grey masked image, the same as giving them.
+TEST(Inpaint, AnInpaintingModelWithoutAMaskRepaintsEverything) {
+  const pl::Model& nine = inpainting_model();
+  auto o = base_options("euler", 0.7f);
+  const Tensor without = run(nine, o);
+  o.mask = filled_mask(1.0f);
+  EXPECT_EQ(max_abs_diff(run(nine, o), without), 0.0);
+  // Text-to-image with it: runs (the masked image's latents are the posterior mean of grey).
+  pl::GenerateOptions t2i;
+  t2i.prompts = {"a red apple"};
+  t2i.steps = 3;
+  t2i.sampler = "euler";
+  const Tensor out = run(nine, t2i);
+  EXPECT_EQ(out.shape(), (diffuse::Shape{1, 4, 8, 8}));
+  EXPECT_GT(max_abs(out), 0.0);
 }
