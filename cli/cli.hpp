@@ -36,6 +36,8 @@ struct GenerateArgs {
   double cfg_scale = 0;
   bool cfg_set = false;
   std::string seed = "42";
+  std::string rng;              ///< torch (default) | a1111-cpu | a1111-nv (aliases cpu, nv, gpu, cuda)
+  std::string noise_seed_delta; ///< A1111's ENSD, with an A1111 rng
   std::string batch;  ///< not given: one per class given, else 1
   std::string width, height;
   std::string threads = "0";  ///< 0: one per hardware thread

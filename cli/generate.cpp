@@ -198,6 +198,18 @@ int run_generate(const GenerateArgs& a) {
   if (steps_set) o.steps = steps;
   if (a.cfg_set) o.cfg_scale = static_cast<float>(a.cfg_scale);
   o.seed = seed;
+  if (!a.rng.empty()) {
+    if (a.rng == "torch" || a.rng == "diffusers") o.rng = diffuse::NoiseRng::torch;
+    else if (a.rng == "a1111-nv" || a.rng == "nv" || a.rng == "gpu" || a.rng == "cuda") o.rng = diffuse::NoiseRng::a1111_nv;
+    else if (a.rng == "a1111-cpu" || a.rng == "cpu") o.rng = diffuse::NoiseRng::a1111_cpu;
+    else throw UsageError("--rng must be torch, a1111-nv or a1111-cpu, got '" + printable(a.rng) + "'");
+  }
+  if (!a.noise_seed_delta.empty()) {
+    if (o.rng == diffuse::NoiseRng::torch)
+      throw UsageError("--noise-seed-delta (A1111's ENSD) needs --rng a1111-nv or a1111-cpu");
+    o.noise_seed_delta =
+        whole_number("--noise-seed-delta", a.noise_seed_delta, 0, std::numeric_limits<std::uint64_t>::max());
+  }
   o.memory_limit = memory_limit;
   o.batch = batch > 0 ? batch : std::max<std::size_t>(o.labels.size(), 1);
   // A class list repeats to fill a batch that is a multiple of it ("--class all --batch 30").

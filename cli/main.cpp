@@ -57,6 +57,13 @@ int main(int argc, char** argv) {
   gen->add_option("--steps", g.steps, "sampling steps, 1..10000 (dpm_adaptive: the most trial steps, see `diffuse list`)");
   CLI::Option* cfg = gen->add_option("--cfg-scale", g.cfg_scale, "classifier-free guidance scale (1 = none)");
   gen->add_option("--seed", g.seed, "seed of the torch-identical noise")->capture_default_str();
+  gen->add_option("--rng", g.rng,
+                  "what the seed means: torch (default: diffusers, one torch CPU generator for the batch), a1111-nv "
+                  "(A1111's NV / GPU source and stable-diffusion.cpp's default: image i has Philox seed + i; "
+                  "aliases nv, gpu, cuda) or a1111-cpu (A1111's CPU source; alias cpu)");
+  gen->add_option("--noise-seed-delta", g.noise_seed_delta,
+                  "A1111's Eta noise seed delta (ENSD, e.g. 31337), with --rng a1111-*: the step noise of image i "
+                  "comes from seed + i + delta");
   gen->add_option("--batch", g.batch, "images generated together, 1..1024 (default: one per class given, else 1)");
   gen->add_option("--width", g.width, "image width in pixels, 1..4096 (default: the model's native size)");
   gen->add_option("--height", g.height, "image height in pixels, 1..4096 (default: the model's native size)");

@@ -345,7 +345,17 @@ typedef struct diffuse_job_options {
    *  blended back after every step. NULL (default): no mask. Copied. */
   const float* mask;
   size_t mask_count;
+  /** (ABI 5) What the seed means: DIFFUSE_RNG_TORCH (0, default: diffusers, one torch CPU
+   *  generator for the batch), DIFFUSE_RNG_A1111_NV (A1111's NV / GPU source and
+   *  stable-diffusion.cpp's default: image i has its own Philox generator seeded seed + i),
+   *  DIFFUSE_RNG_A1111_CPU (A1111's CPU source: image i's torch CPU generator, seed + i). */
+  int rng;
+  /** (ABI 5) A1111's Eta noise seed delta (ENSD), with an A1111 rng; 0 (default): off. */
+  uint64_t noise_seed_delta;
 } diffuse_job_options;
+
+/** Values of diffuse_job_options.rng (ABI 5). */
+enum { DIFFUSE_RNG_TORCH = 0, DIFFUSE_RNG_A1111_NV = 1, DIFFUSE_RNG_A1111_CPU = 2 };
 
 DIFFUSE_API void diffuse_job_options_init(diffuse_job_options* options);
 

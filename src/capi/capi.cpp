@@ -764,6 +764,16 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
                                                     std::to_string(o.init_image_count));
     }
     if (!std::isnan(o.strength)) g.strength = o.strength;
+    switch (o.rng) {
+      case DIFFUSE_RNG_TORCH: g.rng = diffuse::NoiseRng::torch; break;
+      case DIFFUSE_RNG_A1111_NV: g.rng = diffuse::NoiseRng::a1111_nv; break;
+      case DIFFUSE_RNG_A1111_CPU: g.rng = diffuse::NoiseRng::a1111_cpu; break;
+      default:
+        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+                 "rng must be DIFFUSE_RNG_TORCH (0), DIFFUSE_RNG_A1111_NV (1) or DIFFUSE_RNG_A1111_CPU (2), got " +
+                     std::to_string(o.rng));
+    }
+    g.noise_seed_delta = o.noise_seed_delta;
     if (o.mask) {  // inpainting: [1 or batch, 1, height, width]
       const std::size_t w = g.width.value_or(base.image_size()), h = g.height.value_or(base.image_size());
       const std::size_t one = h * w;

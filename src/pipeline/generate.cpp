@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -273,6 +274,11 @@ GenerateOptions resolve_options(const Model& model, const GenerateOptions& in) {
                                      format_bytes(limit) +
                                      (o.memory_limit ? "" : " (3/4 of the physical memory; set memory_limit / --memory-limit)"));
   }
+  if (o.noise_seed_delta != 0 && o.rng == NoiseRng::torch)
+    raise<value_error>(where, "noise_seed_delta (A1111's ENSD) applies to the A1111 generators: set rng to a1111_cpu or "
+                              "a1111_nv");
+  if (o.rng != NoiseRng::torch && o.rng != NoiseRng::a1111_cpu && o.rng != NoiseRng::a1111_nv)
+    raise<value_error>(where, "rng is not one of torch, a1111_cpu, a1111_nv");
   if (o.initial_noise) {
     const std::size_t ls = model.latent_scale();
     const Shape want{o.batch, model.sample_channels(), *o.height / ls, *o.width / ls};
@@ -351,6 +357,7 @@ struct Generation::State {
   AnyDenoiser<float> denoiser;
   std::unique_ptr<Sampler<float>> sampler;
   TorchGenerator gen;
+  std::optional<ImageNoise> image_rng;  // the A1111 modes' per-image generators (GenerateOptions::rng)
   NoiseSource<float> noise;
   Tensor x;
   Tensor images;  // the decoded result of a latent model
@@ -375,7 +382,13 @@ struct Generation::State {
   Tensor empty;
   bool failed = false;
 
-  State(const Model& m, GenerateOptions o) : model(m), opt(std::move(o)), gen(opt.seed) {}
+  State(const Model& m, GenerateOptions o) : model(m), opt(std::move(o)), gen(opt.seed) {
+    if (opt.rng != NoiseRng::torch) image_rng.emplace(opt.rng, opt.seed, opt.batch, opt.noise_seed_delta);
+  }
+  /// The first noise of the batch: torch.randn(shape) from the seed's generator (diffusers), or
+  /// each image's generator's first randn (A1111).
+  Tensor first_noise(const Shape& shape) { return image_rng ? image_rng->first(shape) : randn(gen, shape); }
+  NoiseSource<float> step_noise() { return image_rng ? image_noise_source<float>(*image_rng) : torch_noise<float>(gen); }
 
   void encode(kernels::Context& c);
   void encode_image(kernels::Context& c);
@@ -715,7 +728,7 @@ void Generation::init() {
     s.blend = o.mask && !model.inpainting();
     s.posterior_gen = s.gen;
     if (s.draw_z0) (void)randn(s.gen, {o.init_image->dim(0), C, h, w});
-    s.added_noise = randn(s.gen, {o.batch, C, h, w});
+    s.added_noise = s.first_noise({o.batch, C, h, w});
     if (o.initial_noise) s.added_noise = *o.initial_noise;
     if (s.draw_masked) {
       s.masked_gen = s.gen;
@@ -723,16 +736,16 @@ void Generation::init() {
     }
     s.flow_sampler = flow && !to_ve;
     s.x = s.from_noise ? scaled_noise(s.added_noise) : s.added_noise;
-    s.noise = torch_noise<float>(s.gen);
+    s.noise = s.step_noise();
     return;
   }
 
   // Initial noise, torch.randn(batch, C, H, W) for the seed; per-step noise continues the stream.
   // Given initial noise replaces the draw, which is still made so the per-step stream is unchanged.
-  s.x = randn(s.gen, {o.batch, C, h, w});
+  s.x = s.first_noise({o.batch, C, h, w});
   if (o.initial_noise) s.x = *o.initial_noise;
   s.x = scaled_noise(std::move(s.x));
-  s.noise = torch_noise<float>(s.gen);
+  s.noise = s.step_noise();
 }
 
 Generation::~Generation() = default;

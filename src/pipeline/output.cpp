@@ -119,13 +119,18 @@ std::string parameters_text(const Model& model, const GenerateOptions& o, std::o
   add("Sampler", o.sampler.empty() ? model.defaults().sampler : o.sampler);
   add("Schedule type", o.schedule.empty() ? model.defaults().schedule : o.schedule);
   if (o.cfg_scale) add("CFG scale", fmt_float(*o.cfg_scale));
-  add("Seed", std::to_string(o.seed));
+  // A1111's modes: image b's own seed, seed + b (what A1111 writes per image).
+  const bool a1111 = o.rng != NoiseRng::torch;
+  add("Seed", std::to_string(o.seed + (a1111 && index ? *index : 0)));
   add("Size", std::to_string(o.width.value_or(model.image_size())) + "x" +
                   std::to_string(o.height.value_or(model.image_size())));
   add("Model", model.name());
   if (o.clip_skip > 1) add("Clip skip", std::to_string(o.clip_skip));
   if (o.guidance_rescale != 0.0f) add("Guidance rescale", fmt_float(o.guidance_rescale));
   if (o.init_image) add("Denoising strength", fmt_float(o.strength.value_or(0.8f)));  // A1111's img2img key
+  if (o.rng == NoiseRng::a1111_cpu) add("RNG", "CPU");  // A1111's keys; its GPU default writes none
+  if (o.rng == NoiseRng::a1111_nv) add("RNG", "NV");
+  if (a1111 && o.noise_seed_delta != 0) add("ENSD", std::to_string(o.noise_seed_delta));
   if (o.batch > 1) add("Batch size", std::to_string(o.batch));
   if (index && o.batch > 1) add("Batch pos", std::to_string(*index));
   for (const auto& [k, v] : extra) add(k, v);

@@ -1222,3 +1222,43 @@ TEST(CApi, Abi5Inpainting) {
   EXPECT_NE(c.error().find("needs an init_image"), std::string::npos) << c.error();
   EXPECT_EQ(bad, nullptr);
 }
+
+TEST(CApi, Abi5A1111Seeds) {
+  const std::string sd = std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/pipelines/sd_tiny";
+  Ctx c;
+  Model m(c, sd);
+  diffuse_job_options o;
+  diffuse_job_options_init(&o);
+  EXPECT_EQ(o.rng, DIFFUSE_RNG_TORCH);
+  EXPECT_EQ(o.noise_seed_delta, 0u);
+  o = options(3, -1, 9);
+  o.prompt = "a red apple";
+  o.sampler = "euler_a";
+  o.rng = DIFFUSE_RNG_A1111_NV;
+  o.noise_seed_delta = 31337;
+  Job j(c, m, o);
+  ASSERT_EQ(diffuse_job_run(j.p), DIFFUSE_OK) << c.error();
+  std::vector<float> got(3 * 64 * 64);
+  ASSERT_EQ(diffuse_job_result_f32(j.p, 0, got.data(), got.size()), DIFFUSE_OK);
+  EXPECT_NE(std::string(diffuse_job_parameters(j.p, 0)).find("RNG: NV, ENSD: 31337"), std::string::npos);
+  const auto model = pl::Model::load(sd);
+  pl::GenerateOptions go;
+  go.steps = 3;
+  go.seed = 9;
+  go.sampler = "euler_a";
+  go.prompts = {"a red apple"};
+  go.rng = diffuse::NoiseRng::a1111_nv;
+  go.noise_seed_delta = 31337;
+  diffuse::kernels::Context kctx(1);
+  const diffuse::Tensor t = pl::generate(model, go, kctx);
+  ASSERT_EQ(t.size(), got.size());
+  EXPECT_EQ(std::memcmp(t.data(), got.data(), got.size() * sizeof(float)), 0);
+  diffuse_job* bad = nullptr;
+  o.rng = 7;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &o, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("rng must be DIFFUSE_RNG_TORCH (0)"), std::string::npos) << c.error();
+  o.rng = DIFFUSE_RNG_TORCH;
+  EXPECT_EQ(diffuse_job_create(c.p, m.p, &o, &bad), DIFFUSE_INVALID_ARGUMENT);
+  EXPECT_NE(c.error().find("noise_seed_delta"), std::string::npos) << c.error();
+  EXPECT_EQ(bad, nullptr);
+}

@@ -55,6 +55,7 @@
 #include "diffuse/core/tensor.hpp"
 #include "diffuse/kernels/parallel.hpp"
 #include "diffuse/pipeline/model.hpp"
+#include "diffuse/sample/image_noise.hpp"
 #include "diffuse/sample/registry.hpp"
 #include "diffuse/text/prompt.hpp"
 
@@ -70,6 +71,16 @@ struct GenerateOptions {
   std::optional<int> steps;
   std::optional<float> cfg_scale;   ///< finite; 1 = no guidance (needs no null class)
   std::uint64_t seed = 0;
+  /** What the seed means (sample/image_noise.hpp): `torch` (diffusers: one torch CPU generator
+   *  for the batch), `a1111_cpu` / `a1111_nv` (AUTOMATIC1111's CPU and NV/GPU sources, the latter
+   *  also stable-diffusion.cpp's default: image b has its own generator seeded seed + b, so each
+   *  image of a batch is the image its seed gives alone). In the A1111 modes an init image's VAE
+   *  posterior noise still comes from a torch CPU generator seeded `seed` (A1111 draws it from its
+   *  global generator). */
+  NoiseRng rng = NoiseRng::torch;
+  /// A1111's "Eta noise seed delta" (ENSD; A1111 modes only): the step noise of image b comes from
+  /// a generator seeded seed + b + delta. 0: off.
+  std::uint64_t noise_seed_delta = 0;
   std::size_t batch = 1;            ///< images generated together (one forward per step)
   /// Class labels: one for every image, or one per image (size `batch`). Required by a
   /// class-conditional model, refused by an unconditional one. The null class is accepted.

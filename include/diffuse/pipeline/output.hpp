@@ -47,7 +47,8 @@ DIFFUSE_API io::Image grid(const std::vector<io::Image>& images, int columns = 0
  *  Size: 16x16, Model: digits-dit, Batch size: 1". With `index`, the image's own class and
  *  "Batch pos"; `extra` pairs are appended ("Scale", "8x (nearest)"). A text model's prompt comes
  *  first, on its own line, then "Negative prompt: ..." when there is one, then the settings (with
- *  "Clip skip" when > 1, "Denoising strength" for img2img), as A1111 writes them (prompts of a
+ *  "Clip skip" when > 1, "Denoising strength" for img2img, "RNG: CPU" / "RNG: NV" and "ENSD" in A1111's
+ *  noise modes, where an image's "Seed" is its own, seed + index), as A1111 writes them (prompts of a
  *  batch without `index`: joined by " | "). */
 DIFFUSE_API std::string parameters_text(const Model& model, const GenerateOptions& options,
                                         std::optional<std::size_t> index = std::nullopt,
