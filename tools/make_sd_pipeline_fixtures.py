@@ -95,6 +95,11 @@ CASES = {
 }
 CASES["pndm"] = dict(cls="PNDMScheduler", prompt=["a cozy cabin in a snowy forest"], negative=["dark"], seed=21,
                      guidance=7.5, height=64, width=64, steps=5)
+# The same weights read as a v_prediction model (the scheduler config's prediction_type, as SD 2.x 768 has it):
+# guidance rescale acts on the network's output, v here (rescale_noise_cfg on noise_pred), not on eps.
+CASES["v_euler_rescale"] = dict(cls="EulerDiscreteScheduler", prompt=["a red apple on a wooden table"],
+                                negative=["blurry"], seed=13, guidance=7.5, height=64, width=64, steps=4,
+                                guidance_rescale=0.7, scheduler_overrides=dict(prediction_type="v_prediction"))
 DETERMINISTIC = {"EulerDiscreteScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler"}
 
 
@@ -166,10 +171,10 @@ def make_unet(seed, config=None):
     return model
 
 
-def scheduler(cls_name):
+def scheduler(cls_name, overrides=None):
     import diffusers
 
-    return getattr(diffusers, cls_name).from_config(SD15_SCHEDULER)
+    return getattr(diffusers, cls_name).from_config(dict(SD15_SCHEDULER, **(overrides or {})))
 
 
 def pipeline(unet, vae, text_encoder, tokenizer, sched):
@@ -185,7 +190,7 @@ def run(parts, case, double=False):
     unet, vae, text_encoder, tokenizer = parts
     if double:
         unet, vae, text_encoder = (copy.deepcopy(m).double() for m in (unet, vae, text_encoder))
-    sched = scheduler(case["cls"])
+    sched = scheduler(case["cls"], case.get("scheduler_overrides"))
     pipe = pipeline(unet, vae, text_encoder, tokenizer, sched)
     cap = mpf.LatentCapture(vae)
     vae.decode = cap

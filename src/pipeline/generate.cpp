@@ -686,6 +686,9 @@ void Generation::init() {
   GuidanceOptions<float> go;
   go.scale = *o.cfg_scale;
   go.guidance_rescale = o.guidance_rescale;
+  // In the space of the network's output, as diffusers' rescale_noise_cfg on noise_pred.
+  if (model.prediction() == Prediction::v_prediction) go.rescale_space = RescaleSpace::v_prediction;
+  if (model.prediction() == Prediction::sample) go.rescale_space = RescaleSpace::denoised;
   auto guided = make_guided<float>(State::Branches{branch(s.uncond), branch(s.cond), branch(s.both)}, go, model.space());
   AnyDenoiser<float> any(
       [g = std::move(guided), post](const Tensor& x, float sigma) {

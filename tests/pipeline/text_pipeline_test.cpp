@@ -13,7 +13,8 @@
 // - noise torch.randn((B, 4, H/8, W/8), generator=manual_seed(seed)) times init_noise_sigma; the
 //   folder's PNDMScheduler (SD 1.5's) and the others by `Class.from_config` (the pipeline's rule per
 //   sampler, pipeline::SamplerRule; DDIM and PNDM end at alphas_cumprod[0], set_alpha_to_one being
-//   false); guidance_rescale on the noise prediction (eps here);
+//   false); guidance_rescale on the network's output (eps; v for the v_euler_rescale case, which
+//   reads the same weights as a v_prediction model through the scheduler config's prediction_type);
 // - decode: vae.decode(latents / 0.18215), then (x / 2 + 0.5).clamp(0, 1), stored [B, H, W, 3].
 //
 // Bound: max |ours - diffusers| <= 20 x torch's own f32-vs-f64 difference on the same case
@@ -28,6 +29,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -131,10 +133,22 @@ TEST(TextPipeline, PromptEmbeddingsMatchDiffusersEncodePrompt) {
 }
 
 TEST(TextPipeline, GenerationsMatchDiffusersStableDiffusionPipeline) {
-  const auto m = pl::Model::load(kTiny);
+  const auto tiny = pl::Model::load(kTiny);
   const auto ref = diffuse::io::SafetensorsFile::open(kTiny / "generations.safetensors");
   const auto cases = read_json(kData / "pipelines" / "summary.json").at("sd_tiny").at("cases");
+  std::size_t checked = 0;
   for (const auto& [name, c] : cases.items()) {
+    // A case with scheduler overrides runs on a copy of the folder with them written in.
+    const diffuse_test::TempDir tmp("sd-case");
+    std::optional<pl::Model> custom;
+    if (c.contains("scheduler_overrides")) {
+      const fs::path dir = copy_tiny(tmp);
+      nlohmann::json sc = read_json(dir / "scheduler" / "scheduler_config.json");
+      for (const auto& [k, v] : c.at("scheduler_overrides").items()) sc[k] = v;
+      write_json(dir / "scheduler" / "scheduler_config.json", sc);
+      custom = pl::Model::load(dir);
+    }
+    const pl::Model& m = custom ? *custom : tiny;
     const bool f64 = c.contains("torch_f32_vs_f64_latents");
     const double bound_lat = f64 ? std::max(20 * c.at("torch_f32_vs_f64_latents").get<double>(), 2e-5) : 1e-4;
     const double bound_img = f64 ? std::max(20 * c.at("torch_f32_vs_f64_images").get<double>(), 2e-5) : 1e-4;
@@ -165,7 +179,9 @@ TEST(TextPipeline, GenerationsMatchDiffusersStableDiffusionPipeline) {
         EXPECT_EQ(max_abs_diff(first, images), 0.0) << name << ": the thread count changed the bits";
       }
     }
+    ++checked;
   }
+  EXPECT_EQ(checked, 7u);
 }
 
 TEST(TextPipeline, PromptsChangeTheImageAndAreRecorded) {

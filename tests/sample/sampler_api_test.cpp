@@ -383,6 +383,43 @@ TEST(Guidance, ScaleOneIsTheCondPass) {
   EXPECT_EQ(m.calls, 2);  // one for g, one for the reference
 }
 
+// guidance_rescale in v space (a v_prediction network's output, as diffusers rescales noise_pred):
+// v = alpha eps - s D with alpha = 1/sqrt(1 + sigma^2), s = sigma alpha, eps = (x - D)/sigma;
+// rescaled per item as on eps; back to D = alpha (alpha x - sigma alpha v) = alpha^2 x - s v.
+TEST(Guidance, RescaleInVSpace) {
+  const Tn x = diffuse_test::gaussian_start(kMu, kVar, 2, 1.0, 1);
+  const double sigma = 2.0, phi = 0.7, scale = 5.0;
+  diffuse::GuidanceOptions<double> o;
+  o.scale = scale;
+  o.guidance_rescale = phi;
+  o.rescale_space = diffuse::RescaleSpace::v_prediction;
+  TwoBranchModel tm;
+  const Tn a = diffuse::make_guided<double>(std::ref(tm), o)(x, sigma);
+  const double alpha = 1.0 / std::sqrt(1.0 + sigma * sigma), sa = sigma * alpha;
+  const std::size_t per = x.size() / 2;
+  auto sd = [](const std::vector<double>& v) {
+    double m = 0, s = 0;
+    for (double e : v) m += e / double(v.size());
+    for (double e : v) s += (e - m) * (e - m);
+    return std::sqrt(s / double(v.size() - 1));
+  };
+  for (std::size_t b = 0; b < 2; ++b) {
+    std::vector<double> vc(per), vg(per);
+    for (std::size_t i = 0; i < per; ++i) {
+      const double xi = x[b * per + i], u = 0.5 * xi, c = xi + 1, g = u + scale * (c - u);
+      vc[i] = alpha * (xi - c) / sigma - sa * c;
+      vg[i] = alpha * (xi - g) / sigma - sa * g;
+    }
+    const double f = phi * sd(vc) / sd(vg) + (1 - phi);
+    for (std::size_t i = 0; i < per; ++i)
+      EXPECT_NEAR(a[b * per + i], alpha * alpha * x[b * per + i] - sa * vg[i] * f, 1e-12);
+  }
+  // Not the eps-space result (the spaces differ by the D term in v).
+  o.rescale_space = diffuse::RescaleSpace::epsilon;
+  const Tn e = diffuse::make_guided<double>(std::ref(tm), o)(x, sigma);
+  EXPECT_GT(diffuse_test::max_abs_diff(a, e), 1e-3);
+}
+
 TEST(Guidance, FormulaAndBatchedEqualsUnbatched) {
   static_assert(diffuse::cfg_batchable_v<BatchedModel>);
   static_assert(!diffuse::cfg_batchable_v<TwoBranchModel>);

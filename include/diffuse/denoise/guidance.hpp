@@ -6,9 +6,12 @@
  *
  *  with the optional guidance rescale of Lin et al. 2023 (arXiv:2305.08891 §3.4, diffusers
  *  `rescale_noise_cfg`): per batch item, g' = phi g std(c)/std(g) + (1 - phi) g, where std is the
- *  unbiased standard deviation over all non-batch dims. diffusers applies it to the noise
- *  prediction; `RescaleSpace::epsilon` (default) does the same through eps = (x - D)/sigma,
- *  `RescaleSpace::denoised` applies it to D directly.
+ *  unbiased standard deviation over all non-batch dims. diffusers applies it to the network's
+ *  output (`noise_pred`): `RescaleSpace::epsilon` (default, an epsilon model's) does the same
+ *  through eps = (x - D)/sigma, `RescaleSpace::v_prediction` (a v model's, e.g. SD 2.x 768) through
+ *  v = alpha eps - s D with alpha = 1/sqrt(1 + sigma^2), s = sigma alpha (the VP form of the VE
+ *  sample x = D + sigma eps) and back by D = alpha^2 x - s v; `RescaleSpace::denoised` applies
+ *  it to D directly.
  *
  *  The wrapped model is a callable `(x, sigma, Branch) -> BasicTensor<T>`. If the trait
  *  `cfg_batchable<Model>` is true (the model declares `static constexpr bool batched_cfg = true`,
@@ -44,7 +47,7 @@ struct cfg_batchable<std::reference_wrapper<M>> : cfg_batchable<std::remove_cv_t
 template <class M>
 inline constexpr bool cfg_batchable_v = cfg_batchable<std::remove_cvref_t<M>>::value;
 
-enum class RescaleSpace { epsilon, denoised };
+enum class RescaleSpace { epsilon, v_prediction, denoised };
 
 template <class T>
 struct GuidanceOptions {
@@ -135,6 +138,16 @@ class GuidedDenoiser {
     if (o_.guidance_rescale > T(0)) {
       if (o_.rescale_space == RescaleSpace::denoised || sigma == T(0)) {
         detail::rescale_cfg(u, c, o_.guidance_rescale);
+      } else if (o_.rescale_space == RescaleSpace::v_prediction) {
+        // To v = alpha eps - s D = alpha (x - D) / sigma - s D, rescale, and back: D = alpha^2 x - s v.
+        const T* px = x.data();
+        const T alpha = T(1) / std::sqrt(T(1) + sigma * sigma), s = sigma * alpha, k = alpha / sigma;
+        for (std::size_t i = 0; i < n; ++i) {
+          pu[i] = k * (px[i] - pu[i]) - s * pu[i];
+          pc[i] = k * (px[i] - pc[i]) - s * pc[i];
+        }
+        detail::rescale_cfg(u, c, o_.guidance_rescale);
+        for (std::size_t i = 0; i < n; ++i) pu[i] = alpha * alpha * px[i] - s * pu[i];
       } else {
         // To eps = (x - D)/sigma, rescale, and back.
         const T* px = x.data();

@@ -99,7 +99,8 @@ struct GenerateOptions {
   /// applies it to the prompts only and encodes the negative prompts at the last layer, as
   /// diffusers' StableDiffusion(XL)Pipeline does (so that its images can be reproduced).
   bool clip_skip_negative = true;
-  /// Guidance rescale phi (Lin et al. 2023, diffusers' guidance_rescale), 0..1; 0 is off.
+  /// Guidance rescale phi (Lin et al. 2023, diffusers' guidance_rescale), 0..1; 0 is off. Applied to
+  /// what the network predicts (eps, or v for a v_prediction model), as diffusers applies it.
   float guidance_rescale = 0.0f;
   /// How prompts are parsed and split (text/prompt.hpp).
   text::PromptOptions prompt;
