@@ -83,14 +83,7 @@ Tensor init_images(std::size_t n) {
 }
 
 pl::GenerateOptions case_options(const nlohmann::json& c) {
-  pl::GenerateOptions o;
-  o.sampler = sampler_of(c.at("cls").get<std::string>());
-  o.schedule = "default";
-  o.steps = c.at("steps").get<int>();
-  o.cfg_scale = c.at("guidance").get<float>();
-  o.seed = c.at("seed").get<std::uint64_t>();
-  o.prompts = c.at("prompt").get<std::vector<std::string>>();
-  o.batch = o.prompts.size();
+  pl::GenerateOptions o = diffuse_test::case_base_options(c);
   o.init_image = init_images(c.at("images").get<std::size_t>());
   o.strength = c.at("strength").get<float>();
   return o;

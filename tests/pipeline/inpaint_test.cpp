@@ -252,16 +252,7 @@ TEST(Inpaint, GenerationsMatchDiffusersStableDiffusionInpaintPipeline) {
     // to max |ref|, [0, 1] images absolute), as the img2img test.
     const double bound_lat = std::max(20 * c.at("torch_f32_vs_f64_latents").get<double>(), 2e-5);
     const double bound_img = std::max(20 * c.at("torch_f32_vs_f64_images").get<double>(), 2e-5);
-    pl::GenerateOptions o;
-    o.sampler = sampler_of(c.at("cls").get<std::string>());
-    o.schedule = "default";
-    o.steps = c.at("steps").get<int>();
-    o.cfg_scale = c.at("guidance").get<float>();
-    o.seed = c.at("seed").get<std::uint64_t>();
-    o.prompts = c.at("prompt").get<std::vector<std::string>>();
-    if (c.contains("negative") && !c.at("negative").is_null())
-      o.negative_prompts = c.at("negative").get<std::vector<std::string>>();
-    o.batch = o.prompts.size();
+    pl::GenerateOptions o = diffuse_test::case_base_options(c);
     o.init_image = with_mirror(init_image(), c.at("images").get<std::size_t>());
     o.mask = with_mirror(c.at("mask") == "mask_rgb" ? rgb : grey, c.at("masks").get<std::size_t>());
     o.strength = c.at("strength").get<float>();

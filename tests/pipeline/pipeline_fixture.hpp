@@ -13,10 +13,12 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "diffuse/core/tensor.hpp"
+#include "diffuse/pipeline/generate.hpp"
 #include "test_util.hpp"
 
 namespace diffuse_test {
@@ -62,6 +64,23 @@ inline std::string sampler_of(const std::string& cls) {
   if (cls == "PNDMScheduler") return "pndm";
   ADD_FAILURE() << "no sampler for " << cls;
   return {};
+}
+
+/** The settings every diffusers pipeline case of the fixtures has, as GenerateOptions: the
+ *  scheduler class's sampler on the default schedule, steps, guidance, seed, the prompts (the
+ *  batch) and the negative prompts when the case has them (null or absent: none). */
+inline diffuse::pipeline::GenerateOptions case_base_options(const nlohmann::json& c) {
+  diffuse::pipeline::GenerateOptions o;
+  o.sampler = sampler_of(c.at("cls").get<std::string>());
+  o.schedule = "default";
+  o.steps = c.at("steps").get<int>();
+  o.cfg_scale = c.at("guidance").get<float>();
+  o.seed = c.at("seed").get<std::uint64_t>();
+  o.prompts = c.at("prompt").get<std::vector<std::string>>();
+  o.batch = o.prompts.size();
+  if (c.contains("negative") && !c.at("negative").is_null())
+    o.negative_prompts = c.at("negative").get<std::vector<std::string>>();
+  return o;
 }
 
 }  // namespace diffuse_test

@@ -74,15 +74,7 @@ Tensor rows(const Tensor& t, std::size_t first, std::size_t n) {
 
 /// A fixture case's settings as GenerateOptions.
 pl::GenerateOptions case_options(const nlohmann::json& c) {
-  pl::GenerateOptions o;
-  o.sampler = sampler_of(c.at("cls").get<std::string>());
-  o.schedule = "default";
-  o.steps = c.at("steps").get<int>();
-  o.cfg_scale = c.at("guidance").get<float>();
-  o.seed = c.at("seed").get<std::uint64_t>();
-  o.prompts = c.at("prompt").get<std::vector<std::string>>();
-  o.batch = o.prompts.size();
-  if (!c.at("negative").is_null()) o.negative_prompts = c.at("negative").get<std::vector<std::string>>();
+  pl::GenerateOptions o = diffuse_test::case_base_options(c);
   o.height = c.at("height").get<std::size_t>();
   o.width = c.at("width").get<std::size_t>();
   if (c.contains("clip_skip")) o.clip_skip = c.at("clip_skip").get<std::size_t>();
