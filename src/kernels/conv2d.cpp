@@ -38,6 +38,7 @@
 #include "conv2d_im2col.hpp"
 #include "conv2d_impl.hpp"
 #include "conv2d_winograd.hpp"
+#include "diffuse/core/convert.hpp"
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
@@ -99,6 +100,9 @@ Geometry check(const Conv2dArgs& a) {
   if (a.batch == 0) return g;  // nothing is read or written
   if (a.x == nullptr) raise<value_error>(kWhere, "x is null " + dims(a));
   if (a.weight == nullptr) raise<value_error>(kWhere, "weight is null " + dims(a));
+  if (a.weight_type != DType::F32 && a.weight_type != DType::F16 && a.weight_type != DType::BF16)
+    raise<value_error>(kWhere, "weight_type must be F32, F16 or BF16, got " + std::string(dtype_name(a.weight_type)) +
+                                   " " + dims(a));
   if (a.y == nullptr) raise<value_error>(kWhere, "y is null " + dims(a));
   const size_t nx = a.batch * a.in_channels * a.height * a.width, ny = a.batch * a.out_channels * g.pixels;
   if (overlap(a.x, nx, a.y, ny)) raise<value_error>(kWhere, "x and y overlap " + dims(a));
@@ -160,10 +164,20 @@ void run(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t blo
   const size_t gemm_floats = (gemm_workspace_floats(kernel, pool.size()) + 15) / 16 * 16;  // col stays aligned
   const size_t col_floats = (K * nb + 15) / 16 * 16;
   const size_t pad_floats = pointwise ? 0 : im2col_scratch_floats(a, g.w_out, nb);  // per thread
-  const std::span<float> ws = ctx.workspace(gemm_floats + col_floats + pool.size() * pad_floats);
+  const bool convert = a.weight_type != DType::F32;  // an f16 / bf16 weight: to f32 for this call
+  const size_t w_floats = convert ? (M * K + 15) / 16 * 16 : 0;
+  const std::span<float> ws = ctx.workspace(gemm_floats + col_floats + pool.size() * pad_floats + w_floats);
   const std::span<float> gemm_ws = ws.first(gemm_floats);
   float* col = ws.data() + gemm_floats;
   float* pad = col + col_floats;
+  float* weight_f32 = pad + pool.size() * pad_floats;
+  if (convert) {
+    const size_t elem = dtype_bits(a.weight_type) / 8;
+    pool.parallel_for(M, [&](size_t begin, size_t end, size_t) {
+      to_f32(a.weight_type, static_cast<const std::byte*>(a.weight) + begin * K * elem, weight_f32 + begin * K,
+             (end - begin) * K);
+    });
+  }
 
   using Im2col = void (*)(const Conv2dArgs&, size_t, const float*, size_t, size_t, size_t, size_t, float*, float*);
   Im2col im2col = &scalar::conv2d_im2col;
@@ -173,7 +187,7 @@ void run(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx, size_t blo
 
   GemmArgs ga;
   ga.M = M, ga.K = K;
-  ga.A = a.weight, ga.lda = K;
+  ga.A = convert ? weight_f32 : static_cast<const float*>(a.weight), ga.lda = K;
   ga.b_type = DType::F32;
   for (size_t b = 0; b < a.batch; ++b) {
     const float* xb = a.x + b * in_image;
@@ -234,6 +248,8 @@ void conv2d_winograd(const GemmKernel& kernel, const Conv2dArgs& a, Context& ctx
 void conv2d_reference(const Conv2dArgs& a) {
   const Geometry g = check(a);
   const size_t C = a.in_channels, H = a.height, W = a.width, M = a.out_channels;
+  std::vector<float> wf(M * C * a.kh * a.kw);
+  if (a.batch > 0) to_f32(a.weight_type, a.weight, wf.data(), wf.size());
   for (size_t b = 0; b < a.batch; ++b) {
     for (size_t o = 0; o < M; ++o) {
       for (size_t i = 0; i < g.h_out; ++i) {
@@ -246,7 +262,7 @@ void conv2d_reference(const Conv2dArgs& a) {
               for (size_t q = 0; q < a.kw; ++q) {
                 const size_t iw = j * a.stride + q;  // + pad_left
                 if (iw < a.pad_left || iw - a.pad_left >= W) continue;
-                acc += static_cast<double>(a.weight[((o * C + c) * a.kh + p) * a.kw + q]) *
+                acc += static_cast<double>(wf[((o * C + c) * a.kh + p) * a.kw + q]) *
                        static_cast<double>(a.x[((b * C + c) * H + ih - a.pad_top) * W + iw - a.pad_left]);
               }
             }

@@ -298,11 +298,12 @@ Upsample2D Upsample2D::from_conv(WeightStore& w, const Conv2d& conv, std::string
   std::shared_ptr<float[]> buf(new float[16 * O * I]);
   // kTaps[phase][row of the 2x2 kernel]: the 3x3 taps that land on that input row (-1: none).
   static constexpr int kTaps[2][2][2] = {{{0, -1}, {1, 2}}, {{0, 1}, {2, -1}}};
+  const std::vector<float> w3 = c.weight_f32();
   for (std::size_t py = 0; py < 2; ++py)
     for (std::size_t px = 0; px < 2; ++px) {
       float* wp = buf.get() + (py * 2 + px) * 4 * O * I;
       for (std::size_t oi = 0; oi < O * I; ++oi) {
-        const float* k = c.weight + oi * 9;
+        const float* k = w3.data() + oi * 9;
         for (int a = 0; a < 2; ++a)
           for (int bb = 0; bb < 2; ++bb) {
             float sum = 0.0f;
@@ -314,7 +315,7 @@ Upsample2D Upsample2D::from_conv(WeightStore& w, const Conv2d& conv, std::string
       }
       Conv2d& ph = u.phases[py * 2 + px];
       ph = c;
-      ph.weight = wp;
+      ph.weight = MatrixRef{wp, DType::F32, O, I * 4};
       ph.kh = ph.kw = 2;
       ph.stride = 1;
       ph.pad = {py == 0 ? 1u : 0u, px == 0 ? 1u : 0u, py == 0 ? 0u : 1u, px == 0 ? 0u : 1u};

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <utility>
 
+#include "diffuse/core/convert.hpp"
 #include "diffuse/kernels/kernels.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -65,7 +66,7 @@ Conv2d Conv2d::bind(WeightStore& w, std::string_view prefix, std::size_t in, std
   c.kh = c.kw = k;
   c.stride = stride;
   c.pad = {padding, padding, padding, padding};
-  c.weight = w.f32(join(prefix, "weight"), {out, in, k, k});
+  c.weight = w.matrix(join(prefix, "weight"), {out, in, k, k});
   if (bias) c.bias = w.f32(join(prefix, "bias"), {out});
   kernels::Conv2dArgs a;
   a.kh = a.kw = k;
@@ -76,10 +77,23 @@ Conv2d Conv2d::bind(WeightStore& w, std::string_view prefix, std::size_t in, std
     const std::size_t floats = kernels::conv2d_winograd_weight_floats(out, in);
     w.reserve(std::uint64_t{floats} * sizeof(float), "the Winograd weights of '" + std::string(prefix) + "'");
     std::shared_ptr<float[]> u(new float[floats]);
-    kernels::conv2d_winograd_transform_weights(c.weight, out, in, u.get());
+    const bool as_stored = c.weight.dtype == DType::F32;
+    const std::vector<float> f32 = as_stored ? std::vector<float>() : c.weight_f32();  // a passing copy
+    kernels::conv2d_winograd_transform_weights(
+        as_stored ? static_cast<const float*>(c.weight.data) : f32.data(), out, in, u.get());
     c.winograd = std::move(u);
   }
   return c;
+}
+
+std::vector<float> Conv2d::weight_f32() const {
+  if (weight.dtype == DType::F32) {
+    const auto* p = static_cast<const float*>(weight.data);
+    return std::vector<float>(p, p + weight.rows * weight.cols);
+  }
+  std::vector<float> f(weight.rows * weight.cols);
+  to_f32(weight.dtype, weight.data, f.data(), f.size());
+  return f;
 }
 
 void Conv2d::operator()(const float* x, std::size_t batch, std::size_t h, std::size_t w, float* y,
@@ -90,7 +104,8 @@ void Conv2d::operator()(const float* x, std::size_t batch, std::size_t h, std::s
   a.in_channels = in;
   a.height = h;
   a.width = w;
-  a.weight = weight;
+  a.weight = weight.data;
+  a.weight_type = weight.dtype;
   a.bias = bias;
   a.out_channels = out;
   a.kh = kh;

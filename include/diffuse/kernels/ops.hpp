@@ -32,6 +32,7 @@
 
 #include "diffuse/config.hpp"
 #include "diffuse/core/cpu.hpp"
+#include "diffuse/core/dtype.hpp"
 #include "diffuse/kernels/parallel.hpp"
 
 DIFFUSE_BEGIN_NAMESPACE
@@ -47,11 +48,15 @@ namespace kernels {
  *  H_out = (H + pad_top + pad_bottom - kh) / stride + 1 (likewise W). Asymmetric padding covers the
  *  right/bottom-only `F.pad(x, (0, 1, 0, 1))` of diffusers' Downsample2D with padding 0.
  *  `residual` (optional, [B, C_out, H_out, W_out], may equal y) is added after the bias:
- *  y = conv + bias + residual, so a ResNet skip costs no extra pass. Weights are f32 [C_out, C_in, kh, kw]. */
+ *  y = conv + bias + residual, so a ResNet skip costs no extra pass. Weights are [C_out, C_in, kh, kw]
+ *  in f32, f16 or bf16 (`weight_type`): an f16/bf16 weight is used as stored (a model file's
+ *  mapping) and converted exactly to f32 for each call, into the context's scratch (C_out x C_in x
+ *  kh x kw floats, a few ms against the convolution's own time), so such a model keeps no f32 copy. */
 struct Conv2dArgs {
   const float* x = nullptr;  ///< [batch, in_channels, height, width]
   std::size_t batch = 0, in_channels = 0, height = 0, width = 0;
-  const float* weight = nullptr;  ///< [out_channels, in_channels, kh, kw]
+  const void* weight = nullptr;  ///< [out_channels, in_channels, kh, kw] of `weight_type`
+  DType weight_type = DType::F32;  ///< F32, F16 or BF16
   const float* bias = nullptr;    ///< [out_channels] or null
   std::size_t out_channels = 0, kh = 1, kw = 1, stride = 1;
   std::size_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;

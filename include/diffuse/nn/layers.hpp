@@ -25,6 +25,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "diffuse/config.hpp"
 #include "diffuse/kernels/ops.hpp"
@@ -66,7 +67,11 @@ struct DIFFUSE_API Linear {
 
 /// nn.Conv2d with zero padding (pad[0..3] = top, left, bottom, right).
 struct DIFFUSE_API Conv2d {
-  const float* weight = nullptr;  ///< [out, in, kh, kw]
+  /// [out, in, kh, kw] as [out, in * kh * kw], in the file's dtype: f32, f16 and bf16 are used in
+  /// place from the mapping (an f16/bf16 weight is converted to f32 for each call, into the
+  /// context's scratch: kernels::Conv2dArgs::weight_type), unless LoadOptions::matrix_dtype asks
+  /// for a conversion at load.
+  MatrixRef weight;
   const float* bias = nullptr;
   std::size_t in = 0, out = 0, kh = 1, kw = 1, stride = 1;
   std::array<std::size_t, 4> pad{};
@@ -78,6 +83,8 @@ struct DIFFUSE_API Conv2d {
   /// Square kernel `k`, symmetric `padding`.
   static Conv2d bind(WeightStore& w, std::string_view prefix, std::size_t in, std::size_t out, std::size_t k,
                      std::size_t stride, std::size_t padding, bool bias = true);
+  /// The weight as f32 values [out * in * kh * kw] (a copy).
+  std::vector<float> weight_f32() const;
   std::size_t out_height(std::size_t h) const { return (h + pad[0] + pad[2] - kh) / stride + 1; }
   std::size_t out_width(std::size_t w) const { return (w + pad[1] + pad[3] - kw) / stride + 1; }
   /// y = conv(x) + bias (+ residual), x [batch, in, h, w], y [batch, out, out_height, out_width].
