@@ -241,6 +241,9 @@ Model Model::load_single_file(const fs::path& file, const SingleFileOptions& so,
                                  "decoder.* tensors): a pruned checkpoint needs its VAE from elsewhere");
     m.vae_ = std::make_shared<const models::AutoencoderKL>(
         models::AutoencoderKL::load_ldm(io::ModelDir::open(file), info.vae_prefix, info.vae_config, options));
+    // A pipeline folder as SingleFileOptions::tokenizer: each encoder's tokenizer/ or tokenizer_2/.
+    const bool tokenizer_pipeline = !so.tokenizer.empty() && !fs::exists(so.tokenizer / "vocab.json", ec) &&
+                                    fs::exists(so.tokenizer / "tokenizer" / "vocab.json", ec);
     std::vector<TextEncoder> text;
     for (const auto& t : info.text_encoders) {
       TextEncoder e;
@@ -250,6 +253,15 @@ Model Model::load_single_file(const fs::path& file, const SingleFileOptions& so,
         text::ClipTokenizerConfig tc;
         tc.pad_token = t.pad_token;
         e.tokenizer = std::make_shared<const text::ClipTokenizer>(text::ClipTokenizer::openai_clip(tc));
+      } else if (tokenizer_pipeline) {
+        constexpr std::string_view kEncoder = "text_encoder";
+        std::string sub = "tokenizer";  // text_encoder -> tokenizer, text_encoder_2 -> tokenizer_2
+        if (t.folder.starts_with(kEncoder)) sub += t.folder.substr(kEncoder.size());
+        const fs::path dir = so.tokenizer / sub;
+        if (!fs::exists(dir / "vocab.json", ec))
+          raise<io_error>(where, so.tokenizer.string() + " (SingleFileOptions::tokenizer, a pipeline folder) has no " +
+                                     sub + "/vocab.json for the " + t.folder + " of " + label);
+        e.tokenizer = std::make_shared<const text::ClipTokenizer>(text::ClipTokenizer::load(dir));
       } else {
         e.tokenizer = std::make_shared<const text::ClipTokenizer>(text::ClipTokenizer::load(so.tokenizer));
       }

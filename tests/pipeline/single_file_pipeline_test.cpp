@@ -70,6 +70,11 @@ TEST(SingleFilePipeline, GeneratesTheFoldersBits) {
   const Tensor b = pl::generate(folder, options(), ctx);
   ASSERT_EQ(a.shape(), b.shape());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "the file and the folder differ";
+  // The pipeline folder as the tokenizer: its tokenizer/ for the one text encoder, the same bits.
+  auto from_folder = tiny_options();
+  from_folder.tokenizer = kFolder;
+  const Tensor c = pl::generate(pl::Model::load_single_file(kFile, from_folder), options(), ctx);
+  EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)), 0) << "tokenizer/ of the folder differs";
 }
 
 TEST(SingleFilePipeline, RefusesWhatItCannotRead) {

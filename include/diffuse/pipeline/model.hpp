@@ -85,8 +85,16 @@ struct SingleFileOptions {
   /// "epsilon" or "v_prediction" instead of the family's rule (models/checkpoint.hpp: SD 2.x files
   /// are taken as v_prediction unless they say otherwise); empty: the rule.
   std::string prediction_type;
-  /// A tokenizer folder (vocab.json, merges.txt; or a pipeline folder with tokenizer/) for every
-  /// text encoder, in place of the CLIP vocabulary compiled into the library. Empty: the built-in one.
+  /** The tokenizers, in place of the CLIP vocabulary compiled into the library (empty: the built-in
+   *  one, with each encoder's pad token from the family, CheckpointTextEncoder::pad_token):
+   *  - a pipeline folder (no vocab.json of its own, a `tokenizer/vocab.json`): each text encoder takes
+   *    the tokenizer folder beside its own, as the diffusers pipeline does: `tokenizer/` for
+   *    `text_encoder`, `tokenizer_2/` for SDXL's `text_encoder_2` (OpenCLIP's pad token `!`). A
+   *    missing `tokenizer_2/` is an io_error naming it (the first tokenizer's pad token would change
+   *    the second encoder's states);
+   *  - a tokenizer folder (vocab.json, merges.txt): that one tokenizer, its own special tokens
+   *    included, for every text encoder (for SDXL give the pipeline folder instead, or both encoders
+   *    pad with this folder's pad token). */
   std::filesystem::path tokenizer;
   /// The family and configs, in place of models::detect_checkpoint's (a fine-tune of another
   /// size, a test model); the file's names must still be the family's layout.
