@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "diffuse/core/convert.hpp"
 #include "diffuse/core/error.hpp"
 #include "diffuse/kernels/kernels.hpp"
 #include "diffuse/kernels/ops.hpp"
@@ -239,6 +240,49 @@ TEST(Conv2d, AsymmetricPaddingEqualsExplicitPad) {
   const std::vector<float> a = p.run(dk::active_gemm_kernel(), ctx), b = q.run(dk::active_gemm_kernel(), ctx);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+// f16 / bf16 weights (used as a model file stores them): converted exactly per call, so the result
+// has the bits of the f32 weights of the same values, for every kernel row, 1 and 2 threads, and
+// the reference reads them the same way.
+TEST(Conv2d, HalfAndBfloatWeightsAreTheirF32Values) {
+  dk::Context one(1), two(2);
+  for (const diffuse::DType dt : {diffuse::DType::F16, diffuse::DType::BF16}) {
+    for (const Problem& base : problems()) {
+      std::vector<std::uint16_t> bits(base.w.size());
+      Problem p = base;  // its weights rounded to the reduced type's values
+      for (std::size_t i = 0; i < bits.size(); ++i) {
+        bits[i] = dt == diffuse::DType::F16 ? diffuse::f32_to_f16_scalar(base.w[i]) : diffuse::f32_to_bf16_scalar(base.w[i]);
+        p.w[i] = dt == diffuse::DType::F16 ? diffuse::f16_to_f32_scalar(bits[i]) : diffuse::bf16_to_f32_scalar(bits[i]);
+      }
+      for (const dk::GemmKernel& k : dk::gemm_kernels()) {
+        if (!dk::kernel_supported(k)) continue;
+        const std::vector<float> want = p.run(k, one);
+        for (dk::Context* ctx : {&one, &two}) {
+          std::vector<float> y(p.r.size(), std::nanf(""));
+          if (p.c.res == Residual::in_place) y = p.r;
+          dk::Conv2dArgs a = p.args(y.data());
+          a.weight = bits.data();
+          a.weight_type = dt;
+          dk::conv2d(k, a, *ctx, dk::kConv2dBlockFloats);
+          ASSERT_EQ(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)), 0)
+              << k.name << " " << describe(p.c) << " " << diffuse::dtype_name(dt);
+        }
+      }
+      std::vector<float> r16 = p.r, r32 = p.r;
+      dk::Conv2dArgs a = p.args(r16.data());
+      a.weight = bits.data();
+      a.weight_type = dt;
+      dk::conv2d_reference(a);
+      dk::conv2d_reference(p.args(r32.data()));
+      EXPECT_EQ(std::memcmp(r16.data(), r32.data(), r16.size() * sizeof(float)), 0) << describe(p.c);
+    }
+  }
+  Problem p = problems().front();
+  std::vector<float> y(p.r.size());
+  dk::Conv2dArgs a = p.args(y.data());
+  a.weight_type = diffuse::DType::I64;
+  expect_error<diffuse::value_error>([&] { dk::conv2d(a, one); }, {"weight_type must be F32, F16 or BF16", "I64"});
 }
 
 TEST(Conv2d, Errors) {

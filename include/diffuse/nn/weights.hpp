@@ -5,9 +5,10 @@
  *
  *  - `f32(name, shape)`: f32 data. f32 tensors are used in place from the file mapping; f16/bf16
  *    tensors are converted once and the copy is owned by the store.
- *  - `matrix(name, shape)`: a GEMM B operand (Linear weights [out, in]). F32, F16 and BF16 are used
- *    in place (the GEMM converts while packing), unless `LoadOptions::matrix_dtype` asks for a
- *    conversion (e.g. bf16 to halve memory traffic), which is done once here.
+ *  - `matrix(name, shape)`: a weight read by a kernel (Linear weights [out, in], the GEMM B operand;
+ *    Conv2d weights [out, in, kh, kw]). F32, F16 and BF16 are used in place (the GEMM converts
+ *    while packing, conv2d per call into its scratch), unless `LoadOptions::matrix_dtype` asks for
+ *    a conversion (e.g. bf16 to halve memory traffic), which is done once here.
  *
  *  Errors name the model folder and the parameter: a missing parameter (with the shape expected),
  *  a wrong shape (expected vs found), a dtype that is not a float. After binding, `check_all_used()`
