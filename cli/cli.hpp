@@ -57,6 +57,7 @@ struct GenerateArgs {
   std::string clip_skip;        ///< A1111's clip skip (empty: 1)
   double guidance_rescale = 0;  ///< phi in 0..1
   std::string emphasis;         ///< none, ignore, original (default), no_norm
+  bool low_memory = false;       ///< --no-winograd, tiled decode, LoadOptions::stream_weights
   bool no_winograd = false;     ///< LoadOptions::winograd off: less memory, slower 3x3 convolutions
   std::string init_image;       ///< img2img: the PNG (or any stb_image file) to start from
   std::string strength;         ///< img2img strength, (0, 1]; empty: 0.8 (1 with a mask)

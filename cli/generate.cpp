@@ -161,7 +161,8 @@ int run_generate(const GenerateArgs& a) {
   }
   diffuse::nn::LoadOptions load;
   load.memory_limit = memory_limit;
-  load.winograd = !a.no_winograd;
+  load.winograd = !a.no_winograd && !a.low_memory;
+  load.stream_weights = a.low_memory;
   const std::size_t preview_every =
       a.preview_every.empty() ? 0 : whole_number("--preview-every", a.preview_every, 1, 10000);
   pl::Model model = pl::Model::load(a.model, load);
@@ -217,6 +218,7 @@ int run_generate(const GenerateArgs& a) {
     const std::vector<std::int64_t> one = o.labels;
     while (o.labels.size() < o.batch) o.labels.insert(o.labels.end(), one.begin(), one.end());
   }
+  if (a.low_memory && a.tiled < 0 && model.latent()) o.decode.tiling = diffuse::models::VaeDecodeOptions::Tiling::on;
   if (a.tiled >= 0) o.decode.tiling = a.tiled ? diffuse::models::VaeDecodeOptions::Tiling::on
                                              : diffuse::models::VaeDecodeOptions::Tiling::off;
   if (width > 0) o.width = width;

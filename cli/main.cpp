@@ -93,6 +93,9 @@ int main(int argc, char** argv) {
   gen->add_option("--emphasis", g.emphasis,
                   "how (word:1.3) and [word] act: original (default, A1111), no_norm, ignore (brackets removed, no "
                   "weights) or none (the prompt is plain text)");
+  gen->add_flag("--low-memory", g.low_memory,
+                "the smallest memory: no Winograd copies, a tiled VAE decode, and the weights' pages dropped after "
+                "each block (read again from the page cache at the next step); slower");
   gen->add_flag("--no-winograd", g.no_winograd,
                 "keep no Winograd copies of the 3x3 convolution weights: 16/9 of them less memory (3.8 GB less for "
                 "Stable Diffusion 1.5's U-Net), about half the speed of those convolutions");

@@ -67,6 +67,10 @@ const std::byte* MappedFile::data() const noexcept {
 
 std::size_t MappedFile::size() const noexcept { return impl_ ? impl_->size : 0; }
 
+void MappedFile::release_pages() const noexcept {
+  if (impl_ && impl_->addr && impl_->size) (void)::madvise(impl_->addr, impl_->size, MADV_DONTNEED);
+}
+
 const std::filesystem::path& MappedFile::path() const noexcept {
   static const std::filesystem::path empty;
   return impl_ ? impl_->path : empty;

@@ -544,12 +544,18 @@ Tensor UNet2DConditionModel::Impl::forward(const Tensor& x, std::span<const floa
   conv_in(sample, B, H, W, cur, ctx);
   skips.push_back({cur, C0});
   std::size_t cur_c = C0;
+  // LoadOptions::stream_weights: the weights' pages dropped after each resnet + attention pair.
+  const bool stream = store->options().stream_weights;
+  const auto release = [&] {
+    if (stream) dir.release_pages();
+  };
   for (const Block& blk : down) {
     for (std::size_t j = 0; j < blk.resnets.size(); ++j) {
       const Resnet& r = blk.resnets[j];
       float* out = arena.alloc(B * r.out * h * w);
       r(cur, B, h, w, {out, r.out * h * w}, temb, ctx);
       if (!blk.attentions.empty()) blk.attentions[j]({out, r.out * h * w}, B, h, w, ctx_states, L, ctx);
+      release();
       cur = out;
       cur_c = r.out;
       skips.push_back({cur, cur_c});
@@ -590,6 +596,7 @@ Tensor UNet2DConditionModel::Impl::forward(const Tensor& x, std::span<const floa
       const Dest d{dst, (cur_c + (last ? first_skip : 0)) * h * w};
       mid.resnets[k](hcur, B, h, w, d, temb, ctx);
       if (!last && k < mid.attentions.size()) mid.attentions[k](d, B, h, w, ctx_states, L, ctx);
+      release();
       hcur = dst;
       side ^= 1;
     }
@@ -613,6 +620,7 @@ Tensor UNet2DConditionModel::Impl::forward(const Tensor& x, std::span<const floa
       const Dest d{dst, (r.out + next_skip) * h * w};
       r(hcur, B, h, w, d, temb, ctx);
       if (!blk.attentions.empty()) blk.attentions[j](d, B, h, w, ctx_states, L, ctx);
+      release();
       hcur = dst;
       side ^= 1;
       cur_c = r.out;
@@ -639,6 +647,7 @@ Tensor UNet2DConditionModel::Impl::forward(const Tensor& x, std::span<const floa
   conv_norm_out(hcur, normed, B, H * W, ctx, true);
   Tensor out({B, c.out_channels, H, W});
   conv_out(normed, B, H, W, out.data(), ctx);
+  release();
   return out;
 }
 

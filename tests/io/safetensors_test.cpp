@@ -490,6 +490,44 @@ TEST(Safetensors, HugeZeroSizedShapeDoesNotOverflowTensor) {
   expect_error<diffuse::value_error>([&] { (void)f.to_f32("a"); }, {"tensor 'a'", "too large to index"});
 }
 
+namespace {
+/// Resident pages of this process (/proc/self/statm, second field), in bytes.
+std::uint64_t resident_bytes() {
+  std::ifstream in("/proc/self/statm");
+  std::uint64_t size = 0, resident = 0;
+  in >> size >> resident;
+  return resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+}  // namespace
+
+// release_pages (LoadOptions::stream_weights): the pages read leave the process's resident set and
+// the contents read again are the file's.
+TEST(MappedFile, ReleasedPagesLeaveTheResidentSetAndReadBackTheSame) {
+  TempDir dir;
+  const fs::path p = dir.path / "pages.bin";
+  constexpr std::size_t kBytes = std::size_t{32} << 20;
+  {
+    std::vector<unsigned char> buf(kBytes);
+    for (std::size_t i = 0; i < kBytes; ++i) buf[i] = static_cast<unsigned char>((i * 2654435761u) >> 13);
+    std::ofstream out(p, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+  }
+  diffuse::io::MappedFile m(p);
+  auto checksum = [&] {
+    std::uint64_t sum = 0;
+    for (std::size_t i = 0; i < kBytes; i += 64) sum = sum * 31 + static_cast<std::uint64_t>(m.data()[i]);
+    return sum;
+  };
+  const std::uint64_t first = checksum();  // every page touched
+  const std::uint64_t touched = resident_bytes();
+  m.release_pages();
+  const std::uint64_t released = resident_bytes();
+  EXPECT_GE(touched, released + kBytes * 3 / 4) << "resident " << touched << " -> " << released;
+  EXPECT_EQ(checksum(), first);
+  diffuse::io::MappedFile empty;
+  empty.release_pages();  // nothing to drop
+}
+
 TEST(MappedFile, EmptyFileAndErrors) {
   TempDir dir;
   const fs::path p = dir.path / "empty.bin";

@@ -284,3 +284,22 @@ TEST(TextPipeline, BadFoldersAreRefusedByName) {
     fs::remove_all(dir);
   }
 }
+
+// LoadOptions::stream_weights (CLI --low-memory): the weights' pages are dropped after each block
+// and read again; the image has the same bits.
+TEST(TextPipeline, StreamedWeightsGiveTheSameBits) {
+  diffuse::nn::LoadOptions streamed;
+  streamed.stream_weights = true;
+  streamed.winograd = false;
+  const auto a = pl::Model::load(kTiny);
+  const auto b = pl::Model::load(kTiny, streamed);
+  pl::GenerateOptions o;
+  o.prompts = {"a red apple"};
+  o.negative_prompts = {"blurry"};
+  o.steps = 3;
+  o.sampler = "euler";
+  o.seed = 5;
+  diffuse::kernels::Context ctx(2);
+  const Tensor x = pl::generate(a, o, ctx), y = pl::generate(b, o, ctx);
+  EXPECT_EQ(max_abs_diff(x, y), 0.0);
+}

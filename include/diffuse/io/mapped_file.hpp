@@ -41,6 +41,11 @@ class DIFFUSE_API MappedFile {
   std::size_t size() const noexcept;
   /// The whole file.
   std::span<const std::byte> bytes() const noexcept { return {data(), size()}; }
+  /** Drops the mapping's pages from the process (madvise MADV_DONTNEED): its resident memory
+   *  falls by what had been read, and a later read fetches the pages again from the page cache
+   *  (or the disk). The contents are unchanged (the mapping is private and never written).
+   *  Used by LoadOptions::stream_weights. */
+  void release_pages() const noexcept;
   /// The path the file was opened with (empty for a default-constructed object).
   const std::filesystem::path& path() const noexcept;
 

@@ -64,6 +64,10 @@ class DIFFUSE_API ModelDir {
   std::vector<std::filesystem::path> weight_files() const;
   /// The opened weights files.
   const std::vector<SafetensorsFile>& files() const noexcept { return files_; }
+  /// Drops the resident pages of every weights file's mapping (SafetensorsFile::release_pages).
+  void release_pages() const noexcept {
+    for (const auto& f : files_) f.release_pages();
+  }
   /// True when the weights came from a sharded index.
   bool sharded() const noexcept { return sharded_; }
   /// The index's "metadata" object (null when unsharded or absent).

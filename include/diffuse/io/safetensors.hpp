@@ -108,6 +108,12 @@ class DIFFUSE_API SafetensorsFile {
   /// The whole file.
   std::span<const std::byte> file_bytes() const noexcept { return {base_, file_size_}; }
 
+  /// Drops the pages of the file's mapping from the process (MappedFile::release_pages); nothing
+  /// for a file read into memory.
+  void release_pages() const noexcept {
+    if (mapping_) mapping_->release_pages();
+  }
+
   /// The tensor called `name` converted to f32 (any dtype but F4, F6_* and C64, which raise
   /// value_error). Throws format_error if there is no such tensor.
   Tensor to_f32(std::string_view name) const;

@@ -59,6 +59,12 @@ struct LoadOptions {
   /// kernels::kWinogradMinChannels channels in and out (16/9 of those weights in extra memory,
   /// e.g. +250 MB for ddpm-cifar10-32; about 1.2x faster forwards). Off: im2col only.
   bool winograd = true;
+  /// Low memory: the network drops the resident pages of its weights files' mappings after each
+  /// of its blocks (a U-Net's down, mid and up blocks; a VAE's and a text encoder's whole pass),
+  /// so only the weights in use stay resident; the next use reads them again from the page cache
+  /// (or the disk). Weights used in place only: f16 / bf16 / f32 tensors read by the kernels, not
+  /// the copies (norm parameters, fused q/k/v, Winograd weights: turn `winograd` off with it).
+  bool stream_weights = false;
   /// Bytes the load may allocate: converted weights (f16/bf16 -> f32, matrix_dtype), fused q/k/v,
   /// Winograd weights and tables computed from the config (DiT's position table). The weights
   /// file's mapping is not counted (the kernel pages it in and out as needed). 0: the default,
