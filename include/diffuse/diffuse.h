@@ -214,6 +214,10 @@ typedef struct diffuse_model_options {
    *  weights file's mapping is not counted). 0 (default): 3/4 of the physical memory. A load
    *  that would need more returns DIFFUSE_OUT_OF_MEMORY, with the amount in the error message. */
   uint64_t memory_limit;
+  /** (ABI 5) 1: the smallest memory (the CLI's --low-memory): no Winograd weight copies, the
+   *  weights' pages dropped after each block and read again from the page cache, and the model's
+   *  jobs decode in tiles unless diffuse_job_options.tiling says otherwise. Slower. 0 (default). */
+  int low_memory;
 } diffuse_model_options;
 
 DIFFUSE_API void diffuse_model_options_init(diffuse_model_options* options);

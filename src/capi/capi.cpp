@@ -177,9 +177,10 @@ struct diffuse_context {
 };
 
 struct diffuse_model {
-  explicit diffuse_model(dp::Model m) : model(std::move(m)) {}
+  explicit diffuse_model(dp::Model m, bool low = false) : model(std::move(m)), low_memory(low) {}
   std::uint32_t magic = static_cast<std::uint32_t>(Kind::model);
   dp::Model model;
+  bool low_memory = false;  // diffuse_model_options.low_memory: its jobs decode in tiles by default
 };
 
 struct diffuse_job {
@@ -563,12 +564,21 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
     }
     if (o.variant) lo.variant = o.variant;
     lo.memory_limit = o.memory_limit;
+    if (o.low_memory != 0 && o.low_memory != 1)
+      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "low_memory must be 0 or 1, got " + std::to_string(o.low_memory));
+    if (o.low_memory) {
+      lo.winograd = false;
+      lo.stream_weights = true;
+    }
 
     // A file inside a model folder stands for the folder; name.VARIANT.safetensors picks the variant.
     namespace fs = std::filesystem;
     fs::path p(path);
     std::error_code ec;
-    if (fs::is_regular_file(p, ec)) {
+    // A single-file checkpoint (no config.json / model_index.json beside it) is loaded as the file.
+    const fs::path parent = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+    const bool in_folder = fs::exists(parent / "config.json", ec) || fs::exists(parent / "model_index.json", ec);
+    if (fs::is_regular_file(p, ec) && in_folder) {
       const std::string file = p.filename().string();
       const std::string ext = ".safetensors";
       if (lo.variant.empty() && file.size() > ext.size() && file.ends_with(ext)) {
@@ -578,7 +588,7 @@ diffuse_status diffuse_model_load(diffuse_context* ctx, const char* path, const 
       p = p.parent_path().empty() ? fs::path(".") : p.parent_path();
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto m = std::make_unique<diffuse_model>(dp::Model::load(p, lo));
+    auto m = std::make_unique<diffuse_model>(dp::Model::load(p, lo), o.low_memory == 1);
     const auto& ni = m->model.info();
     std::string dtypes;
     for (const auto& [name, n] : ni.dtypes) dtypes += (dtypes.empty() ? "" : ", ") + name + " x" + std::to_string(n);
@@ -748,6 +758,8 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
       api_fail(DIFFUSE_INVALID_ARGUMENT, where, "tiling must be -1, 0 or 1, got " + std::to_string(o.tiling));
     if (o.tiling >= 0)
       g.decode.tiling = o.tiling ? diffuse::models::VaeDecodeOptions::Tiling::on : diffuse::models::VaeDecodeOptions::Tiling::off;
+    else if (m->low_memory && base.latent())
+      g.decode.tiling = diffuse::models::VaeDecodeOptions::Tiling::on;
     if (o.init_image) {  // img2img: [1 or batch, 3, height, width]
       const std::size_t w = g.width.value_or(base.image_size()), h = g.height.value_or(base.image_size());
       const std::size_t one = 3 * h * w;
