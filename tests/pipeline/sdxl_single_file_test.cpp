@@ -62,15 +62,7 @@ pl::SingleFileOptions tiny_options() {
 
 /// A fixture case of tools/make_sdxl_pipeline_fixtures.py as GenerateOptions (as sdxl_pipeline_test.cpp).
 pl::GenerateOptions case_options(const nlohmann::json& c) {
-  pl::GenerateOptions o;
-  o.sampler = diffuse_test::sampler_of(c.at("cls").get<std::string>());
-  o.schedule = "default";
-  o.steps = c.at("steps").get<int>();
-  o.cfg_scale = c.at("guidance").get<float>();
-  o.seed = c.at("seed").get<std::uint64_t>();
-  o.prompts = c.at("prompt").get<std::vector<std::string>>();
-  o.batch = o.prompts.size();
-  if (!c.at("negative").is_null()) o.negative_prompts = c.at("negative").get<std::vector<std::string>>();
+  pl::GenerateOptions o = diffuse_test::case_base_options(c);
   o.height = c.at("height").get<std::size_t>();
   o.width = c.at("width").get<std::size_t>();
   o.clip_skip_negative = false;  // diffusers encodes the negative prompt at hidden_states[-2]
