@@ -224,10 +224,17 @@ def param_list(model, tie_dit_embedders=False):
     return out
 
 
+def generate_each(plist, seed):
+    """The recipe one parameter at a time: (name, tensor) in list order, from one generator (for models too large
+    to hold their weights twice)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, shape, mean, std in plist:
+        yield name, torch.randn(shape, generator=g) * std + mean
+
+
 def generate(plist, seed):
     """The recipe: one generator, successive randn calls in list order."""
-    g = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=g) * std + mean for name, shape, mean, std in plist}
+    return dict(generate_each(plist, seed))
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@
  *    parameters regenerated bit-exactly with `diffuse::TorchGenerator`, one at a time.
  *  - `materialize_recipe(dir, out_dir)`: writes a diffusers folder (config.json +
  *    diffusion_pytorch_model.safetensors) from a recipe, for `diffuse::models::load_network`.
+ *  - `materialize_recipe_in_memory(dir, out_dir)`: the same folder with the weights in an anonymous
+ *    memory file instead of on disk (the full-size SD U-Nets: nothing written, no second copy).
  *
  *  **Example**
  *  @code
@@ -25,6 +27,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -34,7 +37,13 @@
 #include <span>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include <nlohmann/json.hpp>
 
@@ -116,20 +125,58 @@ inline double parity_bound(const std::string& name) {
 }
 #endif
 
-/// zlib's CRC-32 (polynomial 0xEDB88320), continuing from `crc` like `zlib.crc32(data, crc)`.
+/// zlib's CRC-32 (polynomial 0xEDB88320), continuing from `crc` like `zlib.crc32(data, crc)`. Eight
+/// bytes per step ("slicing by 8": the recipes of the SD 2.1 and SDXL U-Nets checksum 3.5 and 10.3 GB).
 inline std::uint32_t crc32(std::span<const std::byte> data, std::uint32_t crc = 0) {
   static const auto table = [] {
-    std::array<std::uint32_t, 256> t{};
+    std::array<std::array<std::uint32_t, 256>, 8> t{};
     for (std::uint32_t i = 0; i < 256; ++i) {
       std::uint32_t c = i;
       for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
+      t[0][i] = c;
     }
+    for (std::uint32_t i = 0; i < 256; ++i)
+      for (std::size_t k = 1; k < 8; ++k) t[k][i] = t[0][t[k - 1][i] & 0xFFu] ^ (t[k - 1][i] >> 8);
     return t;
   }();
+  static_assert(std::endian::native == std::endian::little, "the 8-byte step reads little-endian words");
   crc = ~crc;
-  for (std::byte b : data) crc = table[(crc ^ static_cast<std::uint32_t>(b)) & 0xFFu] ^ (crc >> 8);
+  const std::byte* p = data.data();
+  std::size_t n = data.size();
+  for (; n >= 8; p += 8, n -= 8) {
+    std::uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + 4, 4);
+    lo ^= crc;
+    crc = table[7][lo & 0xFFu] ^ table[6][(lo >> 8) & 0xFFu] ^ table[5][(lo >> 16) & 0xFFu] ^ table[4][lo >> 24] ^
+          table[3][hi & 0xFFu] ^ table[2][(hi >> 8) & 0xFFu] ^ table[1][(hi >> 16) & 0xFFu] ^ table[0][hi >> 24];
+  }
+  for (; n > 0; ++p, --n) crc = table[0][(crc ^ static_cast<std::uint32_t>(*p)) & 0xFFu] ^ (crc >> 8);
   return ~crc;
+}
+
+/// zlib's crc32_combine: the CRC-32 of A followed by B from crc32(A), crc32(B) and B's length in bytes.
+inline std::uint32_t crc32_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t len_b) {
+  // Polynomials over GF(2) modulo the CRC polynomial, reflected (bit 31 is x^0), as zlib 1.2.12+ does.
+  const auto mult = [](std::uint32_t a, std::uint32_t b) {
+    std::uint32_t m = 1u << 31, r = 0;
+    for (;;) {
+      if (a & m) {
+        r ^= b;
+        if ((a & (m - 1)) == 0) break;
+      }
+      m >>= 1;
+      b = (b & 1u) ? (b >> 1) ^ 0xEDB88320u : b >> 1;
+    }
+    return r;
+  };
+  std::uint32_t x2n = 1u << 30;  // x^1; squared each step: x^(2^k)
+  std::uint32_t p = 1u << 31;    // x^0
+  std::uint64_t n = len_b;
+  for (int k = 0; k < 3; ++k) x2n = mult(x2n, x2n);  // x^8: the length counts bytes
+  for (; n != 0; n >>= 1, x2n = mult(x2n, x2n))
+    if (n & 1u) p = mult(x2n, p);
+  return mult(p, crc_a) ^ crc_b;  // crc_a x^(8 len_b) + crc_b
 }
 
 /// CRC-32 of float values as their little-endian bytes (the fixtures' `crc32` fields).
@@ -189,17 +236,21 @@ inline Recipe read_recipe(const std::filesystem::path& fixture_dir) {
  *  two roundings torch performs: the product and the sum are each rounded to float, never fused. The
  *  product goes through a volatile float because GCC (GNU mode contracts by default) otherwise fuses
  *  `v * std + mean` into one FMA, which changes the last bit of many `1 + N(0, 0.1²)` norm weights. */
+inline void generate_recipe_param(diffuse::TorchGenerator& gen, const RecipeParam& p, std::span<float> out) {
+  diffuse::randn(gen, out);
+  for (float& v : out) {
+    volatile float prod = v * p.std;  // rounded to float here: no FMA with the addition
+    v = prod + p.mean;
+  }
+}
+
 inline void for_each_recipe_param(const Recipe& recipe,
                                   const std::function<void(const RecipeParam&, std::span<const float>)>& f) {
   diffuse::TorchGenerator gen(recipe.seed);
   std::vector<float> buf;
   for (const auto& p : recipe.params) {
     buf.resize(diffuse::shape_numel(p.shape));
-    diffuse::randn(gen, std::span<float>(buf));
-    for (float& v : buf) {
-      volatile float prod = v * p.std;  // rounded to float here: no FMA with the addition
-      v = prod + p.mean;
-    }
+    generate_recipe_param(gen, p, buf);
     f(p, buf);
   }
 }
@@ -240,6 +291,93 @@ inline std::filesystem::path materialize_recipe(const std::filesystem::path& fix
   diffuse::io::save_safetensors(out_dir / "diffusion_pytorch_model.safetensors", tensors, {{"format", "pt"}});
   std::ofstream(stamp_path) << stamp << '\n';
   return out_dir;
+}
+
+/** A recipe's diffusers folder whose weights live in memory (see materialize_recipe_in_memory); the
+ *  memory is released with the object (and by the kernel if the process dies). Move-only. */
+class MemoryRecipe {
+ public:
+  MemoryRecipe(std::filesystem::path dir, int fd) : dir_(std::move(dir)), fd_(fd) {}
+  MemoryRecipe(MemoryRecipe&& o) noexcept : dir_(std::move(o.dir_)), fd_(std::exchange(o.fd_, -1)) {}
+  MemoryRecipe& operator=(MemoryRecipe&&) = delete;
+  MemoryRecipe(const MemoryRecipe&) = delete;
+  MemoryRecipe& operator=(const MemoryRecipe&) = delete;
+  ~MemoryRecipe() {
+#if defined(__linux__)
+    if (fd_ >= 0) ::close(fd_);
+#endif
+  }
+  /// The folder: config.json and diffusion_pytorch_model.safetensors.
+  const std::filesystem::path& path() const noexcept { return dir_; }
+  /// True when the weights are in memory (false: written to disk by materialize_recipe).
+  bool in_memory() const noexcept { return fd_ >= 0; }
+
+ private:
+  std::filesystem::path dir_;
+  int fd_ = -1;
+};
+
+/** Like materialize_recipe, for the full-size U-Nets (3.5 GB of SD 1.5 / 2.1 weights, 10.3 GB of
+ *  SDXL's): the weights are generated in place into an anonymous memory file (Linux memfd_create:
+ *  a safetensors header, then each parameter in recipe order), and `out_dir/diffusion_pytorch_model.safetensors`
+ *  is a symbolic link to it (/proc/self/fd/N), which the loader maps like any file. Nothing is
+ *  written to disk, there is no second copy of the weights (no vector, no page-cache copy), and the
+ *  model's mapping shares the pages the generator wrote. Elsewhere (or if memfd_create fails) it
+ *  falls back to materialize_recipe. Keep the returned object alive while the folder is opened. */
+inline MemoryRecipe materialize_recipe_in_memory(const std::filesystem::path& fixture_dir,
+                                                 const std::filesystem::path& out_dir) {
+  namespace fs = std::filesystem;
+#if defined(__linux__)
+  const Recipe recipe = read_recipe(fixture_dir);
+  nlohmann::json header = nlohmann::json::object();
+  header["__metadata__"] = {{"format", "pt"}};
+  std::uint64_t offset = 0;
+  for (const auto& p : recipe.params) {
+    const std::uint64_t bytes = diffuse::shape_numel(p.shape) * sizeof(float);
+    header[p.name] = {{"dtype", "F32"}, {"shape", p.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data 8-byte aligned, as the reference writer pads
+  const std::uint64_t data_start = 8 + text.size(), total = data_start + offset;
+
+  const int fd = ::memfd_create("diffuse_recipe", MFD_CLOEXEC);
+  if (fd >= 0) {
+    if (::ftruncate(fd, static_cast<off_t>(total)) != 0) {
+      const int e = errno;
+      ::close(fd);
+      diffuse::raise<diffuse::io_error>("materialize_recipe_in_memory",
+                                        "cannot size a memory file of " + std::to_string(total) +
+                                            " bytes: " + std::strerror(e));
+    }
+    void* map = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+      const int e = errno;
+      ::close(fd);
+      diffuse::raise<diffuse::io_error>("materialize_recipe_in_memory",
+                                        std::string("cannot map the memory file: ") + std::strerror(e));
+    }
+    auto* base = static_cast<std::byte*>(map);
+    const std::uint64_t len = text.size();
+    for (int i = 0; i < 8; ++i) base[i] = static_cast<std::byte>((len >> (8 * i)) & 0xFFu);
+    std::memcpy(base + 8, text.data(), text.size());
+    diffuse::TorchGenerator gen(recipe.seed);
+    auto* data = reinterpret_cast<float*>(base + data_start);
+    for (const auto& p : recipe.params) {
+      const std::size_t n = diffuse::shape_numel(p.shape);
+      generate_recipe_param(gen, p, std::span<float>(data, n));
+      data += n;
+    }
+    ::munmap(map, total);
+    fs::create_directories(out_dir);
+    fs::copy_file(fixture_dir / "config.json", out_dir / "config.json", fs::copy_options::overwrite_existing);
+    const fs::path link = out_dir / "diffusion_pytorch_model.safetensors";
+    fs::remove(link);
+    fs::create_symlink("/proc/self/fd/" + std::to_string(fd), link);
+    return MemoryRecipe(out_dir, fd);
+  }
+#endif
+  return MemoryRecipe(materialize_recipe(fixture_dir, out_dir), -1);
 }
 
 }  // namespace diffuse_test
