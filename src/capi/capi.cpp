@@ -361,6 +361,28 @@ std::string fmt_ms(std::chrono::steady_clock::duration d) {
   return buf;
 }
 
+/** A caller's planar image input (init_image, mask): `count` floats of [1 or batch, channels, h, w]
+ *  at `data`, copied into a tensor; nullopt when `data` is NULL and `count` 0. Refused, naming
+ *  `name` and `noun` ("an init image"): a count that is no whole image of the job's size, or a
+ *  count without data. */
+std::optional<diffuse::Tensor> planar_input(const float* data, std::size_t count, std::size_t channels, std::size_t h,
+                                            std::size_t w, std::size_t batch, const std::string& name,
+                                            const std::string& noun, const char* where) {
+  if (!data) {
+    if (count != 0) api_fail(DIFFUSE_INVALID_ARGUMENT, where, name + " is NULL but " + name + "_count is " + std::to_string(count));
+    return std::nullopt;
+  }
+  const std::size_t one = channels * h * w;
+  if (count != one && count != batch * one)
+    api_fail(DIFFUSE_INVALID_ARGUMENT, where,
+             name + "_count is " + std::to_string(count) + ", " + noun + " of " + std::to_string(w) + "x" +
+                 std::to_string(h) + " (width x height) has " + std::to_string(one) + " values" +
+                 (batch > 1 ? " (or " + std::to_string(batch * one) + " for one per image)" : std::string()));
+  diffuse::Tensor t({count / one, channels, h, w});
+  std::memcpy(t.data(), data, t.size() * sizeof(float));
+  return t;
+}
+
 /// Checks a batch index and an output buffer of `need` elements against `have`.
 void check_output(const diffuse_job& j, int index, const void* buffer, std::size_t have, std::size_t need,
                   const char* where, const char* unit) {
@@ -760,21 +782,11 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
       g.decode.tiling = o.tiling ? diffuse::models::VaeDecodeOptions::Tiling::on : diffuse::models::VaeDecodeOptions::Tiling::off;
     else if (m->low_memory && base.latent())
       g.decode.tiling = diffuse::models::VaeDecodeOptions::Tiling::on;
-    if (o.init_image) {  // img2img: [1 or batch, 3, height, width]
-      const std::size_t w = g.width.value_or(base.image_size()), h = g.height.value_or(base.image_size());
-      const std::size_t one = 3 * h * w;
-      if (o.init_image_count != one && o.init_image_count != g.batch * one)
-        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
-                 "init_image_count is " + std::to_string(o.init_image_count) + ", an init image of " + std::to_string(w) +
-                     "x" + std::to_string(h) + " (width x height) has " + std::to_string(one) + " values" +
-                     (g.batch > 1 ? " (or " + std::to_string(g.batch * one) + " for one per image)" : std::string()));
-      diffuse::Tensor image({o.init_image_count / one, 3, h, w});
-      std::memcpy(image.data(), o.init_image, image.size() * sizeof(float));
-      g.init_image = std::move(image);
-    } else if (o.init_image_count != 0) {
-      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "init_image is NULL but init_image_count is " +
-                                                    std::to_string(o.init_image_count));
-    }
+    const std::size_t in_w = g.width.value_or(base.image_size()), in_h = g.height.value_or(base.image_size());
+    // img2img: [1 or batch, 3, height, width]; inpainting: the mask [1 or batch, 1, height, width].
+    g.init_image = planar_input(o.init_image, o.init_image_count, 3, in_h, in_w, g.batch, "init_image",
+                                "an init image", where);
+    g.mask = planar_input(o.mask, o.mask_count, 1, in_h, in_w, g.batch, "mask", "a mask", where);
     if (!std::isnan(o.strength)) g.strength = o.strength;
     switch (o.rng) {
       case DIFFUSE_RNG_TORCH: g.rng = diffuse::NoiseRng::torch; break;
@@ -786,20 +798,6 @@ diffuse_status diffuse_job_create(diffuse_context* ctx, const diffuse_model* mod
                      std::to_string(o.rng));
     }
     g.noise_seed_delta = o.noise_seed_delta;
-    if (o.mask) {  // inpainting: [1 or batch, 1, height, width]
-      const std::size_t w = g.width.value_or(base.image_size()), h = g.height.value_or(base.image_size());
-      const std::size_t one = h * w;
-      if (o.mask_count != one && o.mask_count != g.batch * one)
-        api_fail(DIFFUSE_INVALID_ARGUMENT, where,
-                 "mask_count is " + std::to_string(o.mask_count) + ", a mask of " + std::to_string(w) + "x" +
-                     std::to_string(h) + " (width x height) has " + std::to_string(one) + " values" +
-                     (g.batch > 1 ? " (or " + std::to_string(g.batch * one) + " for one per image)" : std::string()));
-      diffuse::Tensor mask({o.mask_count / one, 1, h, w});
-      std::memcpy(mask.data(), o.mask, mask.size() * sizeof(float));
-      g.mask = std::move(mask);
-    } else if (o.mask_count != 0) {
-      api_fail(DIFFUSE_INVALID_ARGUMENT, where, "mask is NULL but mask_count is " + std::to_string(o.mask_count));
-    }
     if (o.initial_noise) {
       const std::size_t ls = base.latent_scale();
       const std::size_t w = g.width.value_or(base.image_size()) / ls, h = g.height.value_or(base.image_size()) / ls;

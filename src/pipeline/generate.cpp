@@ -375,7 +375,6 @@ struct Generation::State {
   // the known region is blended back after each step (legacy inpainting).
   bool from_noise = false;
   bool draw_z0 = false;
-  bool draw_masked = false;
   TorchGenerator masked_gen;
   Tensor mask_latent, masked_latents, image_latents;
   bool blend = false;
@@ -393,6 +392,11 @@ struct Generation::State {
   void encode(kernels::Context& c);
   void encode_image(kernels::Context& c);
   void blend_known_region();
+  /// Clean latents `z0` noised with `e` to noise level `sigma` (diffusers' add_noise in VE form,
+  /// z0 + sigma e; a flow sampler's scale_noise, (1 - sigma) z0 + sigma e).
+  float noised(float z0, float e, float sigma) const {
+    return flow_sampler ? (1.0f - sigma) * z0 + sigma * e : z0 + sigma * e;
+  }
 
   /// An inpainting network's input: [x_in, mask, masked image latents] along the channels, row r
   /// of a batch of B or 2B (guidance) taking image r mod B's mask and latents.
@@ -563,12 +567,12 @@ void Generation::State::encode_image(kernels::Context& c) {
       const std::size_t ch = im.dim(1), H = im.dim(2), W = im.dim(3);
       Tensor masked({n, ch, H, W});
       for (std::size_t b = 0; b < n; ++b)
-        for (std::size_t k = 0; k < ch; ++k)
-          for (std::size_t p = 0; p < H * W; ++p) {
-            const float keep =
-                opt.mask ? (opt.mask->data()[(opt.mask->dim(0) == 1 ? 0 : b) * H * W + p] < 0.5f ? 1.0f : 0.0f) : 0.0f;
+        for (std::size_t p = 0; p < H * W; ++p) {
+          const float keep =
+              opt.mask ? (opt.mask->data()[(opt.mask->dim(0) == 1 ? 0 : b) * H * W + p] < 0.5f ? 1.0f : 0.0f) : 0.0f;
+          for (std::size_t k = 0; k < ch; ++k)
             masked.data()[(b * ch + k) * H * W + p] = im.data()[((im.dim(0) == 1 ? 0 : b) * ch + k) * H * W + p] * keep;
-          }
+        }
       masked_latents = vae.to_model_latents(models::AutoencoderKL::posterior_sample(moments_of(masked), masked_gen));
     } else {
       const Tensor grey({1, vae.config().in_channels, *opt.height, *opt.width});
@@ -585,7 +589,7 @@ void Generation::State::encode_image(kernels::Context& c) {
       const float* z0 = z.data() + (n == 1 ? 0 : b) * row;
       const float* e = added_noise.data() + b * row;
       float* px = out.data() + b * row;
-      for (std::size_t i = 0; i < row; ++i) px[i] = flow_sampler ? (1.0f - sigma) * z0[i] + sigma * e[i] : z0[i] + sigma * e[i];
+      for (std::size_t i = 0; i < row; ++i) px[i] = noised(z0[i], e[i], sigma);
     }
     x = std::move(out);
   }
@@ -609,7 +613,7 @@ void Generation::State::blend_known_region() {
     for (std::size_t k = 0; k < C; ++k)
       for (std::size_t p = 0; p < hw; ++p) {
         const std::size_t q = k * hw + p;
-        const float known = last ? z0[q] : flow_sampler ? (1.0f - sigma) * z0[q] + sigma * e[q] : z0[q] + sigma * e[q];
+        const float known = last ? z0[q] : noised(z0[q], e[q], sigma);
         px[q] = (1.0f - m[p]) * known + m[p] * px[q];
       }
   }
@@ -727,13 +731,13 @@ void Generation::init() {
     const bool masking = o.mask.has_value() || model.inpainting();
     s.from_noise = masking && (!o.init_image || *o.strength == 1.0f);
     s.draw_z0 = o.init_image && !(model.inpainting() && s.from_noise);
-    s.draw_masked = masking && o.init_image;
+    const bool draw_masked = masking && o.init_image;
     s.blend = o.mask && !model.inpainting();
     s.posterior_gen = s.gen;
     if (s.draw_z0) (void)randn(s.gen, {o.init_image->dim(0), C, h, w});
     s.added_noise = s.first_noise({o.batch, C, h, w});
     if (o.initial_noise) s.added_noise = *o.initial_noise;
-    if (s.draw_masked) {
+    if (draw_masked) {
       s.masked_gen = s.gen;
       (void)randn(s.gen, {std::max(o.init_image->dim(0), o.mask ? o.mask->dim(0) : std::size_t{1}), C, h, w});
     }
