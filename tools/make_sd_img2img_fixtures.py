@@ -133,19 +133,24 @@ def f32_draws():
 
 
 @contextlib.contextmanager
-def drawing_f32(module_names):
-    """Within the block, randn_tensor as the named modules call it draws in float32 (f32_draws)."""
-    _, draw = f32_draws()
+def patching_randn(module_names, replacement):
+    """Within the block, each named module's randn_tensor is replacement(module name, its randn_tensor)."""
     patched = []
     try:
         for name in module_names:
             mod = importlib.import_module(name)
             patched.append((mod, mod.randn_tensor))
-            mod.randn_tensor = draw
+            mod.randn_tensor = replacement(name, mod.randn_tensor)
         yield
     finally:
         for mod, fn in patched:
             mod.randn_tensor = fn
+
+
+def drawing_f32(module_names):
+    """Within the block, randn_tensor as the named modules call it draws in float32 (f32_draws)."""
+    _, draw = f32_draws()
+    return patching_randn(module_names, lambda name, inner: draw)
 
 
 RANDN_USERS = ["diffusers.models.autoencoders.vae",

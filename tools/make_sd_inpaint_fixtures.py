@@ -75,9 +75,7 @@ defaults), as the img2img fixtures do. Masks and images are given as PIL images,
 runs. Each case runs twice: output_type "latent" (CASE.latents) and output_type "np" (CASE.images; its final
 latents, caught at the last step, are checked equal to the first run's).
 """
-import contextlib
 import copy
-import importlib
 import json
 import os
 import sys
@@ -196,24 +194,15 @@ def write_unet():
     return loaded
 
 
-@contextlib.contextmanager
 def recording(draws):
     """Appends (who, shape) to draws for each randn_tensor call of the RANDN_USERS modules within the block."""
-    patched = []
-    try:
-        for name in RANDN_USERS:
-            mod = importlib.import_module(name)
+    def recorder(name, inner):
+        def draw(shape, *a, **k):
+            draws.append([DRAWER[name], [int(s) for s in shape]])
+            return inner(shape, *a, **k)
+        return draw
 
-            def draw(shape, *a, _inner=mod.randn_tensor, _who=DRAWER[name], **k):
-                draws.append([_who, [int(s) for s in shape]])
-                return _inner(shape, *a, **k)
-
-            patched.append((mod, mod.randn_tensor))
-            mod.randn_tensor = draw
-        yield
-    finally:
-        for mod, fn in patched:
-            mod.randn_tensor = fn
+    return img2img.patching_randn(RANDN_USERS, recorder)
 
 
 def one_or_list(items):
