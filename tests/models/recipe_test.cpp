@@ -81,6 +81,20 @@ void check_recipe(const fs::path& dir) {
   EXPECT_NEAR(sum, want, 1e-9 * sum_abs);  // the CRCs are the exact check; the summation orders differ
 }
 
+/// A full-size U-Net recipe: its parameter count and total (the published model's), the manifest's
+/// total, the first and last names, then every tensor regenerated against its checksum.
+void check_unet_recipe(const std::string& folder, std::size_t tensors, std::size_t parameters) {
+  const auto r = diffuse_test::read_recipe(models_data_dir() / folder);
+  ASSERT_EQ(r.params.size(), tensors) << folder;
+  std::size_t n = 0;
+  for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
+  EXPECT_EQ(n, parameters) << folder;
+  EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n) << folder;
+  EXPECT_EQ(r.params.front().name, "conv_in.weight") << folder;
+  EXPECT_EQ(r.params.back().name, "conv_out.bias") << folder;
+  check_recipe(models_data_dir() / folder);
+}
+
 TEST(Recipe, Cifar10WeightsMatchTorch) { check_recipe(models_data_dir() / "ddpm_cifar10_recipe"); }
 TEST(Recipe, DitS2WeightsMatchTorch) { check_recipe(models_data_dir() / "dit_s2_recipe"); }
 TEST(Recipe, Ddpm256WeightsMatchTorch) { check_recipe(models_data_dir() / "ddpm_256_recipe"); }
@@ -133,15 +147,7 @@ TEST(Recipe, Sd15UnetWeightsMatchTorch) {  // its forward: tests/models/unet2d_c
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "859.5 M parameters are regenerated: skipped under a sanitizer";
 #endif
-  const auto r = diffuse_test::read_recipe(models_data_dir() / "unetc_sd15_recipe");
-  ASSERT_EQ(r.params.size(), 686u);  // the reference key list keys/sd15_unet.txt
-  std::size_t n = 0;
-  for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
-  EXPECT_EQ(n, 859'520'964u);
-  EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
-  EXPECT_EQ(r.params.front().name, "conv_in.weight");
-  EXPECT_EQ(r.params.back().name, "conv_out.bias");
-  check_recipe(models_data_dir() / "unetc_sd15_recipe");
+  check_unet_recipe("unetc_sd15_recipe", 686, 859'520'964);  // 686: the reference key list keys/sd15_unet.txt
 }
 
 // The real SD 2.1 (768-v) and SDXL base U-Net configurations (src/models/checkpoint.cpp's copies of the published
@@ -150,30 +156,14 @@ TEST(Recipe, Sd21UnetWeightsMatchTorch) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "865.9 M parameters are regenerated: skipped under a sanitizer";
 #endif
-  const auto r = diffuse_test::read_recipe(models_data_dir() / "unetc_sd21_recipe");
-  ASSERT_EQ(r.params.size(), 686u);
-  std::size_t n = 0;
-  for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
-  EXPECT_EQ(n, 865'910'724u);  // stabilityai/stable-diffusion-2-1's unet
-  EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
-  EXPECT_EQ(r.params.front().name, "conv_in.weight");
-  EXPECT_EQ(r.params.back().name, "conv_out.bias");
-  check_recipe(models_data_dir() / "unetc_sd21_recipe");
+  check_unet_recipe("unetc_sd21_recipe", 686, 865'910'724);  // stabilityai/stable-diffusion-2-1's unet
 }
 
 TEST(Recipe, SdxlUnetWeightsMatchTorch) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "2.57 G parameters are regenerated: skipped under a sanitizer";
 #endif
-  const auto r = diffuse_test::read_recipe(models_data_dir() / "unetc_sdxl_recipe");
-  ASSERT_EQ(r.params.size(), 1680u);
-  std::size_t n = 0;
-  for (const auto& p : r.params) n += diffuse::shape_numel(p.shape);
-  EXPECT_EQ(n, 2'567'463'684u);  // stabilityai/stable-diffusion-xl-base-1.0's unet
-  EXPECT_EQ(r.manifest.at("num_parameters").get<std::size_t>(), n);
-  EXPECT_EQ(r.params.front().name, "conv_in.weight");
-  EXPECT_EQ(r.params.back().name, "conv_out.bias");
-  check_recipe(models_data_dir() / "unetc_sdxl_recipe");
+  check_unet_recipe("unetc_sdxl_recipe", 1680, 2'567'463'684);  // stabilityai/stable-diffusion-xl-base-1.0's unet
 }
 
 TEST(Recipe, Crc32IsZlibs) {
