@@ -277,10 +277,8 @@ Model Model::load_single_file(const fs::path& file, const SingleFileOptions& so,
   m.name_ = file.stem().string();
   m.weights_bytes_ = fs::file_size(file, ec);
   const bool xl = info.family == models::CheckpointFamily::sdxl || info.family == models::CheckpointFamily::sdxl_inpaint;
-  const bool inpaint = info.family == models::CheckpointFamily::sd1_inpaint ||
-                       info.family == models::CheckpointFamily::sd2_inpaint ||
-                       info.family == models::CheckpointFamily::sdxl_inpaint;
-  m.pipeline_class_ = std::string(xl ? "StableDiffusionXL" : "StableDiffusion") + (inpaint ? "InpaintPipeline" : "Pipeline");
+  m.pipeline_class_ = std::string(xl ? "StableDiffusionXL" : "StableDiffusion") +
+                      (m.inpainting() ? "InpaintPipeline" : "Pipeline");  // from the U-Net's 9 input channels
   m.check_latent_channels(m.vae_->config().latent_channels, "VAE", where);
   m.init(info.scheduler_config);
   return m;
