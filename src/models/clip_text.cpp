@@ -282,7 +282,7 @@ ClipTextOutput ClipTextModel::encode(std::span<const std::int32_t> ids, std::siz
     if (x != h && i + 1 == keep_after) std::memcpy(h, x, rows * d * sizeof(float));
   }
   if (keep_after == layers || options.final_norm_on_skip) m.final_norm(h, h, rows, ctx);
-  if (m.store->options().stream_weights) m.dir.release_pages();  // LoadOptions::stream_weights
+  m.store->release_streamed_pages();  // LoadOptions::stream_weights
   if (!options.pooled) return out;
   const float* last = h;
   if (x != h) {

@@ -545,10 +545,7 @@ Tensor UNet2DConditionModel::Impl::forward(const Tensor& x, std::span<const floa
   skips.push_back({cur, C0});
   std::size_t cur_c = C0;
   // LoadOptions::stream_weights: the weights' pages dropped after each resnet + attention pair.
-  const bool stream = store->options().stream_weights;
-  const auto release = [&] {
-    if (stream) dir.release_pages();
-  };
+  const auto release = [&] { store->release_streamed_pages(); };
   for (const Block& blk : down) {
     for (std::size_t j = 0; j < blk.resnets.size(); ++j) {
       const Resnet& r = blk.resnets[j];

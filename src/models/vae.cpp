@@ -514,7 +514,7 @@ void AutoencoderKL::Impl::decode_into(const float* z, std::size_t B, std::size_t
   dec_norm(ping[side], ping[side], B, h * w, ctx, true);  // GroupNorm + SiLU in place
   dec_out(ping[side], B, h, w, out, ctx);
   arena.release(m0);
-  if (store->options().stream_weights) dir.release_pages();  // LoadOptions::stream_weights
+  store->release_streamed_pages();  // LoadOptions::stream_weights
 }
 
 void AutoencoderKL::Impl::encode_into(const float* x, std::size_t B, std::size_t h, std::size_t w, float* out,
@@ -554,7 +554,7 @@ void AutoencoderKL::Impl::encode_into(const float* x, std::size_t B, std::size_t
     enc_out(ping[side], B, h, w, out, ctx);
   }
   arena.release(m0);
-  if (store->options().stream_weights) dir.release_pages();  // LoadOptions::stream_weights
+  store->release_streamed_pages();  // LoadOptions::stream_weights
 }
 
 namespace {

@@ -127,6 +127,11 @@ class DIFFUSE_API WeightStore {
   std::size_t parameters() const noexcept { return parameters_; }
   /// The folder or file the weights came from.
   const io::ModelDir& dir() const noexcept { return *dir_; }
+  /// With LoadOptions::stream_weights, drops the resident pages of the weights files' mappings
+  /// (io::ModelDir::release_pages), as a network does after each of its blocks; else nothing.
+  void release_streamed_pages() const noexcept {
+    if (options_.stream_weights) dir_->release_pages();
+  }
   const std::string& model() const noexcept { return model_; }
   /// The options the store was made with.
   const LoadOptions& options() const noexcept { return options_; }
