@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Installs, from Debian's packages, whichever of diffuse's build dependencies are missing.
-# Extra package names given as arguments are installed too (CI passes clang for the fuzzer).
+# Extra package names given as arguments are installed too (scripts/fuzz.sh passes clang; .ci/run passes
+# SDL2 and Xvfb for examples/live_preview).
 set -euo pipefail
 
 pkgs=(cmake ninja-build g++ pkg-config
