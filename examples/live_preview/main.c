@@ -178,8 +178,8 @@ typedef struct app {
   char status[128];
   int quit, exit_code;
   /* the current run's statistics */
-  int run, frames, denoise_steps, mid_shot_taken, escape_pushed;
-  double frame_sum, frame_max, step_sum, encode_ms, decode_ms, last_frame_ms;
+  int run, frames, denoise_steps, previews, mid_shot_taken, escape_pushed;
+  double frame_sum, frame_max, step_sum, preview_sum, encode_ms, decode_ms, last_frame_ms;
 } app;
 
 static double now_ms(void) {
@@ -457,10 +457,10 @@ static void print_stats(app* a, const char* how) {
   int step = 0, num_steps = 0;
   if (a->job) diffuse_job_progress(a->job, &step, &num_steps);
   printf("run %d \"%s\": %s at step %d/%d after %d frames; frame mean %.1f ms, max %.1f ms; "
-         "step mean %.1f ms over %d steps (prompt encode %.1f ms, decode %.1f ms)\n",
+         "step mean %.1f ms over %d steps, preview mean %.1f ms (prompt encode %.1f ms, decode %.1f ms)\n",
          a->run, a->running, how, step, num_steps, a->frames, a->frames ? a->frame_sum / a->frames : 0.0,
-         a->frame_max, a->denoise_steps ? a->step_sum / a->denoise_steps : 0.0, a->denoise_steps, a->encode_ms,
-         a->decode_ms);
+         a->frame_max, a->denoise_steps ? a->step_sum / a->denoise_steps : 0.0, a->denoise_steps,
+         a->previews ? a->preview_sum / a->previews : 0.0, a->encode_ms, a->decode_ms);
   fflush(stdout);
 }
 
@@ -473,8 +473,8 @@ static void start_run(app* a) {
   a->job = NULL;
   snprintf(a->running, sizeof a->running, "%s", a->prompt);
   ++a->run;
-  a->frames = a->denoise_steps = a->mid_shot_taken = a->escape_pushed = 0;
-  a->frame_sum = a->frame_max = a->step_sum = a->encode_ms = a->decode_ms = 0.0;
+  a->frames = a->denoise_steps = a->previews = a->mid_shot_taken = a->escape_pushed = 0;
+  a->frame_sum = a->frame_max = a->step_sum = a->preview_sum = a->encode_ms = a->decode_ms = 0.0;
   if (!job_options(a, a->running, &jo)) {
     fprintf(stderr, "error: '%s' is no class of %s (0-%d)\n", a->running, a->info.name, a->info.num_classes - 1);
     snprintf(a->status, sizeof a->status, "type a class, 0-%d", a->info.num_classes - 1);
@@ -529,6 +529,7 @@ static void step_run(app* a) {
     a->state = DONE;
     snprintf(a->status, sizeof a->status, "done: %d steps", num_steps);
   } else {
+    t0 = now_ms();
     st = diffuse_job_preview_rgba8(a->job, 0, a->pixels, a->bytes);
     if (st == DIFFUSE_WRONG_STATE) return; /* the prompt encode: no estimate yet */
   }
@@ -539,6 +540,10 @@ static void step_run(app* a) {
     return;
   }
   SDL_UpdateTexture(a->image, NULL, a->pixels, a->img_w * 4);
+  if (!done) { /* the preview's cost: the latents to RGB (or a tiny VAE decode) and the upload */
+    a->preview_sum += now_ms() - t0;
+    ++a->previews;
+  }
 }
 
 /* ---- events ---- */
@@ -718,7 +723,10 @@ int main(int argc, char** argv) {
     if (a.state != RUNNING) SDL_WaitEventTimeout(NULL, 100);
     t0 = now_ms();
     while (SDL_PollEvent(&e)) handle_event(&a, &e); /* every frame, also while a job runs */
-    if (a.quit) break;
+    if (a.quit) {
+      if (a.state == RUNNING) print_stats(&a, "quit");
+      break;
+    }
     if (a.opt.exit_after_done && a.state == FAILED) break; /* the job could not be created */
 
     stepping = a.state == RUNNING;
