@@ -13,7 +13,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <regex>
 #include <string>
 
 #include <diffuse/io/image.hpp>
@@ -36,13 +35,14 @@ Region region_of(const std::string& path, const io::Image& shot, int width, int 
   std::string params;
   for (const auto& [key, value] : io::read_png_text(path))
     if (key == "parameters") params = value;
-  std::smatch m;
-  if (!std::regex_search(params, m, std::regex("Window image: x=(\\d+) y=(\\d+) scale=(\\d+)")))
+  const std::size_t pos = params.rfind("Window image: ");
+  Region r;
+  if (pos == std::string::npos ||
+      std::sscanf(params.c_str() + pos, "Window image: x=%d y=%d scale=%d", &r.x, &r.y, &r.scale) != 3)
     fail(path + ": no 'Window image: x=.. y=.. scale=..' in its parameters text ('" + params + "')");
-  const Region r{std::stoi(m[1]), std::stoi(m[2]), std::stoi(m[3])};
-  if (r.scale < 1 || r.x + width * r.scale > shot.width || r.y + height * r.scale > shot.height)
-    fail(path + ": the image region (" + std::to_string(width * r.scale) + " px square at " + std::to_string(r.x) +
-         "," + std::to_string(r.y) + ") does not fit the " + std::to_string(shot.width) + "x" +
+  if (r.scale < 1 || r.x < 0 || r.y < 0 || r.x + width * r.scale > shot.width || r.y + height * r.scale > shot.height)
+    fail(path + ": the image region (" + std::to_string(width * r.scale) + "x" + std::to_string(height * r.scale) +
+         " at " + std::to_string(r.x) + "," + std::to_string(r.y) + ") does not fit the " + std::to_string(shot.width) + "x" +
          std::to_string(shot.height) + " window");
   return r;
 }
