@@ -219,6 +219,8 @@ static int parse_int(const char* s, long lo, long hi, int* out) {
 
 /* 0: run; 1: error (message printed); 2: --help. */
 static int parse_args(int argc, char** argv, options* o) {
+  static const char* const with_value[] = {"--model", "--prompt", "--type", "--screenshot", "--result", "--steps",
+                                           "--screenshot-step", "--cancel-step", "--threads", "--seed", "--scale"};
   int i;
   memset(o, 0, sizeof *o);
   o->model = "models/emoji";
@@ -233,8 +235,16 @@ static int parse_args(int argc, char** argv, options* o) {
       o->exit_after_done = 1;
       continue;
     }
+    {
+      size_t k, known = 0;
+      for (k = 0; k < sizeof with_value / sizeof with_value[0]; ++k) known |= !strcmp(a, with_value[k]);
+      if (!known) {
+        fprintf(stderr, "error: unknown option '%s' (--help lists the options)\n", a);
+        return 1;
+      }
+    }
     if (!v) {
-      fprintf(stderr, "error: %s needs a value (--help lists the options)\n", a);
+      fprintf(stderr, "error: %s needs a value\n", a);
       return 1;
     }
     ++i;
@@ -267,9 +277,6 @@ static int parse_args(int argc, char** argv, options* o) {
       o->scale = strtof(v, &end);
       if (errno || end == v || *end || !(o->scale >= 0.0f && o->scale <= 1000.0f)) goto bad;
       o->has_scale = 1;
-    } else {
-      fprintf(stderr, "error: unknown option '%s' (--help lists the options)\n", a);
-      return 1;
     }
     continue;
   bad:
@@ -683,9 +690,12 @@ static int open_window(app* a) {
     return 0;
   }
   SDL_GetRendererInfo(a->renderer, &ri);
-  printf("model %s: %dx%d images shown at %dx in a %dx%d window (%s renderer), %d thread(s)\n",
-         a->info.name ? a->info.name : a->opt.model, a->img_w, a->img_h, a->zoom, a->win_w, a->win_h, ri.name,
-         a->opt.threads);
+  if (!strcmp(SDL_GetCurrentVideoDriver(), "offscreen") || !strcmp(SDL_GetCurrentVideoDriver(), "dummy"))
+    fprintf(stderr, "note: no display found (SDL video driver '%s'): the window is not shown\n",
+            SDL_GetCurrentVideoDriver());
+  printf("model %s: %dx%d images shown at %dx in a %dx%d window (%s video, %s renderer), %d thread(s)\n",
+         a->info.name ? a->info.name : a->opt.model, a->img_w, a->img_h, a->zoom, a->win_w, a->win_h,
+         SDL_GetCurrentVideoDriver(), ri.name, a->opt.threads);
   fflush(stdout);
   clear_image(a);
   SDL_StartTextInput();
