@@ -42,15 +42,16 @@ Region region_of(const std::string& path, const io::Image& shot, int width, int 
     fail(path + ": no 'Window image: x=.. y=.. scale=..' in its parameters text ('" + params + "')");
   if (r.scale < 1 || r.x < 0 || r.y < 0 || r.x + width * r.scale > shot.width || r.y + height * r.scale > shot.height)
     fail(path + ": the image region (" + std::to_string(width * r.scale) + "x" + std::to_string(height * r.scale) +
-         " at " + std::to_string(r.x) + "," + std::to_string(r.y) + ") does not fit the " + std::to_string(shot.width) + "x" +
-         std::to_string(shot.height) + " window");
+         " at " + std::to_string(r.x) + "," + std::to_string(r.y) + ") does not fit the " + std::to_string(shot.width) +
+         "x" + std::to_string(shot.height) + " window");
   return r;
 }
 
 // RGB of pixel (x, y).
 const std::uint8_t* at(const io::Image& im, int x, int y) {
-  return im.pixels.data() + (static_cast<std::size_t>(y) * static_cast<std::size_t>(im.width) + static_cast<std::size_t>(x)) *
-                                static_cast<std::size_t>(im.channels);
+  return im.pixels.data() +
+         (static_cast<std::size_t>(y) * static_cast<std::size_t>(im.width) + static_cast<std::size_t>(x)) *
+             static_cast<std::size_t>(im.channels);
 }
 
 bool same_rgb(const std::uint8_t* a, const std::uint8_t* b) { return a[0] == b[0] && a[1] == b[1] && a[2] == b[2]; }

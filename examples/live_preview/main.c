@@ -173,8 +173,8 @@ typedef struct app {
   SDL_Texture* font;
   unsigned char* pixels; /* img_w * img_h RGBA8 */
   size_t bytes;
-  char prompt[PROMPT_MAX];   /* what is being typed */
-  char running[PROMPT_MAX];  /* the prompt of the current run */
+  char prompt[PROMPT_MAX];  /* what is being typed */
+  char running[PROMPT_MAX]; /* the prompt of the current run */
   char status[128];
   int quit, exit_code;
   /* the current run's statistics */
@@ -219,8 +219,9 @@ static int parse_int(const char* s, long lo, long hi, int* out) {
 
 /* 0: run; 1: error (message printed); 2: --help. */
 static int parse_args(int argc, char** argv, options* o) {
-  static const char* const with_value[] = {"--model", "--prompt", "--type", "--screenshot", "--result", "--steps",
-                                           "--screenshot-step", "--cancel-step", "--threads", "--seed", "--scale"};
+  static const char* const with_value[] = {"--model", "--prompt",          "--type",        "--screenshot", "--result",
+                                           "--steps", "--screenshot-step", "--cancel-step", "--threads",    "--seed",
+                                           "--scale"};
   int i;
   memset(o, 0, sizeof *o);
   o->model = "models/emoji";
@@ -463,11 +464,12 @@ static void clear_image(app* a) {
 static void print_stats(app* a, const char* how) {
   int step = 0, num_steps = 0;
   if (a->job) diffuse_job_progress(a->job, &step, &num_steps);
-  printf("run %d \"%s\": %s at step %d/%d after %d frames; frame mean %.1f ms, max %.1f ms; "
-         "step mean %.1f ms over %d steps, preview mean %.1f ms (prompt encode %.1f ms, decode %.1f ms)\n",
-         a->run, a->running, how, step, num_steps, a->frames, a->frames ? a->frame_sum / a->frames : 0.0,
-         a->frame_max, a->denoise_steps ? a->step_sum / a->denoise_steps : 0.0, a->denoise_steps,
-         a->previews ? a->preview_sum / a->previews : 0.0, a->encode_ms, a->decode_ms);
+  printf(
+      "run %d \"%s\": %s at step %d/%d after %d frames; frame mean %.1f ms, max %.1f ms; "
+      "step mean %.1f ms over %d steps, preview mean %.1f ms (prompt encode %.1f ms, decode %.1f ms)\n",
+      a->run, a->running, how, step, num_steps, a->frames, a->frames ? a->frame_sum / a->frames : 0.0, a->frame_max,
+      a->denoise_steps ? a->step_sum / a->denoise_steps : 0.0, a->denoise_steps,
+      a->previews ? a->preview_sum / a->previews : 0.0, a->encode_ms, a->decode_ms);
   fflush(stdout);
 }
 
@@ -754,7 +756,8 @@ int main(int argc, char** argv) {
       a.mid_shot_taken = 1;
       shot_ms += now_ms() - s0;
     }
-    if (stepping && a.opt.cancel_step && !a.escape_pushed && a.state == RUNNING && a.denoise_steps == a.opt.cancel_step) {
+    if (stepping && a.opt.cancel_step && !a.escape_pushed && a.state == RUNNING &&
+        a.denoise_steps == a.opt.cancel_step) {
       push_key(&a, SDLK_ESCAPE, SDL_SCANCODE_ESCAPE); /* handled by the next frame, as a key press would be */
       a.escape_pushed = 1;
     }
