@@ -50,8 +50,8 @@ struct GenerateArgs {
   std::string preview_vae;    ///< a tiny VAE (TAESD) folder for the previews
   int tiled = -1;             ///< --tiled 1, --no-tiled 0, automatic -1
   std::string preview_every;  ///< write a preview frame every N steps (empty: none)
-  std::string prompt;           ///< a text-to-image model's prompt (all images)
-  bool prompt_set = false;      ///< -p given ("" is the empty prompt)
+  std::vector<std::string> prompts;  ///< -p once (all images) or once per image
+  bool prompt_set = false;           ///< -p given ("" is the empty prompt)
   std::string negative_prompt;  ///< what guidance steers away from
   bool negative_set = false;
   std::string clip_skip;        ///< A1111's clip skip (empty: 1)

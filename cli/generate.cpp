@@ -212,18 +212,23 @@ int run_generate(const GenerateArgs& a) {
         whole_number("--noise-seed-delta", a.noise_seed_delta, 0, std::numeric_limits<std::uint64_t>::max());
   }
   o.memory_limit = memory_limit;
-  o.batch = batch > 0 ? batch : std::max<std::size_t>(o.labels.size(), 1);
-  // A class list repeats to fill a batch that is a multiple of it ("--class all --batch 30").
-  if (o.labels.size() > 1 && o.batch > o.labels.size() && o.batch % o.labels.size() == 0) {
-    const std::vector<std::int64_t> one = o.labels;
-    while (o.labels.size() < o.batch) o.labels.insert(o.labels.end(), one.begin(), one.end());
-  }
+  if (a.prompt_set) o.prompts = a.prompts;
+  o.batch = batch > 0 ? batch : std::max<std::size_t>({o.labels.size(), o.prompts.size(), 1});
+  // A class or prompt list repeats to fill a batch that is a multiple of it ("--class all --batch 30",
+  // "-p apple -p rocket --batch 4").
+  const auto repeat_to_batch = [&o](auto& list) {
+    if (list.size() > 1 && o.batch > list.size() && o.batch % list.size() == 0) {
+      const auto one = list;
+      while (list.size() < o.batch) list.insert(list.end(), one.begin(), one.end());
+    }
+  };
+  repeat_to_batch(o.labels);
+  repeat_to_batch(o.prompts);
   if (a.low_memory && a.tiled < 0 && model.latent()) o.decode.tiling = diffuse::models::VaeDecodeOptions::Tiling::on;
   if (a.tiled >= 0) o.decode.tiling = a.tiled ? diffuse::models::VaeDecodeOptions::Tiling::on
                                              : diffuse::models::VaeDecodeOptions::Tiling::off;
   if (width > 0) o.width = width;
   if (height > 0) o.height = height;
-  if (a.prompt_set) o.prompts = {a.prompt};
   if (a.negative_set) o.negative_prompts = {a.negative_prompt};
   if (model.text_conditional() && !a.prompt_set)
     throw UsageError(model.name() + " generates from text: give a prompt with -p \"...\"");

@@ -82,9 +82,12 @@ int main(int argc, char** argv) {
   gen->add_option("--preview-every", g.preview_every,
                   "every N steps, write the current estimate as OUTPUT-step-K.png (a latent model's through its "
                   "latent-to-RGB preview)");
-  CLI::Option* prompt = gen->add_option("-p,--prompt", g.prompt,
+  CLI::Option* prompt = gen->add_option("-p,--prompt", g.prompts,
                                         "a text-to-image model's prompt (A1111's syntax: (word:1.3) emphasis, "
-                                        "BREAK, longer than 75 tokens in chunks; docs/prompts.md)");
+                                        "BREAK, longer than 75 tokens in chunks; docs/prompts.md); repeat it for "
+                                        "one image per prompt (-p \"red apple\" -p rocket)")
+                               ->expected(1)
+                               ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   CLI::Option* negative = gen->add_option("-n,--negative-prompt", g.negative_prompt,
                                           "what guidance steers away from (text-to-image models)");
   gen->add_option("--clip-skip", g.clip_skip,
