@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <string>
 
@@ -78,6 +79,31 @@ TEST(StrictJson, ParsesAndRejects) {
                                       {"f.json", "not valid JSON"});
   expect_error<diffuse::format_error>([] { diffuse::parse_json_strict("{} // c", "t", "f.json", "config"); },
                                       {"not valid JSON"});
+}
+
+TEST(StrictJson, PythonInfinityLiteralsInFiles) {
+  // Python's json writes float("inf") as a bare Infinity: diffusers' DPMSolverMultistepScheduler config
+  // has "lambda_min_clipped": -Infinity. Files take Infinity and -Infinity as values (not inside strings,
+  // which stay as written); NaN, and both literals in a safetensors header (parse_json_strict), are refused.
+  TempDir d;
+  const fs::path f = d.path() / "scheduler_config.json";
+  write(f, R"({"lambda_min_clipped": -Infinity, "x": [Infinity, 1], "s": "-Infinity \" Infinity", "n": "NaN"})");
+  const auto j = diffuse::read_json_file(f, "t", "scheduler config");
+  EXPECT_EQ(j["lambda_min_clipped"].get<double>(), -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(j["x"][0].get<double>(), std::numeric_limits<double>::infinity());
+  EXPECT_EQ(j["x"][1], 1);
+  EXPECT_EQ(j["s"], "-Infinity \" Infinity");
+  EXPECT_EQ(j["n"], "NaN");
+  write(f, R"({"a": NaN})");
+  expect_error<diffuse::format_error>([&] { diffuse::read_json_file(f, "t", "config"); }, {f.string(), "not valid JSON"});
+  write(f, R"({"a": Infinityy})");
+  expect_error<diffuse::format_error>([&] { diffuse::read_json_file(f, "t", "config"); }, {"not valid JSON"});
+  write(f, "{\"a\": \"\\u0000diffuse-literal:Infinity\"}");
+  expect_error<diffuse::format_error>([&] { diffuse::read_json_file(f, "t", "config"); }, {"reserved"});
+  expect_error<diffuse::format_error>([] { diffuse::parse_json_strict("{\"a\": -Infinity}", "t", "h", "header"); },
+                                      {"not valid JSON"});
+  // A DPM-Solver folder as diffusers' save_pretrained writes it loads (the shipped emoji model is one).
+  EXPECT_NO_THROW(diffuse::pipeline::Model::load(kModels / "emoji"));
 }
 
 TEST(StrictJson, FileTypeAndSize) {

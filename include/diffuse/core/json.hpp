@@ -6,7 +6,8 @@
  *  compiled library share it.
  *
  *  `parse_json_strict(text, ...)` rejects, as format_error naming the file:
- *  - text that is not JSON (no comments, no NaN/Infinity literals, no trailing text);
+ *  - text that is not JSON (no comments, no NaN literal, no trailing text; Infinity and -Infinity
+ *    only with `JsonLimits::python_literals`, see below);
  *  - a duplicate key in any object (nlohmann would keep the last one silently; Python's json keeps
  *    the last one too, so such a file means different things to different readers);
  *  - nesting deeper than `JsonLimits::max_depth` levels (128, serde_json's limit), so that no
@@ -17,7 +18,12 @@
  *  is refused before one byte is read, so nothing hangs or reads without end) and that its size
  *  is at most `JsonLimits::max_bytes` (4 MiB by default: the largest published configs and weight
  *  indexes are about 200 KB), reads it, and parses it as above. io_error when the file cannot be
- *  opened or read, format_error for the rest.
+ *  opened or read, format_error for the rest. Config files are written by Python's json module,
+ *  which writes an infinite float as a bare Infinity or -Infinity (diffusers' own
+ *  DPMSolverMultistepScheduler config has "lambda_min_clipped": -Infinity), so read_json_file
+ *  accepts those two literals as values (the doubles +inf and -inf), as Python's json.load does;
+ *  NaN stays refused (no config means it), and a safetensors header, which safetensors' own
+ *  reader parses as strict JSON, takes neither.
  *
  *  **Example**
  *  @code
@@ -30,6 +36,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <set>
 #include <string>
 #include <string_view>
@@ -52,12 +59,57 @@ struct JsonLimits {
   std::size_t max_depth = 128;
   /// Largest file read_json_file accepts, in bytes.
   std::uint64_t max_bytes = std::uint64_t{4} << 20;
+  /// Accept Python's Infinity and -Infinity literals as values (read_json_file sets it).
+  bool python_literals = false;
 };
 
 namespace detail {
 struct JsonReject {
   std::string what;
 };
+
+/// A string that cannot come from a JSON file's text (a NUL byte leads it): the stand-in for a
+/// Python literal, turned back into a double by the parser callback.
+inline constexpr std::string_view kJsonLiteralMark{"\0diffuse-literal:", 17};
+
+/** `text` with each Infinity and -Infinity outside strings replaced by a marked string
+ *  ("\u0000diffuse-literal:Infinity"), for parse_json_strict to turn into a double. Nothing else
+ *  changes. */
+inline std::string mark_python_literals(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) {
+        out += text[++i];
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      out += c;
+      continue;
+    }
+    bool replaced = false;
+    for (std::string_view lit : {std::string_view("-Infinity"), std::string_view("Infinity")}) {
+      if (text.substr(i, lit.size()) == lit) {
+        out += "\"\\u0000diffuse-literal:";
+        out += lit;
+        out += '"';
+        i += lit.size() - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
+}
 
 inline std::string json_size_string(std::uint64_t bytes) {
   if (bytes < (std::uint64_t{1} << 20)) return std::to_string(bytes) + " bytes";
@@ -96,11 +148,26 @@ inline nlohmann::json parse_json_strict(std::string_view text, std::string_view 
         }
         break;
       case json::parse_event_t::value:
+        if (limits.python_literals && parsed.is_string()) {
+          const std::string& v = parsed.get_ref<const std::string&>();
+          if (v.size() > detail::kJsonLiteralMark.size() && v.compare(0, detail::kJsonLiteralMark.size(),
+                                                                       detail::kJsonLiteralMark) == 0) {
+            const std::string_view lit = std::string_view(v).substr(detail::kJsonLiteralMark.size());
+            parsed = lit == "Infinity" ? std::numeric_limits<double>::infinity()
+                                       : -std::numeric_limits<double>::infinity();
+          }
+        }
         break;
     }
     return true;
   };
   try {
+    if (limits.python_literals) {
+      if (text.find("diffuse-literal:") != std::string_view::npos)
+        throw detail::JsonReject{"the text 'diffuse-literal:' is reserved (it marks Infinity literals)"};
+      const std::string marked = detail::mark_python_literals(text);
+      return json::parse(marked.begin(), marked.end(), cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
+    }
     return json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
   } catch (const detail::JsonReject& r) {
     raise<format_error>(where, label + ": " + std::string(what) + ": " + r.what);
@@ -159,7 +226,9 @@ inline nlohmann::json read_json_file(const std::filesystem::path& path, std::str
   }
   text.resize(got);
   if (text.size() > limits.max_bytes) too_big(text.size());
-  return parse_json_strict(text, where, label, what, limits);
+  JsonLimits file_limits = limits;
+  file_limits.python_literals = true;
+  return parse_json_strict(text, where, label, what, file_limits);
 }
 
 DIFFUSE_END_NAMESPACE
