@@ -86,8 +86,8 @@ int main(int argc, char** argv) {
                                         "a text-to-image model's prompt (A1111's syntax: (word:1.3) emphasis, "
                                         "BREAK, longer than 75 tokens in chunks; docs/prompts.md); repeat it for "
                                         "one image per prompt (-p \"red apple\" -p rocket)")
-                               ->expected(1)
-                               ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+                            ->expected(1)
+                            ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   CLI::Option* negative = gen->add_option("-n,--negative-prompt", g.negative_prompt,
                                           "what guidance steers away from (text-to-image models)");
   gen->add_option("--clip-skip", g.clip_skip,

@@ -12,8 +12,8 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <limits>
 #include <fstream>
+#include <limits>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -95,7 +95,8 @@ TEST(StrictJson, PythonInfinityLiteralsInFiles) {
   EXPECT_EQ(j["s"], "-Infinity \" Infinity");
   EXPECT_EQ(j["n"], "NaN");
   write(f, R"({"a": NaN})");
-  expect_error<diffuse::format_error>([&] { diffuse::read_json_file(f, "t", "config"); }, {f.string(), "not valid JSON"});
+  expect_error<diffuse::format_error>([&] { diffuse::read_json_file(f, "t", "config"); },
+                                      {f.string(), "not valid JSON"});
   write(f, R"({"a": Infinityy})");
   expect_error<diffuse::format_error>([&] { diffuse::read_json_file(f, "t", "config"); }, {"not valid JSON"});
   write(f, "{\"a\": \"\\u0000diffuse-literal:Infinity\"}");

@@ -150,11 +150,11 @@ inline nlohmann::json parse_json_strict(std::string_view text, std::string_view 
       case json::parse_event_t::value:
         if (limits.python_literals && parsed.is_string()) {
           const std::string& v = parsed.get_ref<const std::string&>();
-          if (v.size() > detail::kJsonLiteralMark.size() && v.compare(0, detail::kJsonLiteralMark.size(),
-                                                                       detail::kJsonLiteralMark) == 0) {
+          if (v.size() > detail::kJsonLiteralMark.size() &&
+              v.compare(0, detail::kJsonLiteralMark.size(), detail::kJsonLiteralMark) == 0) {
             const std::string_view lit = std::string_view(v).substr(detail::kJsonLiteralMark.size());
-            parsed = lit == "Infinity" ? std::numeric_limits<double>::infinity()
-                                       : -std::numeric_limits<double>::infinity();
+            parsed =
+                lit == "Infinity" ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
           }
         }
         break;
