@@ -144,6 +144,8 @@ int run_generate(const GenerateArgs& a) {
   if (a.cfg_set && !std::isfinite(a.cfg_scale)) throw UsageError("--cfg-scale must be a finite number");
   const std::uint64_t seed = whole_number("--seed", a.seed, 0, std::numeric_limits<std::uint64_t>::max());
   const std::size_t batch = a.batch.empty() ? 0 : whole_number("--batch", a.batch, 1, 1024);
+  const int grid_columns =
+      a.grid_columns.empty() ? 0 : static_cast<int>(whole_number("--grid-columns", a.grid_columns, 1, 1024));
   const std::size_t width = a.width.empty() ? 0 : whole_number("--width", a.width, 1, 4096);
   const std::size_t height = a.height.empty() ? 0 : whole_number("--height", a.height, 1, 4096);
   const std::size_t threads = whole_number("--threads", a.threads, 0, diffuse::kernels::ThreadPool::kMaxThreads,
@@ -303,7 +305,7 @@ int run_generate(const GenerateArgs& a) {
       const auto frames = pl::to_images(gen.preview_image(ctx), scale);
       const fs::path f = suffixed(out, "-step-" + std::to_string(gen.step_index()));
       const std::string what = "step " + std::to_string(gen.step_index()) + " of " + std::to_string(gen.num_steps());
-      diffuse::io::write_png(f, frames.size() == 1 ? frames[0] : pl::grid(frames),
+      diffuse::io::write_png(f, frames.size() == 1 ? frames[0] : pl::grid(frames, grid_columns),
                              {{"parameters", pl::parameters_text(model, o, std::nullopt, {{"Preview", what}})}});
     }
   }
@@ -314,7 +316,7 @@ int run_generate(const GenerateArgs& a) {
   if (scale > 1) extra.emplace_back("Scale", std::to_string(scale) + "x (nearest)");
   std::vector<fs::path> written;
   if (a.grid || images.size() == 1) {
-    diffuse::io::write_png(out, images.size() == 1 ? images[0] : pl::grid(images),
+    diffuse::io::write_png(out, images.size() == 1 ? images[0] : pl::grid(images, grid_columns),
                            {{"parameters", pl::parameters_text(model, o, std::nullopt, extra)}});
     written.push_back(out);
   } else {

@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
   gen->add_option("--memory-limit", g.memory_limit,
                   "memory the load and the generation may use, e.g. 4G or 512M (default: 3/4 of the physical memory)");
   gen->add_flag("--grid", g.grid, "write a batch as one grid image");
+  gen->add_option("--grid-columns", g.grid_columns, "images per row of a --grid, 1..1024 (default: up to 10)");
   gen->add_option("--vae", g.vae,
                   "decode a latent model's latents with this VAE folder instead of its own (AutoencoderKL, or a "
                   "tiny AutoencoderTiny / TAESD for a fast approximate decode)");

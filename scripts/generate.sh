@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # The main job: installs what is missing, builds diffuse and its `diffuse` program (Release, host
 # SIMD), and generates from text with the shipped emoji model (models/emoji, a Stable Diffusion
-# pipeline in small) into out/diffuse.png. With no prompt it draws a grid of eight subjects; arguments
+# pipeline in small) into out/diffuse.png. With no prompt it draws a 4x4 grid of 16 subjects; arguments
 # are passed to `diffuse generate` and override the defaults here, e.g.
 #   scripts/generate.sh -p "rocket"
 #   scripts/generate.sh -p "red apple" -p "cat face" --seed 3 --steps 30
@@ -27,9 +27,11 @@ defaults=()
 if [ "$has_model" -eq 0 ]; then
   defaults+=(--model models/emoji --grid)
   if [ "$has_prompt" -eq 0 ]; then
-    for p in "red apple" "rocket" "cat face" "smiling face with sunglasses" "pizza" "sun" "ghost" "tree"; do
+    for p in "red apple" "rocket" "cat face" "smiling face with sunglasses" "pizza" "sun" "ghost" "tree" \
+             "grinning face" "dog face" "red heart" "flag: japan" "keycap: 1" "play button" "aries" "snowman"; do
       defaults+=(-p "$p")
     done
+    defaults+=(--grid-columns 4)
   fi
 fi
 mkdir -p out
