@@ -45,7 +45,7 @@ struct GenerateArgs {
   std::string memory_limit;  ///< "4G", "512M"; empty: 3/4 of the physical memory
   std::string output = "diffuse.png";
   bool grid = false;
-  std::string grid_columns;   ///< images per grid row (empty: up to 10)
+  std::string grid_columns;  ///< images per grid row (empty: up to 10)
   bool quiet = false;
   std::string vae;            ///< another VAE folder for a latent model (AutoencoderKL or a tiny one)
   std::string preview_vae;    ///< a tiny VAE (TAESD) folder for the previews
