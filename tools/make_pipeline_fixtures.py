@@ -185,6 +185,18 @@ def save_pipeline_folder(folder, transformer, vae, labels, weights=True):
         f.write("\n")
 
 
+def update_summary(key, **entry):
+    """Sets tests/data/pipelines/summary.json[key] to `entry` with the torch / diffusers / transformers versions
+    that made it (`versions`), keeping every other key; written sorted, one space of indent."""
+    path = os.path.join(OUT, "summary.json")
+    summary = json.load(open(path)) if os.path.exists(path) else {}
+    summary[key] = dict(entry, versions=dict(torch=torch.__version__, diffusers=__import__("diffusers").__version__,
+                                             transformers=__import__("transformers").__version__))
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def max_rel(a, b):
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 

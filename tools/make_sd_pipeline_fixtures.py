@@ -278,14 +278,7 @@ def main():
         print(f"sd_tiny {name}: timesteps {timesteps}, f32 vs f64 latents {entry.get('torch_f32_vs_f64_latents')}")
     save_file(tensors, os.path.join(folder, "generations.safetensors"))
 
-    path = os.path.join(OUT, "summary.json")
-    summary = json.load(open(path)) if os.path.exists(path) else {}
-    summary["sd_tiny"] = dict(cases=info, versions=dict(torch=torch.__version__,
-                                                         diffusers=__import__("diffusers").__version__,
-                                                         transformers=__import__("transformers").__version__))
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
-        f.write("\n")
+    mpf.update_summary("sd_tiny", cases=info)
 
 
 if __name__ == "__main__":

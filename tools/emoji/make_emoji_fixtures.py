@@ -12,7 +12,6 @@ The folder's weights are f16; both runs compute in f32 (f64) on exactly those va
 """
 import copy
 import hashlib
-import json
 import os
 import sys
 
@@ -99,15 +98,7 @@ def main():
         print(f"emoji {name}: {cls} timesteps {timesteps[:3]}..., f32 vs f64 latents "
               f"{info[name]['torch_f32_vs_f64_latents']:.3g} images {info[name]['torch_f32_vs_f64_images']:.3g}")
     save_file(tensors, os.path.join(OUT, "emoji_generations.safetensors"))
-    path = os.path.join(OUT, "summary.json")
-    summary = json.load(open(path)) if os.path.exists(path) else {}
-    summary["emoji"] = dict(cases=info, weights_sha256=weights_sha256(MODEL),
-                            versions=dict(torch=torch.__version__, diffusers=__import__("diffusers").__version__,
-                                          transformers=__import__("transformers").__version__))
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
-        f.write("\n")
-
+    mpf.update_summary("emoji", cases=info, weights_sha256=weights_sha256(MODEL))
 
 if __name__ == "__main__":
     main()
