@@ -40,8 +40,8 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from common import DATA_DIR, REPO, grid_image, load_dataset, split_indices, to_tensor, to_uint8  # noqa: E402
-from digits_common import EMA, lr_at  # noqa: E402
+from common import DATA_DIR, family_weights, REPO, grid_image, load_dataset, split_indices, to_tensor, to_uint8  # noqa: E402
+from digits_common import EMA, load_checkpoint, lr_at, save_checkpoint  # noqa: E402
 from make_clip_tokenizer_fixture import DEFAULT_GZ, derive_tokenizer_folder  # noqa: E402
 
 # SD 1.x's training schedule (diffusers' scheduler_config.json of the SD 1.5 pipeline, minus the PNDM fields)
@@ -161,7 +161,12 @@ def export(unet, text, vae, tok_dir, out):
             os.makedirs(os.path.join(out, sub))
             for f in os.listdir(os.path.join(tmp, sub)):
                 if f.endswith(".json"):
-                    shutil.copy(os.path.join(tmp, sub, f), os.path.join(out, sub, f))
+                    with open(os.path.join(tmp, sub, f)) as fh:
+                        cfg = json.load(fh)
+                    cfg.pop("_name_or_path", None)  # where a component was loaded from: a path of this machine
+                    with open(os.path.join(out, sub, f), "w") as fh:
+                        json.dump(cfg, fh, indent=2, sort_keys=True)
+                        fh.write("\n")
     shutil.copytree(tok_dir, os.path.join(out, "tokenizer"))
     sizes = {}
     for sub, model, name in [("unet", unet, "diffusion_pytorch_model.safetensors"),
@@ -223,21 +228,12 @@ def main():
     gen = torch.Generator().manual_seed(a.seed)
     step, log = 0, {"train": [], "seconds": 0.0}
     if (a.resume or a.export_only) and os.path.exists(a.ckpt):
-        ck = torch.load(a.ckpt, map_location="cpu", weights_only=False)
-        both.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        step, log = ck["step"], ck["log"]
+        step, log = load_checkpoint(a.ckpt, both, ema, opt, gen)
         print(f"resumed from {a.ckpt} at step {step} ({log['seconds']:.0f}s so far)", flush=True)
 
     images, items = load_dataset(a.data)
     tr = split_indices(items, "train")
-    fam_size = {}
-    for i in tr:
-        fam_size[items[i]["family"]] = fam_size.get(items[i]["family"], 0) + 1
-    w = torch.tensor([fam_size[items[i]["family"]] ** -0.5 for i in tr], dtype=torch.float64)
+    w = family_weights(items, tr)
     t0 = time.time()
     lat_mean, lat_std = encode_latents(vae, images[tr])
     print(f"latents of {len(tr)} images and their mirrors: {tuple(lat_mean.shape)} in {time.time() - t0:.0f}s",
@@ -288,10 +284,7 @@ def main():
             run_loss, n_run = 0.0, 0
         if step % a.ckpt_every == 0 or step == a.steps:
             log["seconds"] = time.time() - t_start
-            tmp = a.ckpt + ".tmp"
-            torch.save({"step": step, "model": both.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "log": log}, tmp)
-            os.replace(tmp, a.ckpt)
+            save_checkpoint(a.ckpt, step, both, ema, opt, gen, log)
         if step % a.sample_every == 0 or step == a.steps:
             live = {k: v.clone() for k, v in both.state_dict().items()}
             both.load_state_dict(ema.shadow)
