@@ -6,6 +6,7 @@ The data set is written by tools/emoji/make_dataset.py into data/emoji/ (git-ign
                    seq, codepoints, caption, name, aliases, keywords, group, subgroup, family, split
 Model inputs use x = image / 127.5 - 1 (white background = +1), NCHW float32.
 """
+import hashlib
 import json
 import os
 
@@ -29,6 +30,27 @@ def load_dataset(data_dir=DATA_DIR, size=64):
 
 def split_indices(items, split):
     return np.array([i for i, it in enumerate(items) if it["split"] == split], dtype=np.int64)
+
+
+def family_weights(items, indices):
+    """Sampling weights of items[indices]: family_size^-0.5 (float64), so that the many skin-tone variants of
+    one emoji count less (People & Body is 60 % of the images through skin tones)."""
+    size = {}
+    for i in indices:
+        size[items[i]["family"]] = size.get(items[i]["family"], 0) + 1
+    return torch.tensor([size[items[i]["family"]] ** -0.5 for i in indices], dtype=torch.float64)
+
+
+def weights_sha256(folder):
+    """sha256 over the .safetensors files under `folder` (walked in sorted order): which weights a figure or a
+    fixture came from."""
+    h = hashlib.sha256()
+    for d, _, fs in sorted(os.walk(folder)):
+        for f in sorted(fs):
+            if f.endswith(".safetensors"):
+                with open(os.path.join(d, f), "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
 
 
 def to_tensor(images_u8):

@@ -20,7 +20,6 @@ Generation: diffusers' StableDiffusionPipeline on the exported folder with its s
   .venv-ref/bin/python tools/emoji/judge.py [--model models/emoji] [--n-train 300] [--out /tmp/emoji-judge.json]
 """
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -32,7 +31,8 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import DATA_DIR, REPO, grid_image, load_dataset, split_indices, to_tensor, to_uint8  # noqa: E402
+from common import (DATA_DIR, REPO, grid_image, load_dataset, split_indices, to_tensor, to_uint8,  # noqa: E402
+                    weights_sha256)
 
 
 def features(images_u8):
@@ -136,12 +136,7 @@ def main():
                               [images[idx[j]] for j in range(r, r + 8)]]
                 grid_labels += [prompts[r:r + 8], [items[nearest[j]]["caption"] for j in range(r, r + 8)],
                                 ["(asked)"] * 8]
-    h = hashlib.sha256()
-    for d, _, fs in sorted(os.walk(a.model)):
-        for f in sorted(fs):
-            if f.endswith(".safetensors"):
-                h.update(open(os.path.join(d, f), "rb").read())
-    result["weights_sha256"] = h.hexdigest()
+    result["weights_sha256"] = weights_sha256(a.model)
     grid_image(grid_rows, labels=grid_labels, zoom=2, label_lines=2).save(a.grid)
     with open(a.out, "w") as fh:
         json.dump(result, fh, indent=1)

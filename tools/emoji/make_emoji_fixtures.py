@@ -11,7 +11,6 @@ and torch's own float32 error (the same generation with every network in float64
 The folder's weights are f16; both runs compute in f32 (f64) on exactly those values.
 """
 import copy
-import hashlib
 import os
 import sys
 
@@ -22,7 +21,7 @@ from safetensors.torch import save_file
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from common import REPO  # noqa: E402
+from common import REPO, weights_sha256  # noqa: E402
 import make_pipeline_fixtures as mpf  # noqa: E402
 from train_sd import sd_pipeline  # noqa: E402
 
@@ -36,16 +35,6 @@ CASES = {
     "euler_batch": dict(cls="EulerDiscreteScheduler", prompt=["rocket", "cat face"], negative=["blurry", ""],
                         seed=3, guidance=5.0, steps=8),
 }
-
-
-def weights_sha256(folder):
-    h = hashlib.sha256()
-    for d, _, fs in sorted(os.walk(folder)):
-        for f in sorted(fs):
-            if f.endswith(".safetensors"):
-                with open(os.path.join(d, f), "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from common import DATA_DIR, grid_image, load_dataset, psnr_u8, split_indices, to_tensor, to_uint8  # noqa: E402
+from common import DATA_DIR, family_weights, grid_image, load_dataset, psnr_u8, split_indices, to_tensor, to_uint8  # noqa: E402
 from digits_common import EMA, load_checkpoint, lr_at, save_checkpoint  # noqa: E402
 
 CHANNELS = {4: (32, 64, 64), 8: (32, 64, 64, 64)}
@@ -196,10 +196,7 @@ def main():
 
     images, items = load_dataset(a.data)
     tr, ho = split_indices(items, "train"), split_indices(items, "heldout")
-    fam_size = {}
-    for i in tr:
-        fam_size[items[i]["family"]] = fam_size.get(items[i]["family"], 0) + 1
-    w = torch.tensor([fam_size[items[i]["family"]] ** -0.5 for i in tr], dtype=torch.float64)
+    w = family_weights(items, tr)
     x_train = to_tensor(images[tr])
     eval_model = build(a.f)
 
